@@ -1,0 +1,1 @@
+"""Pure data and rules: flows, executions, events, commands. No I/O lives here."""

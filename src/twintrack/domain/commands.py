@@ -1,0 +1,13 @@
+"""Commands a user sends to an execution (DESIGN §1.3)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Command(StrEnum):
+    START = "start"
+    PAUSE = "pause"
+    RESUME = "resume"
+    STEP = "step"
+    STOP = "stop"

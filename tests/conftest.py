@@ -1,0 +1,3 @@
+"""Root fixtures: real servers (tests/fixtures/servers.py) and isolated databases (database.py)."""
+
+pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.database"]
