@@ -1,0 +1,21 @@
+"""The flow engine: runs a validated flow in asyncio, emits events to a sink, obeys controls.
+
+It knows nothing of Kafka, DBOS, SQL or HTTP; the tracks adapt to it through `EventSink`,
+`ExecutionControl` and the node services.
+"""
+
+from twintrack.engine.control import ExecutionControl
+from twintrack.engine.engine import ExecutionError, ExecutionResult, run_flow
+from twintrack.engine.services import EngineServices, InMemoryCounters
+from twintrack.engine.sink import EventSequencer, EventSink
+
+__all__ = [
+    "EngineServices",
+    "EventSequencer",
+    "EventSink",
+    "ExecutionControl",
+    "ExecutionError",
+    "ExecutionResult",
+    "InMemoryCounters",
+    "run_flow",
+]

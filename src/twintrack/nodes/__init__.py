@@ -1,0 +1,1 @@
+"""Node types: the built-ins and the plugin registry (entry-point group `twintrack.nodes`)."""

@@ -1,0 +1,82 @@
+"""Database URLs and engines: one place that turns whatever URL an operator gives into asyncpg.
+
+Operators and tools hand us libpq-style URLs (`postgres://`, `postgresql://`, with query
+parameters such as `?host=/socket/dir` or `sslmode=require`); SQLAlchemy needs
+`postgresql+asyncpg://` and asyncpg understands only some of libpq's parameters, so the rest are
+translated into asyncpg connect arguments here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
+
+ASYNC_DRIVERNAME = "postgresql+asyncpg"
+_POSTGRES_SCHEMES = frozenset({"postgres", "postgresql"})
+
+# libpq parameters asyncpg accepts under another name (and, for timeouts, another type).
+_LIBPQ_RENAMES: dict[str, str] = {"sslmode": "ssl", "dbname": "database"}
+_LIBPQ_FLOATS: dict[str, str] = {"connect_timeout": "timeout"}
+# libpq parameters that are really server settings (GUCs) sent at connect time.
+_LIBPQ_SERVER_SETTINGS = frozenset({"application_name"})
+
+
+def _check_scheme(url: URL) -> None:
+    backend = url.drivername.split("+", 1)[0]
+    if backend not in _POSTGRES_SCHEMES:
+        raise ValueError(f"not a PostgreSQL URL: {url.render_as_string(hide_password=True)}")
+
+
+def to_async_url(url: str | URL) -> URL:
+    """The SQLAlchemy asyncpg URL for a `postgres://`, `postgresql://` or `postgresql+…://` URL.
+
+    Query parameters are kept as they are (`?host=/dir` stays a Unix-socket directory); use
+    `connect_args_for` or `create_engine` to translate the libpq-only ones.
+    """
+    parsed = make_url(url) if isinstance(url, str) else url
+    _check_scheme(parsed)
+    return parsed.set(drivername=ASYNC_DRIVERNAME)
+
+
+def split_libpq_params(url: str | URL) -> tuple[URL, dict[str, Any]]:
+    """Split an URL into (asyncpg URL, connect_args) so libpq-only parameters still take effect."""
+    async_url = to_async_url(url)
+    query = dict(async_url.query)
+    connect_args: dict[str, Any] = {}
+    server_settings: dict[str, str] = {}
+    for name, value in list(query.items()):
+        if isinstance(value, tuple):
+            continue  # multi-host lists: SQLAlchemy's asyncpg dialect understands them as they are
+        if name in _LIBPQ_RENAMES:
+            connect_args[_LIBPQ_RENAMES[name]] = value
+        elif name in _LIBPQ_FLOATS:
+            connect_args[_LIBPQ_FLOATS[name]] = float(value)
+        elif name in _LIBPQ_SERVER_SETTINGS:
+            server_settings[name] = value
+        else:
+            continue
+        del query[name]
+    if server_settings:
+        connect_args["server_settings"] = server_settings
+    return async_url.set(query=query), connect_args
+
+
+def with_database(url: str | URL, database: str) -> str:
+    """The same server URL (credentials, socket, parameters) pointing at another database."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    return parsed.set(database=database).render_as_string(hide_password=False)
+
+
+def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
+    """An AsyncEngine on asyncpg for any PostgreSQL URL form; `kwargs` go to SQLAlchemy."""
+    async_url, connect_args = split_libpq_params(url)
+    connect_args.update(kwargs.pop("connect_args", {}))
+    return _create_async_engine(async_url, connect_args=connect_args, **kwargs)
+
+
+def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that keep loaded values after commit: stores return records built inside them."""
+    return async_sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,260 @@
+"""The schema, as SQLAlchemy 2 declarative models on one metadata (Alembic mirrors it by hand).
+
+Closed sets (status, track, events backend) are TEXT columns with named CHECK constraints rather
+than native enum types: adding a value is a one-line constraint swap and a downgrade leaves no type
+behind. `executions` is the single source of truth both tracks read and write (DESIGN §2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from twintrack.domain.execution import EventsBackend, ExecutionStatus, Track
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def _in_list(column: str, values: Iterable[StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+NON_TERMINAL_STATUSES = tuple(s for s in ExecutionStatus if not s.is_terminal)
+NON_TERMINAL_SQL = _in_list("status", NON_TERMINAL_STATUSES)
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+class StrEnumText(TypeDecorator[E]):
+    """Stores a StrEnum as its TEXT value and reads it back as the enum member."""
+
+    impl = Text
+    cache_ok = True
+
+    def __init__(self, enum_type: type[E]) -> None:
+        super().__init__()
+        self.enum_type = enum_type
+
+    def process_bind_param(self, value: E | str | None, dialect: Dialect) -> str | None:
+        return None if value is None else self.enum_type(value).value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> E | None:
+        return None if value is None else self.enum_type(value)
+
+
+def _now() -> Any:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class FlowRow(Base):
+    __tablename__ = "flows"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    owner_id: Mapped[str] = mapped_column(Text, nullable=False)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    latest_version: Mapped[int] = mapped_column(Integer, nullable=False)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint("latest_version >= 1", name="latest_version_positive"),
+        # Listing by owner, newest first (a backward scan serves created_at DESC, id DESC).
+        Index(None, "owner_id", "created_at", "id"),
+    )
+
+
+class FlowVersionRow(Base):
+    __tablename__ = "flow_versions"
+
+    flow_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("flows.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    definition: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (CheckConstraint("version >= 1", name="version_positive"),)
+
+
+class ExecutionRow(Base):
+    __tablename__ = "executions"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    root_id: Mapped[str] = mapped_column(Text, nullable=False)
+    parent_id: Mapped[str | None] = mapped_column(Text, ForeignKey("executions.id"))
+    depth: Mapped[int] = mapped_column(Integer, nullable=False)
+    owner_id: Mapped[str] = mapped_column(Text, nullable=False)
+    flow_id: Mapped[str] = mapped_column(Text, nullable=False)
+    flow_version: Mapped[int] = mapped_column(Integer, nullable=False)
+    track: Mapped[Track] = mapped_column(StrEnumText(Track), nullable=False)
+    events_backend: Mapped[EventsBackend] = mapped_column(
+        StrEnumText(EventsBackend), nullable=False
+    )
+    status: Mapped[ExecutionStatus] = mapped_column(StrEnumText(ExecutionStatus), nullable=False)
+    options: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    trigger_events: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[]'::jsonb")
+    )
+    outputs: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    error_message: Mapped[str | None] = mapped_column(Text)
+    error_node_id: Mapped[str | None] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    # The index the next event of this execution gets; a re-run continues from here (§1.5).
+    next_event_index: Mapped[int] = mapped_column(
+        BigInteger, nullable=False, server_default=text("0")
+    )
+    created_at: Mapped[datetime] = _now()
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["flow_id", "flow_version"], ["flow_versions.flow_id", "flow_versions.version"]
+        ),
+        CheckConstraint(_in_list("status", ExecutionStatus), name="status"),
+        CheckConstraint(_in_list("track", Track), name="track"),
+        CheckConstraint(_in_list("events_backend", EventsBackend), name="events_backend"),
+        CheckConstraint("depth >= 0", name="depth_not_negative"),
+        CheckConstraint("(parent_id IS NULL) = (depth = 0)", name="root_has_depth_zero"),
+        CheckConstraint("parent_id IS NOT NULL OR root_id = id", name="root_is_own_root"),
+        CheckConstraint("attempt >= 0", name="attempt_not_negative"),
+        CheckConstraint("next_event_index >= 0", name="next_event_index_not_negative"),
+        # GET /v1/executions: owner's executions newest first, optionally for one flow.
+        Index(None, "owner_id", "created_at", "id"),
+        Index(None, "owner_id", "flow_id", "created_at", "id"),
+        # rollout status, start-timeout sweep and recovery: the (few) unfinished executions.
+        Index(
+            "ix_executions_unfinished",
+            "track",
+            "status",
+            "created_at",
+            postgresql_where=text(NON_TERMINAL_SQL),
+        ),
+        # Trees: every execution of a root, and the children of one execution.
+        Index(None, "root_id"),
+        Index(None, "parent_id"),
+    )
+
+
+class ExecutionClaimRow(Base):
+    """Kafka track: who runs an execution now, until when, under which fencing generation."""
+
+    __tablename__ = "execution_claims"
+
+    execution_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("executions.id", ondelete="CASCADE"), primary_key=True
+    )
+    worker_id: Mapped[str] = mapped_column(Text, nullable=False)
+    generation: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    claimed_at: Mapped[datetime] = _now()
+    heartbeat_at: Mapped[datetime] = _now()
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+    __table_args__ = (
+        CheckConstraint("generation >= 1", name="generation_positive"),
+        Index(None, "expires_at"),
+        Index(None, "worker_id"),
+    )
+
+
+class WorkerRow(Base):
+    """Registry of worker processes and their heartbeats, for the sweeper that serves both tracks."""
+
+    __tablename__ = "workers"
+
+    worker_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    tracks: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    hostname: Mapped[str] = mapped_column(Text, nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    started_at: Mapped[datetime] = _now()
+    heartbeat_at: Mapped[datetime] = _now()
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ExecutionRecoveryRow(Base):
+    """Audit trail: every time recovery re-delivered an execution, and why."""
+
+    __tablename__ = "execution_recoveries"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    execution_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("executions.id", ondelete="CASCADE"), nullable=False
+    )
+    track: Mapped[Track] = mapped_column(StrEnumText(Track), nullable=False)
+    recovered_at: Mapped[datetime] = _now()
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    previous_worker_id: Mapped[str | None] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint(_in_list("track", Track), name="track"),
+        Index(None, "execution_id"),
+    )
+
+
+class ApiKeyRow(Base):
+    """API keys: only the SHA-256 of the secret is stored; `prefix` lets a user tell keys apart."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    owner_id: Mapped[str] = mapped_column(Text, nullable=False)
+    key_hash: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
+    prefix: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _now()
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (Index(None, "owner_id"),)
+
+
+class TallyCounterRow(Base):
+    """Durable counters behind the `tally` node: a real side effect to test exactly-once against."""
+
+    __tablename__ = "tally_counters"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    updated_at: Mapped[datetime] = _now()
+
+
+metadata = Base.metadata
