@@ -46,9 +46,7 @@ class IllegalTransition(Exception):
         self.execution_id = execution_id
         self.current = current
         self.target = target
-        super().__init__(
-            f"execution {execution_id}: cannot move from '{current}' to '{target}'"
-        )
+        super().__init__(f"execution {execution_id}: cannot move from '{current}' to '{target}'")
 
 
 def can_transition(current: ExecutionStatus, target: ExecutionStatus) -> bool:

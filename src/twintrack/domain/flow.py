@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 MAX_FLOW_BYTES = 1024 * 1024
 MAX_NODES = 1000
 MAX_EDGES = 5000
-NODE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# \Z, not $: `$` also matches before a trailing newline, which would let "a\n" through.
+NODE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 ERROR_PORT = "error"
 
 
@@ -149,10 +150,15 @@ def parse_flow_json(raw: bytes | str, catalog: NodeCatalog) -> Flow:
             [Issue("", f"flow body is {size} bytes; the limit is {MAX_FLOW_BYTES} (1 MiB)")]
         )
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, _reject_constant
         raise FlowValidationError([Issue("", f"flow is not valid JSON: {exc}")]) from exc
     return validate_flow(data, catalog)
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN/Infinity are not JSON (RFC 8259); Python accepts them, Postgres jsonb does not.
+    raise ValueError(f"{name} is not allowed (not part of JSON)")
 
 
 def validate_flow(data: Any, catalog: NodeCatalog) -> Flow:

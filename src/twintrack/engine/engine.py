@@ -82,7 +82,9 @@ class _NodeContext:
         return self._run.services.counters
 
     async def log(self, message: str) -> None:
-        await self._run.sink.emit(EventType.NODE_LOG, {"node_id": self._node.id, "message": message})
+        await self._run.sink.emit(
+            EventType.NODE_LOG, {"node_id": self._node.id, "message": message}
+        )
 
     async def set_output(self, name: str, value: Any) -> None:
         self._run.outputs[name] = value
@@ -163,13 +165,12 @@ class _Run:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return await self._flow_timed_out()
+                watched: set[asyncio.Future[Any]] = {waiter, *self.running}
                 done, _ = await asyncio.wait(
-                    {waiter, *self.running},
-                    timeout=remaining,
-                    return_when=asyncio.FIRST_COMPLETED,
+                    watched, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
                 )
                 finished = sorted(
-                    (t for t in done if t is not waiter),
+                    (t for t in self.running if t in done),
                     key=lambda t: self.flow.nodes[self.running[t]].index,
                 )
                 for task in finished:
@@ -234,9 +235,7 @@ class _Run:
             error = str(exc)
         except TimeoutError as exc:
             error = (
-                f"node timed out after {timeout:g}s"
-                if scope.expired()
-                else f"TimeoutError: {exc}"
+                f"node timed out after {timeout:g}s" if scope.expired() else f"TimeoutError: {exc}"
             )
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -336,9 +335,7 @@ class _Run:
             EventType.EXECUTION_STOPPED,
             {"reason": reason, "cancelled_nodes": cancelled, "outputs": self.outputs},
         )
-        return ExecutionResult(
-            ExecutionStatus.STOPPED, dict(self.outputs), ExecutionError(reason)
-        )
+        return ExecutionResult(ExecutionStatus.STOPPED, dict(self.outputs), ExecutionError(reason))
 
 
 def _check_outputs(node: FlowNode, outputs: Mapping[str, Any]) -> str | None:

@@ -97,9 +97,7 @@ class NodeType(ABC):
         """Input values supplied by config rather than an edge (an edge wins)."""
         values = config.model_dump()
         return {
-            name: values[name]
-            for name in self.input_ports(config)
-            if values.get(name) is not None
+            name: values[name] for name in self.input_ports(config) if values.get(name) is not None
         }
 
     def listens_to(self, config: NodeConfig) -> str | None:

@@ -185,7 +185,9 @@ class EmitNode(NodeType):
         self, ctx: NodeContext, config: NodeConfig, inputs: Mapping[str, Any]
     ) -> Mapping[str, Any]:
         assert isinstance(config, EmitConfig)
-        await ctx.spawn_child(event=config.event, payload=inputs.get("payload"), flow_id=config.flow_id)
+        await ctx.spawn_child(
+            event=config.event, payload=inputs.get("payload"), flow_id=config.flow_id
+        )
         return {}
 
 

@@ -46,9 +46,13 @@ class NodeRegistry:
             try:
                 obj = ep.load()
             except Exception as exc:
-                raise PluginError(f"node plugin '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+                raise PluginError(
+                    f"node plugin '{ep.name}' ({ep.value}) failed to load: {exc}"
+                ) from exc
             if not (isinstance(obj, type) and issubclass(obj, NodeType)):
-                raise PluginError(f"node plugin '{ep.name}' ({ep.value}) is not a NodeType subclass")
+                raise PluginError(
+                    f"node plugin '{ep.name}' ({ep.value}) is not a NodeType subclass"
+                )
             self.register(obj())
 
 
