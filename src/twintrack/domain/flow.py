@@ -144,7 +144,7 @@ def _pydantic_issues(prefix: str, exc: ValidationError) -> list[Issue]:
 
 def parse_flow_json(raw: bytes | str, catalog: NodeCatalog) -> Flow:
     """Parse and validate a flow document given as JSON text (size-limited to 1 MiB)."""
-    size = len(raw.encode() if isinstance(raw, str) else raw)
+    size = len(raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw)
     if size > MAX_FLOW_BYTES:
         raise FlowValidationError(
             [Issue("", f"flow body is {size} bytes; the limit is {MAX_FLOW_BYTES} (1 MiB)")]

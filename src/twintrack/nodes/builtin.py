@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import string
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
@@ -66,6 +68,9 @@ class MathNode(NodeType):
             if b == 0:
                 raise NodeError("division by zero")
             result = a / b
+        if isinstance(result, float) and not math.isfinite(result):
+            # inf/nan are not JSON: events and the outputs column could not store them
+            raise NodeError(f"result of {config.op} is not a finite number")
         return {"result": result}
 
 
@@ -95,6 +100,11 @@ def template_placeholders(template: str) -> tuple[list[str], list[str]]:
         elif field not in names:
             names.append(field)
     return names, problems
+
+
+def _text(value: Any) -> str:
+    """Strings as they are; everything else as JSON, so `None` reads `null`, not `None`."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 class TemplateNode(NodeType):
@@ -130,7 +140,7 @@ class TemplateNode(NodeType):
         for literal, field, _spec, _conv in string.Formatter().parse(config.template):
             parts.append(literal)
             if field is not None:
-                parts.append(str(inputs[field]))
+                parts.append(_text(inputs[field]))
         return {"text": "".join(parts)}
 
 

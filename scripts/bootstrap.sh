@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install everything twintrack needs on a fresh machine: a pinned uv (in .tools/, unless one is
+# already on PATH at that version), then the locked Python environment in .venv/.
+# The embedded PostgreSQL and Kafka-protocol broker come as Python wheels, so this is all.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+UV_VERSION="0.13.8"
+
+if command -v uv >/dev/null 2>&1 && [ "$(uv --version | awk '{print $2}')" = "$UV_VERSION" ]; then
+  UV="$(command -v uv)"
+else
+  if [ ! -x .tools/bin/uv ] || [ "$(.tools/bin/uv --version | awk '{print $2}')" != "$UV_VERSION" ]; then
+    python3 -m venv .tools >&2
+    .tools/bin/python -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION" >&2
+  fi
+  UV="$PWD/.tools/bin/uv"
+fi
+export UV_PYTHON_DOWNLOADS=never
+"$UV" sync --frozen --quiet >&2
+echo "$UV"

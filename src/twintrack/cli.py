@@ -1,0 +1,147 @@
+"""The `twintrack` command (Typer). Each subcommand loads settings once and fails clearly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from twintrack.config import ConfigError, Settings, load_settings
+from twintrack.domain.events import Event
+from twintrack.domain.execution import ExecutionOptions, ExecutionStatus
+from twintrack.domain.flow import FlowValidationError, check_options, parse_flow_json
+from twintrack.logs import configure_logging
+from twintrack.nodes.base import Counters
+from twintrack.nodes.registry import PluginError, default_registry
+from twintrack.render import render_line
+
+app = typer.Typer(
+    name="twintrack",
+    help="Flow executions on a Kafka track and a DBOS track, side by side.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+
+
+def _fail(message: str, code: int = EXIT_INVALID) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+@app.command()
+def run(
+    flow_file: Annotated[Path, typer.Argument(metavar="FLOW.json", help="The flow to run.")],
+    inputs: Annotated[
+        str | None, typer.Option(help='Values for const nodes by id, as JSON: {"node": 1}')
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print events as JSON lines.")] = False,
+    max_concurrency: Annotated[int, typer.Option(min=1, max=1000)] = 8,
+) -> None:
+    """Run a flow in this process and print its events (exit 0 completed, 1 failed, 2 invalid)."""
+    settings = _settings()
+    try:
+        raw = flow_file.read_bytes()
+    except OSError as exc:
+        raise _fail(f"cannot read {flow_file}: {exc.strerror}") from None
+    try:
+        registry = default_registry()
+    except PluginError as exc:
+        raise _fail(str(exc)) from None
+    try:
+        parsed_inputs = _parse_inputs(inputs)
+        flow = parse_flow_json(raw, registry)
+        options = ExecutionOptions(inputs=parsed_inputs, max_concurrency=max_concurrency)
+        check_options(flow, options)
+    except FlowValidationError as exc:
+        typer.echo(f"{flow_file}: the flow is invalid:", err=True)
+        for issue in exc.issues:
+            typer.echo(f"  - {issue}", err=True)
+        raise typer.Exit(EXIT_INVALID) from None
+    status = asyncio.run(_run_local(flow, options, settings, as_json))
+    raise typer.Exit(EXIT_OK if status is ExecutionStatus.COMPLETED else EXIT_FAILED)
+
+
+def _parse_inputs(inputs: str | None) -> dict[str, Any]:
+    from twintrack.domain.flow import Issue
+
+    if inputs is None:
+        return {}
+    try:
+        value = json.loads(inputs)
+    except json.JSONDecodeError as exc:
+        raise FlowValidationError([Issue("--inputs", f"not valid JSON: {exc}")]) from None
+    if not isinstance(value, dict):
+        raise FlowValidationError([Issue("--inputs", "must be a JSON object of node id -> value")])
+    return value
+
+
+async def _run_local(
+    flow: Any, options: ExecutionOptions, settings: Settings, as_json: bool
+) -> ExecutionStatus:
+    from twintrack.local import LocalRunner
+
+    async def publish(event: Event) -> None:
+        line = event.model_dump_json() if as_json else render_line(event)
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    counters, dispose = await _counters(settings)
+    runner = LocalRunner(
+        flow, publish, options=options, counters=counters, max_depth=settings.execution_max_depth
+    )
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, runner.stop_all, "interrupted (Ctrl-C)")
+    try:
+        result = await runner.run()
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        await dispose()
+    return result.status
+
+
+async def _counters(settings: Settings) -> tuple[Counters | None, Any]:
+    """Postgres counters when DATABASE_URL is set (migrated), else in-memory ones."""
+
+    async def nothing() -> None:
+        return None
+
+    if not settings.database_url:
+        return None, nothing
+    from twintrack.store.counters import CounterStore
+    from twintrack.store.db import create_engine, create_session_factory
+
+    engine = create_engine(settings.database_url)
+    return CounterStore(create_session_factory(engine)), engine.dispose
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database at DATABASE_URL to the latest schema (Alembic upgrade head)."""
+    settings = _settings()
+    if not settings.database_url:
+        raise _fail("DATABASE_URL is not set: twintrack migrate needs a database to migrate")
+    from twintrack.store.migrations import upgrade_head
+
+    asyncio.run(upgrade_head(settings.database_url))
+    typer.echo("database is at the latest schema")
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()

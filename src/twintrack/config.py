@@ -1,0 +1,149 @@
+"""Settings from the environment and `.env`, checked as a whole at start-up.
+
+Every process (API, worker, CLI) loads them through `load_settings`, which turns any invalid
+value or combination into one `ConfigError` naming the variables at fault, so a bad deploy
+fails loudly before it touches an execution.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from twintrack.domain.execution import EventsBackend, Track
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class ConfigError(Exception):
+    """The configuration cannot work; the message names each variable and what is wrong."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", validate_default=True
+    )
+
+    # -- where things are -------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None, description="PostgreSQL URL; unset means embedded servers in `dev`."
+    )
+    kafka_bootstrap_servers: str | None = Field(default=None, description="host:port[,...]")
+
+    # -- rollout (DESIGN §1.7) -----------------------------------------------------------------
+    enable_dbos_execution: bool = Field(
+        default=False, description="New executions go to the DBOS track (else Kafka)."
+    )
+    dbos_rollout_percent: int | None = Field(
+        default=None, ge=0, le=100, description="Sticky per-owner DBOS cohort; overrides the flag."
+    )
+    execution_events_backend: EventsBackend = Field(
+        default=EventsBackend.KAFKA, description="Where DBOS-track executions write events."
+    )
+
+    # -- executions ----------------------------------------------------------------------------
+    start_signal_timeout_s: PositiveSeconds = 300
+    execution_max_depth: int = Field(default=100, ge=1, le=10_000)
+
+    # -- workers and the Kafka track -----------------------------------------------------------
+    worker_tracks: Annotated[list[Track], NoDecode] = Field(
+        default_factory=lambda: [Track.KAFKA, Track.DBOS],
+        description="Tracks a worker serves, comma-separated.",
+    )
+    worker_concurrency: int = Field(default=5, ge=1, le=1000)
+    claim_ttl_s: PositiveSeconds = 15
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    recovery_sweep_interval_s: PositiveSeconds = 2
+    kafka_topic_prefix: str = Field(default="twintrack", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    kafka_partitions: int = Field(default=6, ge=1, le=1000)
+    kafka_enable_idempotence: bool = Field(
+        default=True, description="On for Apache Kafka; off for the embedded broker."
+    )
+    kafka_events_linger_ms: int = Field(default=5, ge=0, le=10_000)
+    kafka_events_batch_size: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
+    kafka_fetch_max_wait_ms: int = Field(default=25, ge=1, le=10_000)
+    kafka_session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000)
+
+    # -- the DBOS track --------------------------------------------------------------------------
+    dbos_app_name: str = "twintrack"
+    dbos_system_database_url: str | None = Field(
+        default=None, description="Defaults to DATABASE_URL (DBOS keeps its own schema)."
+    )
+    dbos_application_version: str = "twintrack-1"
+    dbos_executor_id: str | None = Field(
+        default=None, description="Unique, stable per worker; generated when unset."
+    )
+    dbos_queue_concurrency: int = Field(default=100, ge=1, le=100_000)
+    dbos_worker_concurrency: int = Field(default=5, ge=1, le=10_000)
+    dbos_queue_polling_interval_s: PositiveSeconds = 0.05
+
+    # -- processes ---------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["console", "json"] = "console"
+
+    @field_validator("worker_tracks", mode="before")
+    @classmethod
+    def _split_tracks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("worker_tracks")
+    @classmethod
+    def _some_track(cls, value: list[Track]) -> list[Track]:
+        if not value:
+            raise ValueError("name at least one of: kafka, dbos")
+        return list(dict.fromkeys(value))
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _combinations(self) -> Settings:
+        problems = []
+        if self.execution_events_backend is EventsBackend.DBOS and not self.dbos_can_receive:
+            problems.append(
+                "EXECUTION_EVENTS_BACKEND=dbos, but no execution can go to the DBOS track: "
+                "set ENABLE_DBOS_EXECUTION=true or DBOS_ROLLOUT_PERCENT above 0, "
+                "or use EXECUTION_EVENTS_BACKEND=kafka"
+            )
+        if self.dbos_worker_concurrency > self.dbos_queue_concurrency:
+            problems.append(
+                f"DBOS_WORKER_CONCURRENCY={self.dbos_worker_concurrency} exceeds "
+                f"DBOS_QUEUE_CONCURRENCY={self.dbos_queue_concurrency}"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def dbos_can_receive(self) -> bool:
+        """Whether any new execution can be routed to DBOS under these settings."""
+        if self.dbos_rollout_percent is not None:
+            return self.dbos_rollout_percent > 0
+        return self.enable_dbos_execution
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(p) for p in error.get("loc", ())]
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    if not loc:
+        return message
+    value = error.get("input")
+    shown = f" (got {value!r})" if isinstance(value, str | int | float | bool) else ""
+    return f"{loc[0].upper()}: {message}{shown}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment (and `.env`), or ConfigError with every problem named."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(dict(e)) for e in exc.errors())
+        raise ConfigError(f"invalid configuration: {problems}") from exc
