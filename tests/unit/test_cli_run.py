@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ def cli(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     return CliRunner()
 
 
-def write(tmp_path: Path, flow: dict[str, object]) -> str:
+def write(tmp_path: Path, flow: Mapping[str, object]) -> str:
     path = tmp_path / "flow.json"
     path.write_text(json.dumps(flow))
     return str(path)

@@ -34,7 +34,7 @@ def to_async_url(url: str | URL) -> URL:
     """The SQLAlchemy asyncpg URL for a `postgres://`, `postgresql://` or `postgresql+…://` URL.
 
     Query parameters are kept as they are (`?host=/dir` stays a Unix-socket directory); use
-    `connect_args_for` or `create_engine` to translate the libpq-only ones.
+    `split_libpq_params` or `create_engine` to translate the libpq-only ones.
     """
     parsed = make_url(url) if isinstance(url, str) else url
     _check_scheme(parsed)

@@ -18,6 +18,15 @@ class NotFound(StoreError):
         super().__init__(f"{kind} {key!r} not found")
 
 
+class AlreadyExists(StoreError):
+    """A row with this id exists already (an at-least-once caller may then just read it)."""
+
+    def __init__(self, kind: str, key: object) -> None:
+        self.kind = kind
+        self.key = key
+        super().__init__(f"{kind} {key!r} already exists")
+
+
 class InvalidCursor(StoreError, ValueError):
     """A pagination cursor this store did not issue (or that was tampered with)."""
 

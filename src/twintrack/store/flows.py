@@ -39,7 +39,7 @@ class FlowSummary(BaseModel):
 
 
 class FlowRecord(FlowSummary):
-    """One version of a flow, with its definition. `name` is the name that version was saved with."""
+    """One version of a flow with its definition; `name` is the name saved with that version."""
 
     version: int
     definition: dict[str, Any]
@@ -60,7 +60,9 @@ class FlowStore:
         async with self._sessions.begin() as session:
             session.add(FlowRow(id=flow_id, owner_id=owner_id, name=name, latest_version=1))
             await session.flush()
-            session.add(FlowVersionRow(flow_id=flow_id, version=1, name=name, definition=definition))
+            session.add(
+                FlowVersionRow(flow_id=flow_id, version=1, name=name, definition=definition)
+            )
         return FlowRef(flow_id, 1)
 
     async def update(
@@ -72,7 +74,7 @@ class FlowStore:
         one flow queue up behind each other and each gets its own number.
         """
         async with self._sessions.begin() as session:
-            version = await session.scalar(
+            version: int | None = await session.scalar(
                 update(FlowRow)
                 .where(FlowRow.id == flow_id, FlowRow.owner_id == owner_id)
                 .values(latest_version=FlowRow.latest_version + 1, name=name, updated_at=func.now())

@@ -15,11 +15,12 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import ColumnElement, Select, tuple_
+from sqlalchemy.orm import QueryableAttribute
 
 from twintrack.store.errors import InvalidCursor
 
 T = TypeVar("T")
-R = TypeVar("R")
+Q = TypeVar("Q", bound="Select[Any]")
 
 MAX_PAGE_SIZE = 1000
 
@@ -57,12 +58,12 @@ def check_limit(limit: int) -> int:
 
 
 def newest_first(
-    query: Select[tuple[R]],
-    created_at: ColumnElement[datetime],
-    row_id: ColumnElement[str],
+    query: Q,
+    created_at: ColumnElement[datetime] | QueryableAttribute[datetime],
+    row_id: ColumnElement[str] | QueryableAttribute[str],
     limit: int,
     cursor: str | None,
-) -> Select[tuple[R]]:
+) -> Q:
     """Order newest first, start after `cursor`, and fetch one extra row to know if more exist."""
     if cursor is not None:
         after_created_at, after_id = decode_cursor(cursor)

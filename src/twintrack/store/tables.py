@@ -198,7 +198,7 @@ class ExecutionClaimRow(Base):
 
 
 class WorkerRow(Base):
-    """Registry of worker processes and their heartbeats, for the sweeper that serves both tracks."""
+    """Worker processes and their heartbeats, for the sweeper that serves both tracks."""
 
     __tablename__ = "workers"
 
