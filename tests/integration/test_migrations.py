@@ -30,6 +30,8 @@ EXPECTED_TABLES = {
     "execution_recoveries",
     "api_keys",
     "tally_counters",
+    "execution_commands",
+    "kafka_event_logs",
 }
 
 # Everything a migration could leave behind in the public schema, by kind.

@@ -8,7 +8,8 @@ execution out of a state (exactly one wins; the other gets IllegalTransition).
 from __future__ import annotations
 
 import builtins
-from collections.abc import Collection, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable
+from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any
 
@@ -246,8 +247,11 @@ class ExecutionStore:
         error_message: str | None = None,
         error_node_id: str | None = None,
         next_event_index: int | None = None,
+        session: AsyncSession | None = None,
     ) -> ExecutionRecord:
         """Move the execution to `target` atomically and return the updated row.
+
+        With `session` (from `locked`), the move joins that transaction instead of its own.
 
         Raises IllegalTransition when the state machine refuses the move from the current status,
         UnexpectedStatus (a subclass) when the current status is not in `expected`, NotFound when
@@ -290,8 +294,11 @@ class ExecutionStore:
         read_status = select(ExecutionRow.status).where(
             *_owned(ExecutionRow.id == execution_id, owner_id)
         )
-        async with self._sessions.begin() as session:
+        if session is not None:
             outcome = await _apply_or_refuse(session, apply, read_status, sources)
+        else:
+            async with self._sessions.begin() as own:
+                outcome = await _apply_or_refuse(own, apply, read_status, sources)
         if isinstance(outcome, ExecutionRow):
             return _record(outcome)
         if outcome is None:
@@ -299,6 +306,25 @@ class ExecutionStore:
         if expected is not None and outcome not in expected:
             raise UnexpectedStatus(execution_id, outcome, target, frozenset(expected))
         raise IllegalTransition(execution_id, outcome, target)
+
+    @asynccontextmanager
+    async def locked(
+        self, execution_id: str, owner_id: str | None = None
+    ) -> AsyncIterator[tuple[AsyncSession, ExecutionRecord]]:
+        """Hold the execution's row lock for one transaction (commit on normal exit).
+
+        Writers that must publish an event and move the status as one step (start, stop before
+        a worker has it, start timeout) do both under this lock, so they never interleave.
+        """
+        async with self._sessions.begin() as session:
+            row = await session.scalar(
+                select(ExecutionRow)
+                .where(*_owned(ExecutionRow.id == execution_id, owner_id))
+                .with_for_update()
+            )
+            if row is None:
+                raise NotFound("execution", execution_id)
+            yield session, _record(row)
 
     async def advance_event_index(self, execution_id: str, next_index: int) -> int:
         """Raise `next_event_index` to at least `next_index` (never lowers it); return its value.

@@ -257,4 +257,37 @@ class TallyCounterRow(Base):
     updated_at: Mapped[datetime] = _now()
 
 
+class ExecutionCommandRow(Base):
+    """Commands sent to an execution, durable so a worker that claims it later still obeys."""
+
+    __tablename__ = "execution_commands"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    execution_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("executions.id", ondelete="CASCADE"), nullable=False
+    )
+    command: Mapped[str] = mapped_column(Text, nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint("command IN ('pause', 'resume', 'step', 'stop')", name="command"),
+        Index(None, "execution_id", "id"),
+    )
+
+
+class KafkaEventLogRow(Base):
+    """Where an execution's events start in Kafka, so a replay seeks there instead of offset 0."""
+
+    __tablename__ = "kafka_event_logs"
+
+    execution_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("executions.id", ondelete="CASCADE"), primary_key=True
+    )
+    topic: Mapped[str] = mapped_column(Text, nullable=False)
+    partition: Mapped[int] = mapped_column(Integer, nullable=False)
+    first_offset: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = _now()
+
+
 metadata = Base.metadata

@@ -1,0 +1,91 @@
+"""The seams between the track-agnostic service and the tracks (DESIGN §2).
+
+Each track is an adapter behind these protocols; `ServiceFactory` is the only place that picks
+one. The service, the API and the runner see nothing else of Kafka or DBOS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from twintrack.domain.commands import Command
+from twintrack.domain.events import Event
+from twintrack.domain.execution import EventsBackend, Track
+
+
+class TaskQueue(Protocol):
+    """Hands an execution that was started to some worker of its track."""
+
+    track: Track
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def enqueue(self, execution_id: str, attempt: int) -> None:
+        """Deliver a task for the execution; duplicates are harmless (workers claim first)."""
+        ...
+
+
+class EventBus(Protocol):
+    """An execution's event stream: append-only, indexed, replayable from any index.
+
+    `publish` may batch; `flush` returns once everything published so far is durable.
+    Writers never publish two events with the same index for one execution; `subscribe`
+    still dedupes by index and orders by it, so a reader never sees a gap or a duplicate.
+    """
+
+    backend: EventsBackend
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def publish(self, event: Event, *, wait: bool = False) -> None:
+        """Append the event; with `wait`, return only once this event is durable."""
+        ...
+
+    async def flush(self) -> None: ...
+
+    def subscribe(self, execution_id: str, from_index: int = 0) -> AsyncIterator[Event]:
+        """Every event with index >= from_index, in order, ending after the terminal event."""
+        ...
+
+    async def next_index(self, execution_id: str) -> int:
+        """The index after the last event durably written: where a re-run continues."""
+        ...
+
+
+@dataclass(frozen=True)
+class CommandMessage:
+    """A command as stored and delivered: `id` orders commands of one execution."""
+
+    id: int
+    execution_id: str
+    command: Command
+    reason: str | None = None
+
+
+CommandHandler = Callable[[CommandMessage], Awaitable[None]]
+
+
+class CommandChannel(Protocol):
+    """Durable commands to running executions, delivered live to the worker that runs them."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def send(self, execution_id: str, command: Command, reason: str | None = None) -> int:
+        """Store the command durably and notify listeners; returns its id."""
+        ...
+
+    async def pending(self, execution_id: str, after_id: int = 0) -> list[CommandMessage]:
+        """Commands stored for the execution with id > after_id, oldest first."""
+        ...
+
+    def watch(self, execution_id: str, handler: CommandHandler) -> Callable[[], None]:
+        """Call `handler` for each new command of the execution; returns an unsubscribe."""
+        ...

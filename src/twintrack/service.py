@@ -1,0 +1,347 @@
+"""ExecutionService: create, start, command, watch and inspect executions, whatever their track.
+
+The API, the workers (for child executions) and the recovery sweeper all go through it. Events
+the service writes itself (created, queued, stopped or failed before any worker holds the
+execution) are published under the execution's row lock, before the status moves, so they
+never interleave with each other and a worker always continues numbering after them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from twintrack.domain.commands import Command
+from twintrack.domain.events import Event, EventType
+from twintrack.domain.execution import (
+    EventsBackend,
+    ExecutionOptions,
+    ExecutionStatus,
+    Track,
+    TriggerEvent,
+)
+from twintrack.domain.flow import Flow, check_options, validate_flow
+from twintrack.domain.ids import EXECUTION_PREFIX, new_execution_id
+from twintrack.domain.rollout import choose_track, events_backend_for
+from twintrack.nodes.base import NodeError, SpawnedChild
+from twintrack.nodes.registry import NodeRegistry
+from twintrack.ports import CommandChannel, EventBus, TaskQueue
+from twintrack.store.errors import AlreadyExists, NotFound
+from twintrack.store.executions import ExecutionRecord, ExecutionStore
+from twintrack.store.flows import FlowRecord, FlowStore
+
+_S = ExecutionStatus
+_FLOW_CACHE_SIZE = 512
+
+
+class Conflict(Exception):
+    """The request does not fit the execution's state (for example, a command on a finished one)."""
+
+
+class TrackUnavailable(Exception):
+    """No task queue for the track this execution must go to is configured in this process."""
+
+
+@dataclass(frozen=True)
+class ExecutionTree:
+    root: ExecutionRecord
+    executions: list[ExecutionRecord]
+    tree_status: ExecutionStatus
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    """Settings that decide where a new execution goes."""
+
+    enable_dbos: bool
+    rollout_percent: int | None
+    events_backend: EventsBackend
+    max_depth: int
+
+
+def child_execution_id(parent_id: str, node_id: str) -> str:
+    """Deterministic, so a parent that is re-run after a crash finds its children, not new ones."""
+    digest = hashlib.sha256(f"{parent_id}/{node_id}".encode()).hexdigest()[:32]
+    return f"{EXECUTION_PREFIX}_{digest}"
+
+
+def aggregate_status(executions: Sequence[ExecutionRecord]) -> ExecutionStatus:
+    """A tree is running while any member is unfinished, else its worst ending."""
+    statuses = {e.status for e in executions}
+    for status in (_S.RUNNING, _S.PAUSED, _S.QUEUED, _S.CREATED, _S.FAILED, _S.STOPPED):
+        if status in statuses:
+            return _S.RUNNING if not status.is_terminal else status
+    return _S.COMPLETED
+
+
+class ExecutionService:
+    def __init__(
+        self,
+        *,
+        flows: FlowStore,
+        executions: ExecutionStore,
+        registry: NodeRegistry,
+        queues: Mapping[Track, TaskQueue],
+        buses: Mapping[EventsBackend, EventBus],
+        commands: CommandChannel,
+        policy: RoutingPolicy,
+    ) -> None:
+        self.flows = flows
+        self.executions = executions
+        self.registry = registry
+        self.queues = dict(queues)
+        self.buses = dict(buses)
+        self.commands = commands
+        self.policy = policy
+        self._flow_cache: OrderedDict[tuple[str, int], Flow] = OrderedDict()
+
+    # -- flows -----------------------------------------------------------------------------
+
+    def compile(self, record: FlowRecord) -> Flow:
+        """The validated flow of one stored version (versions are immutable, so cached)."""
+        key = (record.id, record.version)
+        flow = self._flow_cache.get(key)
+        if flow is None:
+            flow = validate_flow(record.definition, self.registry)
+            self._flow_cache[key] = flow
+            if len(self._flow_cache) > _FLOW_CACHE_SIZE:
+                self._flow_cache.popitem(last=False)
+        else:
+            self._flow_cache.move_to_end(key)
+        return flow
+
+    async def flow_of(self, execution: ExecutionRecord) -> Flow:
+        record = await self.flows.get(execution.owner_id, execution.flow_id, execution.flow_version)
+        return self.compile(record)
+
+    # -- create and start ------------------------------------------------------------------
+
+    def route(self, owner_id: str) -> Track:
+        return choose_track(
+            owner_id,
+            enable_dbos=self.policy.enable_dbos,
+            rollout_percent=self.policy.rollout_percent,
+        )
+
+    async def create(
+        self,
+        owner_id: str,
+        flow_id: str,
+        *,
+        version: int | None = None,
+        options: ExecutionOptions | None = None,
+        events: Sequence[TriggerEvent] = (),
+        track: Track | None = None,
+        parent: ExecutionRecord | None = None,
+        execution_id: str | None = None,
+    ) -> ExecutionRecord:
+        """Create an execution in `created` with `execution.created` (index 0) in its stream.
+
+        Raises NotFound for an unknown flow or version, FlowValidationError for options that do
+        not fit the flow, TrackUnavailable when this process cannot reach the chosen track.
+        """
+        options = options or ExecutionOptions()
+        flow_record = await self.flows.get(owner_id, flow_id, version)
+        check_options(self.compile(flow_record), options)
+        if parent is not None:
+            track, backend = parent.track, parent.events_backend
+        else:
+            track = track or self.route(owner_id)
+            backend = events_backend_for(track, self.policy.events_backend)
+        if track not in self.queues:
+            raise TrackUnavailable(f"the {track} track is not available in this deployment")
+        if backend not in self.buses:
+            raise TrackUnavailable(f"the {backend} events backend is not available here")
+        record = await self.executions.create(
+            owner_id=owner_id,
+            flow_id=flow_record.id,
+            flow_version=flow_record.version,
+            track=track,
+            events_backend=backend,
+            options=options,
+            trigger_events=events,
+            parent_id=parent.id if parent else None,
+            execution_id=execution_id or new_execution_id(),
+            next_event_index=1,
+        )
+        created = {
+            "flow_id": record.flow_id,
+            "flow_version": record.flow_version,
+            "track": record.track.value,
+            "events_backend": record.events_backend.value,
+            "depth": record.depth,
+            "parent_id": record.parent_id,
+            "root_id": record.root_id,
+            "events": [e.model_dump(mode="json") for e in record.trigger_events],
+        }
+        event = Event(
+            execution_id=record.id, index=0, type=EventType.EXECUTION_CREATED, data=created
+        )
+        await self.buses[backend].publish(event, wait=True)
+        return record
+
+    async def start(self, owner_id: str | None, execution_id: str) -> ExecutionRecord:
+        """Queue a created execution for a worker. Starting twice is harmless; a finished one 409s."""
+        async with self.executions.locked(execution_id, owner_id) as (session, record):
+            if record.status.is_terminal:
+                raise Conflict(f"execution {execution_id} is already {record.status}")
+            if record.status is not _S.CREATED:
+                return record
+            record = await self._write_locked(
+                session, record, _S.QUEUED, EventType.EXECUTION_QUEUED, {"track": record.track}
+            )
+        await self.queues[record.track].enqueue(record.id, record.attempt + 1)
+        return record
+
+    async def _write_locked(
+        self,
+        session: AsyncSession,
+        record: ExecutionRecord,
+        target: ExecutionStatus,
+        event_type: EventType,
+        data: dict[str, Any],
+        *,
+        index: int | None = None,
+        error_message: str | None = None,
+    ) -> ExecutionRecord:
+        """Publish one event, then move the status: callers hold the row lock."""
+        at = record.next_event_index if index is None else index
+        event = Event(execution_id=record.id, index=at, type=event_type, data=data)
+        await self.buses[record.events_backend].publish(event, wait=True)
+        return await self.executions.transition(
+            record.id,
+            target,
+            session=session,
+            next_event_index=at + 1,
+            error_message=error_message,
+        )
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def command(
+        self, owner_id: str | None, execution_id: str, command: Command, reason: str | None = None
+    ) -> ExecutionRecord:
+        """Apply a user command. Durable: a worker that picks the execution up later obeys it."""
+        if command is Command.START:
+            return await self.start(owner_id, execution_id)
+        record = await self.executions.get(execution_id, owner_id)
+        if record.status.is_terminal:
+            raise Conflict(f"execution {execution_id} is already {record.status}")
+        if command is Command.STOP:
+            await self.stop_tree(record, reason or "stopped by request")
+            return await self.executions.get(execution_id, owner_id)
+        await self.commands.send(execution_id, command, reason)
+        return record
+
+    async def stop_tree(self, record: ExecutionRecord, reason: str) -> None:
+        """Stop an execution and every unfinished descendant."""
+        tree = await self.executions.tree(record.id)
+        for member in tree:
+            if not member.status.is_terminal:
+                why = reason if member.id == record.id else f"ancestor {record.id} was stopped"
+                await self._stop_one(member.id, why)
+
+    async def _stop_one(self, execution_id: str, reason: str) -> None:
+        async with self.executions.locked(execution_id) as (session, record):
+            if record.status.is_terminal:
+                return
+            if record.status in (_S.CREATED, _S.QUEUED):
+                # No worker holds it: end it here. A worker that gets its task later skips it.
+                await self._write_locked(
+                    session,
+                    record,
+                    _S.STOPPED,
+                    EventType.EXECUTION_STOPPED,
+                    {"reason": reason, "cancelled_nodes": [], "outputs": {}},
+                    error_message=reason,
+                )
+                return
+        await self.commands.send(execution_id, Command.STOP, reason)
+
+    async def fail_unclaimed(
+        self, execution_id: str, reason: str, *, from_statuses: Sequence[ExecutionStatus]
+    ) -> bool:
+        """End an execution no worker holds as failed (start timeout, attempts exhausted).
+
+        The event index comes from the bus itself, because a crashed worker may have written
+        events past the row's counter. Returns False when the execution had moved on.
+        """
+        async with self.executions.locked(execution_id) as (session, record):
+            if record.status not in from_statuses:
+                return False
+            index = await self.buses[record.events_backend].next_index(execution_id)
+            await self._write_locked(
+                session,
+                record,
+                _S.FAILED,
+                EventType.EXECUTION_FAILED,
+                {"error": {"message": reason, "node_id": None}, "outputs": record.outputs},
+                index=max(index, record.next_event_index),
+                error_message=reason,
+            )
+        return True
+
+    # -- children --------------------------------------------------------------------------
+
+    async def spawn_child(
+        self,
+        parent: ExecutionRecord,
+        *,
+        node_id: str,
+        event: str,
+        payload: Any,
+        flow_id: str | None,
+    ) -> SpawnedChild:
+        """Create and start a child on the parent's track; the parent does not wait for it."""
+        depth = parent.depth + 1
+        if depth > self.policy.max_depth:
+            raise NodeError(
+                f"cannot spawn a child at depth {depth}: EXECUTION_MAX_DEPTH is "
+                f"{self.policy.max_depth}"
+            )
+        same_flow = flow_id is None or flow_id == parent.flow_id
+        child_id = child_execution_id(parent.id, node_id)
+        options = ExecutionOptions(
+            max_concurrency=parent.options.max_concurrency,
+            node_timeout_s=parent.options.node_timeout_s,
+            flow_timeout_s=parent.options.flow_timeout_s,
+        )
+        try:
+            child = await self.create(
+                parent.owner_id,
+                parent.flow_id if same_flow else str(flow_id),
+                version=parent.flow_version if same_flow else None,
+                options=options,
+                events=[TriggerEvent(name=event, payload=payload)],
+                parent=parent,
+                execution_id=child_id,
+            )
+        except AlreadyExists:
+            child = await self.executions.get(child_id)
+        except NotFound:
+            raise NodeError(f"flow '{flow_id}' does not exist for this owner") from None
+        await self.start(None, child.id)
+        return SpawnedChild(execution_id=child.id, flow_id=child.flow_id, depth=child.depth)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def get(self, owner_id: str | None, execution_id: str) -> ExecutionRecord:
+        return await self.executions.get(execution_id, owner_id)
+
+    async def tree(self, owner_id: str | None, execution_id: str) -> ExecutionTree:
+        members = await self.executions.tree(execution_id, owner_id)
+        if not members:
+            raise NotFound("execution", execution_id)
+        return ExecutionTree(members[0], members, aggregate_status(members))
+
+    async def subscribe(
+        self, owner_id: str | None, execution_id: str, from_index: int = 0
+    ) -> AsyncIterator[Event]:
+        """The execution's events from `from_index`, ending after the terminal event."""
+        record = await self.executions.get(execution_id, owner_id)
+        return self.buses[record.events_backend].subscribe(record.id, from_index)

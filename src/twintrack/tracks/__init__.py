@@ -1,0 +1,1 @@
+"""Execution tracks: adapters behind the ports of `twintrack.ports`."""
