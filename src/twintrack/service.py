@@ -186,7 +186,7 @@ class ExecutionService:
         return record
 
     async def start(self, owner_id: str | None, execution_id: str) -> ExecutionRecord:
-        """Queue a created execution for a worker. Starting twice is harmless; a finished one 409s."""
+        """Queue a created execution for a worker. Starting twice is harmless; finished: 409."""
         async with self.executions.locked(execution_id, owner_id) as (session, record):
             if record.status.is_terminal:
                 raise Conflict(f"execution {execution_id} is already {record.status}")

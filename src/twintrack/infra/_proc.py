@@ -1,9 +1,9 @@
 """Process plumbing shared by the embedded servers: free ports, liveness, shutdown, orphan reaping.
 
-Linux-only on purpose (Tansu ships as a Linux binary; liveness reads /proc). Every server runs in its
-own session (`start_new_session=True`) so a Ctrl-C aimed at pytest does not kill it before teardown,
-which means nothing kills it when its owner dies hard either; hence the state file next to each
-temporary server and `reap_orphans`, which stops servers whose owning process is gone.
+Linux-only on purpose (Tansu ships as a Linux binary; liveness reads /proc). Every server runs in
+its own session (`start_new_session=True`) so a Ctrl-C aimed at pytest does not kill it before
+teardown, which also means nothing kills it when its owner dies hard; hence the state file next to
+each temporary server and `reap_orphans`, which stops servers whose owning process is gone.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class EmbeddedServerError(RuntimeError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago; callers retry on EADDRINUSE because another process may win."""
+    """A port that was free a moment ago; callers retry on EADDRINUSE (another process may win)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
@@ -125,7 +125,7 @@ def terminate(pid: int, plan: StopPlan, popen: subprocess.Popen[bytes] | None = 
 
 @dataclass(frozen=True)
 class ServerState:
-    """Who owns a temporary server; `marker` must occur in the server's cmdline (guards pid reuse)."""
+    """Who owns a server; `marker` must occur in the server's cmdline (guards against pid reuse)."""
 
     owner_pid: int
     server_pid: int
@@ -157,7 +157,7 @@ def owned_server_pid(state: ServerState) -> int | None:
 
 
 def reap_orphans(roots: Iterable[Path], prefix: str, plan: StopPlan) -> list[Path]:
-    """Stop servers in `root/prefix*` dirs whose owner died without cleaning up, and delete the dirs.
+    """Stop servers in `root/prefix*` dirs whose owner died without cleaning up; delete the dirs.
 
     Only directories carrying a state file are touched, and only if the recorded owner is gone, so
     servers of concurrent live sessions (other pytest runs, xdist workers) are left alone.
