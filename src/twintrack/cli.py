@@ -143,5 +143,70 @@ def migrate() -> None:
     typer.echo("database is at the latest schema")
 
 
+@app.command()
+def api() -> None:
+    """Run the HTTP API (API_HOST:API_PORT)."""
+    settings = _settings()
+    from twintrack.processes import run_api
+
+    _run_service(lambda: run_api(settings))
+
+
+@app.command()
+def worker(
+    tracks: Annotated[
+        str | None, typer.Option(help="Comma-separated tracks to serve (default WORKER_TRACKS).")
+    ] = None,
+) -> None:
+    """Run a worker (with the recovery sweeper) until SIGINT/SIGTERM."""
+    if tracks is not None:
+        import os
+
+        os.environ["WORKER_TRACKS"] = tracks
+    settings = _settings()
+    from twintrack.processes import run_worker
+
+    _run_service(lambda: run_worker(settings))
+
+
+@app.command()
+def dev(
+    port: Annotated[int | None, typer.Option(help="API port (default API_PORT).")] = None,
+) -> None:
+    """Everything on one machine: embedded servers, migrations, API and a worker."""
+    _settings()
+    from twintrack.devenv import run_dev
+
+    run_dev(port)
+
+
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    owner: Annotated[str, typer.Option(help="The owner the key acts as.", min=1)],
+) -> None:
+    """Create an API key for OWNER and print it, alone, on stdout (shown only once)."""
+    settings = _settings()
+    if not settings.database_url:
+        raise _fail("DATABASE_URL is not set")
+    if not owner.strip():
+        raise _fail("--owner must not be empty")
+    from twintrack.devenv import _create_key_for
+
+    typer.echo(asyncio.run(_create_key_for(settings.database_url, owner.strip())))
+
+
+def _run_service(start: Any) -> None:
+    from twintrack.config import ConfigError
+
+    try:
+        asyncio.run(start())
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()

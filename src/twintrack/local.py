@@ -34,7 +34,9 @@ class _LocalSpawner:
         self._parent_id = parent_id
         self._depth = depth
 
-    async def spawn(self, *, event: str, payload: Any, flow_id: str | None) -> SpawnedChild:
+    async def spawn(
+        self, *, node_id: str, event: str, payload: Any, flow_id: str | None
+    ) -> SpawnedChild:
         if flow_id is not None and flow_id != LOCAL_FLOW_ID:
             raise NodeError(
                 f"flow '{flow_id}' is not available to `twintrack run`, which runs only the "

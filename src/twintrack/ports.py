@@ -57,6 +57,14 @@ class EventBus(Protocol):
         """The index after the last event durably written: where a re-run continues."""
         ...
 
+    async def last_event(self, execution_id: str) -> Event | None:
+        """The durably written event with the highest index (None when there is none).
+
+        A re-run checks it first: a worker may have died after writing the terminal event
+        but before recording the ending in the row, and then the ending stands.
+        """
+        ...
+
 
 @dataclass(frozen=True)
 class CommandMessage:
@@ -88,4 +96,11 @@ class CommandChannel(Protocol):
 
     def watch(self, execution_id: str, handler: CommandHandler) -> Callable[[], None]:
         """Call `handler` for each new command of the execution; returns an unsubscribe."""
+        ...
+
+    async def replay_and_watch(
+        self, execution_id: str, handler: CommandHandler
+    ) -> Callable[[], None]:
+        """Stored commands, then live ones, each exactly once in order: what a worker that
+        just took an execution needs. Returns an unsubscribe."""
         ...

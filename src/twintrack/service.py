@@ -28,6 +28,7 @@ from twintrack.domain.execution import (
 from twintrack.domain.flow import Flow, check_options, validate_flow
 from twintrack.domain.ids import EXECUTION_PREFIX, new_execution_id
 from twintrack.domain.rollout import choose_track, events_backend_for
+from twintrack.engine import result_from_terminal_event
 from twintrack.nodes.base import NodeError, SpawnedChild
 from twintrack.nodes.registry import NodeRegistry
 from twintrack.ports import CommandChannel, EventBus, TaskQueue
@@ -274,7 +275,21 @@ class ExecutionService:
         async with self.executions.locked(execution_id) as (session, record):
             if record.status not in from_statuses:
                 return False
-            index = await self.buses[record.events_backend].next_index(execution_id)
+            last = await self.buses[record.events_backend].last_event(execution_id)
+            if last is not None and last.type.is_terminal:
+                # A worker wrote the ending but died before recording it: the ending stands.
+                ended = result_from_terminal_event(last)
+                await self.executions.transition(
+                    execution_id,
+                    ended.status,
+                    session=session,
+                    outputs=ended.outputs,
+                    error_message=ended.error.message if ended.error else None,
+                    error_node_id=ended.error.node_id if ended.error else None,
+                    next_event_index=last.index + 1,
+                )
+                return True
+            index = 0 if last is None else last.index + 1
             await self._write_locked(
                 session,
                 record,

@@ -423,7 +423,7 @@ class RecordingSpawner:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any, str | None]] = []
 
-    async def spawn(self, *, event: str, payload: Any, flow_id: str | None) -> Any:
+    async def spawn(self, *, node_id: str, event: str, payload: Any, flow_id: str | None) -> Any:
         from twintrack.nodes.base import SpawnedChild
 
         self.calls.append((event, payload, flow_id))

@@ -115,7 +115,9 @@ class FakeSpawner:
     def __post_init__(self) -> None:
         self.calls: list[dict[str, Any]] = []
 
-    async def spawn(self, *, event: str, payload: Any, flow_id: str | None) -> SpawnedChild:
+    async def spawn(
+        self, *, node_id: str, event: str, payload: Any, flow_id: str | None
+    ) -> SpawnedChild:
         self.calls.append({"event": event, "payload": payload, "flow_id": flow_id})
         if self.error is not None:
             raise self.error

@@ -5,7 +5,12 @@ It knows nothing of Kafka, DBOS, SQL or HTTP; the tracks adapt to it through `Ev
 """
 
 from twintrack.engine.control import ExecutionControl
-from twintrack.engine.engine import ExecutionError, ExecutionResult, run_flow
+from twintrack.engine.engine import (
+    ExecutionError,
+    ExecutionResult,
+    result_from_terminal_event,
+    run_flow,
+)
 from twintrack.engine.services import EngineServices, InMemoryCounters
 from twintrack.engine.sink import EventSequencer, EventSink
 
@@ -17,5 +22,6 @@ __all__ = [
     "ExecutionError",
     "ExecutionResult",
     "InMemoryCounters",
+    "result_from_terminal_event",
     "run_flow",
 ]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twintrack.domain.commands import Command
-from twintrack.domain.events import EventType
+from twintrack.domain.events import Event, EventType
 from twintrack.domain.execution import ExecutionOptions, ExecutionStatus, TriggerEvent
 from twintrack.domain.flow import ERROR_PORT, Flow, FlowNode
 from twintrack.engine.control import ControlMessage, ExecutionControl
@@ -93,7 +93,9 @@ class _NodeContext:
         spawner = self._run.services.children
         if spawner is None:
             raise NodeError("child executions are not available in this run")
-        child = await spawner.spawn(event=event, payload=payload, flow_id=flow_id)
+        child = await spawner.spawn(
+            node_id=self._node.id, event=event, payload=payload, flow_id=flow_id
+        )
         await self._run.sink.emit(
             EventType.CHILD_SPAWNED,
             {
@@ -336,6 +338,24 @@ class _Run:
             {"reason": reason, "cancelled_nodes": cancelled, "outputs": self.outputs},
         )
         return ExecutionResult(ExecutionStatus.STOPPED, dict(self.outputs), ExecutionError(reason))
+
+
+_ENDINGS = {
+    EventType.EXECUTION_COMPLETED: ExecutionStatus.COMPLETED,
+    EventType.EXECUTION_FAILED: ExecutionStatus.FAILED,
+    EventType.EXECUTION_STOPPED: ExecutionStatus.STOPPED,
+}
+
+
+def result_from_terminal_event(event: Event) -> ExecutionResult:
+    """The result a terminal event announced, for recording an ending found in the stream."""
+    status = _ENDINGS[event.type]
+    outputs = dict(event.data.get("outputs") or {})
+    if status is ExecutionStatus.COMPLETED:
+        return ExecutionResult(status, outputs)
+    error = event.data.get("error") or {}
+    message = error.get("message") or event.data.get("reason") or str(status)
+    return ExecutionResult(status, outputs, ExecutionError(message, error.get("node_id")))
 
 
 def _check_outputs(node: FlowNode, outputs: Mapping[str, Any]) -> str | None:

@@ -43,9 +43,15 @@ class SpawnedChild:
 
 
 class ChildSpawner(Protocol):
-    """Creates and starts a child execution; raises NodeError when it must not (depth cap)."""
+    """Creates and starts a child execution; raises NodeError when it must not (depth cap).
 
-    async def spawn(self, *, event: str, payload: Any, flow_id: str | None) -> SpawnedChild: ...
+    `node_id` names the emitting node, so a re-run of the parent can find the child it
+    already spawned instead of spawning a second one.
+    """
+
+    async def spawn(
+        self, *, node_id: str, event: str, payload: Any, flow_id: str | None
+    ) -> SpawnedChild: ...
 
 
 class NodeContext(Protocol):

@@ -1,0 +1,5 @@
+"""`python -m twintrack` is the `twintrack` command."""
+
+from twintrack.cli import app
+
+app()

@@ -1,0 +1,95 @@
+"""`twintrack dev`: everything on one machine, for trying twintrack and for developing it.
+
+Servers come from the environment when their URLs are set, else embedded ones are started
+(both throw-away: the embedded broker keeps events in memory only, so the database is
+throw-away too, keeping the two consistent). Then: migrate, make an API key, and run the API
+with a worker in this process. The environment another `twintrack worker` needs to join is
+printed and written to `.twintrack/dev.env`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from twintrack.config import load_settings
+from twintrack.infra.discovery import provide_broker, provide_postgres
+
+DEV_OWNER = "dev"
+
+
+def _banner(api: str, key: str, env_file: Path, env: dict[str, str]) -> str:
+    exports = "\n".join(f"  export {k}={shlex.quote(v)}" for k, v in env.items())
+    return f"""
+twintrack dev is running.
+
+  API        {api}   (OpenAPI: {api}/docs)
+  API key    {key}   (owner '{DEV_OWNER}')
+
+Try it:
+  export TT_KEY={key}
+  FLOW=$(curl -s -X POST {api}/v1/flows -H "Authorization: Bearer $TT_KEY" \\
+      -H 'Content-Type: application/json' --data @examples/hello.json | sed 's/.*"id":"\\([^"]*\\)".*/\\1/')
+  EX=$(curl -s -X POST {api}/v1/executions -H "Authorization: Bearer $TT_KEY" \\
+      -H 'Content-Type: application/json' -d "{{\\"flow_id\\": \\"$FLOW\\"}}" | sed 's/.*"id":"\\([^"]*\\)".*/\\1/')
+  curl -s -X POST {api}/v1/executions/$EX/start -H "Authorization: Bearer $TT_KEY"
+  curl -sN {api}/v1/executions/$EX/events -H "Authorization: Bearer $TT_KEY"
+
+Another worker joins with (also in {env_file}):
+{exports}
+  twintrack worker
+
+Ctrl-C stops everything.
+"""
+
+
+def run_dev(port: int | None = None) -> None:
+    with contextlib.ExitStack() as stack:
+        pg = stack.enter_context(provide_postgres())
+        broker = stack.enter_context(provide_broker())
+        env = {
+            "DATABASE_URL": pg.url,
+            "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "KAFKA_ENABLE_IDEMPOTENCE": "true" if broker.capabilities.idempotence else "false",
+        }
+        os.environ.update(env)
+        if port is not None:
+            os.environ["API_PORT"] = str(port)
+        settings = load_settings()
+        from twintrack.cli_support import configure_from
+        from twintrack.processes import run_all
+        from twintrack.store.migrations import upgrade_head
+
+        configure_from(settings)
+        asyncio.run(upgrade_head(pg.url))
+        key = asyncio.run(_create_key(settings.database_url or pg.url))
+        env_file = Path(".twintrack/dev.env")
+        env_file.parent.mkdir(exist_ok=True)
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        api = f"http://{settings.api_host}:{settings.api_port}"
+
+        def ready() -> None:
+            sys.stdout.write(_banner(api, key, env_file, env))
+            sys.stdout.flush()
+
+        asyncio.run(run_all(settings, ready))
+
+
+async def _create_key(database_url: str) -> str:
+    return await _create_key_for(database_url, DEV_OWNER)
+
+
+async def _create_key_for(database_url: str, owner: str) -> str:
+    from twintrack.store.db import create_engine, create_session_factory
+    from twintrack.store.keys import KeyStore
+
+    engine = create_engine(database_url)
+    try:
+        created = await KeyStore(create_session_factory(engine)).create(owner)
+        return created.key
+    finally:
+        await engine.dispose()

@@ -1,0 +1,180 @@
+"""ServiceFactory: the composition root. The only module that picks implementations.
+
+From Settings it builds a `Container` with the stores, the task queue of each available
+track, the event bus of each events backend, the command channel and the service; workers
+and the sweeper are built on top of a container. Nothing else imports a concrete adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from twintrack.config import ConfigError, Settings
+from twintrack.domain.execution import EventsBackend, Track
+from twintrack.nodes.registry import NodeRegistry, default_registry
+from twintrack.ports import CommandChannel, EventBus, TaskQueue
+from twintrack.recovery import RecoverySweeper, SweepPolicy
+from twintrack.service import ExecutionService, RoutingPolicy
+from twintrack.store.counters import CounterStore
+from twintrack.store.db import create_engine, create_session_factory
+from twintrack.store.executions import ExecutionStore
+from twintrack.store.flows import FlowStore
+from twintrack.store.keys import KeyStore
+from twintrack.store.workers import WorkerRegistry, new_worker_id
+from twintrack.tracks.kafka.claims import ClaimStore
+from twintrack.tracks.kafka.clients import KafkaConfig, ensure_topics
+from twintrack.tracks.kafka.events import KafkaEventBus
+from twintrack.tracks.kafka.tasks import KafkaTaskQueue
+from twintrack.tracks.kafka.worker import KafkaWorker
+from twintrack.tracks.postgres_commands import PostgresCommandChannel
+
+
+@dataclass
+class Container:
+    """Everything a process needs, built but not started (`start` does the I/O)."""
+
+    settings: Settings
+    db_engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    flows: FlowStore
+    executions: ExecutionStore
+    keys: KeyStore
+    counters: CounterStore
+    workers: WorkerRegistry
+    registry: NodeRegistry
+    queues: dict[Track, TaskQueue]
+    buses: dict[EventsBackend, EventBus]
+    commands: CommandChannel
+    service: ExecutionService
+    kafka: KafkaConfig
+    _started: bool = field(default=False, repr=False)
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        await ensure_topics(self.kafka)
+        for queue in self.queues.values():
+            await queue.start()
+        for bus in self.buses.values():
+            await bus.start()
+        await self.commands.start()
+        self._started = True
+
+    async def close(self) -> None:
+        for closer in (
+            *(q.close for q in self.queues.values()),
+            *(b.close for b in self.buses.values()),
+            self.commands.close,
+        ):
+            try:
+                await closer()
+            except Exception:  # keep closing the rest
+                import structlog
+
+                structlog.get_logger().warning("close failed", exc_info=True)
+        await self.db_engine.dispose()
+        self._started = False
+
+    async def ready(self) -> dict[str, bool]:
+        """Whether each dependency answers now: for /readyz."""
+        checks = {"database": False, "started": self._started}
+        try:
+            async with self.db_engine.connect() as conn:
+                await conn.execute(text("select 1"))
+            checks["database"] = True
+        except Exception:
+            checks["database"] = False
+        return checks
+
+
+class ServiceFactory:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def _check(self) -> None:
+        s = self.settings
+        if not s.database_url:
+            raise ConfigError("DATABASE_URL is not set (or run `twintrack dev` for embedded ones)")
+        if not s.kafka_bootstrap_servers:
+            raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set")
+        if s.dbos_can_receive:
+            raise ConfigError(
+                "ENABLE_DBOS_EXECUTION / DBOS_ROLLOUT_PERCENT route executions to the DBOS "
+                "track, which this build does not provide yet: leave them unset"
+            )
+
+    def build(self) -> Container:
+        self._check()
+        s = self.settings
+        assert s.database_url is not None
+        db_engine = create_engine(s.database_url, pool_size=20, max_overflow=20)
+        sessions = create_session_factory(db_engine)
+        flows, executions = FlowStore(sessions), ExecutionStore(sessions)
+        kafka = KafkaConfig.from_settings(s)
+        registry = default_registry()
+        queues: dict[Track, TaskQueue] = {Track.KAFKA: KafkaTaskQueue(kafka)}
+        buses: dict[EventsBackend, EventBus] = {EventsBackend.KAFKA: KafkaEventBus(kafka, sessions)}
+        commands = PostgresCommandChannel(s.database_url, sessions)
+        service = ExecutionService(
+            flows=flows,
+            executions=executions,
+            registry=registry,
+            queues=queues,
+            buses=buses,
+            commands=commands,
+            policy=RoutingPolicy(
+                enable_dbos=s.enable_dbos_execution,
+                rollout_percent=s.dbos_rollout_percent,
+                events_backend=s.execution_events_backend,
+                max_depth=s.execution_max_depth,
+            ),
+        )
+        return Container(
+            settings=s,
+            db_engine=db_engine,
+            sessions=sessions,
+            flows=flows,
+            executions=executions,
+            keys=KeyStore(sessions),
+            counters=CounterStore(sessions),
+            workers=WorkerRegistry(sessions),
+            registry=registry,
+            queues=queues,
+            buses=buses,
+            commands=commands,
+            service=service,
+            kafka=kafka,
+        )
+
+    def kafka_worker(self, container: Container, worker_id: str | None = None) -> KafkaWorker:
+        return KafkaWorker(
+            config=container.kafka,
+            service=container.service,
+            claims=ClaimStore(container.sessions, container.executions),
+            bus=container.buses[EventsBackend.KAFKA],
+            commands=container.commands,
+            counters=container.counters,
+            registry=container.workers,
+            worker_id=worker_id or new_worker_id(),
+            concurrency=self.settings.worker_concurrency,
+            claim_ttl_s=self.settings.claim_ttl_s,
+        )
+
+    def sweeper(self, container: Container, worker_id: str) -> RecoverySweeper:
+        s = self.settings
+        return RecoverySweeper(
+            db_engine=container.db_engine,
+            sessions=container.sessions,
+            service=container.service,
+            claims=ClaimStore(container.sessions, container.executions),
+            kafka_queue=container.queues.get(Track.KAFKA),
+            policy=SweepPolicy(
+                interval_s=s.recovery_sweep_interval_s,
+                max_attempts=s.max_attempts,
+                start_timeout_s=s.start_signal_timeout_s,
+            ),
+            worker_id=worker_id,
+        )

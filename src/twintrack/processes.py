@@ -1,0 +1,131 @@
+"""Long-running processes: the API server, a worker (with its recovery sweeper), and `dev`.
+
+Each builds a container through the ServiceFactory, starts it, runs until SIGINT/SIGTERM,
+then shuts down in order: stop taking work, let running executions finish briefly, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Iterator
+
+import structlog
+import uvicorn
+
+from twintrack.config import Settings
+from twintrack.factory import Container, ServiceFactory
+
+log = structlog.get_logger()
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+class WorkerProcess:
+    """A Kafka worker and the recovery sweeper, on one started container."""
+
+    def __init__(self, factory: ServiceFactory, container: Container) -> None:
+        self.worker = factory.kafka_worker(container)
+        self.sweeper = factory.sweeper(container, self.worker.worker_id)
+        self._sweep: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.worker.start()
+        self._sweep = asyncio.create_task(self.sweeper.run(), name="recovery-sweeper")
+
+    async def stop(self) -> None:
+        if self._sweep is not None:
+            self._sweep.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweep
+        await self.worker.stop()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the process owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def api_server(container: Container, host: str, port: int) -> uvicorn.Server:
+    from twintrack.api.app import create_app
+
+    config = uvicorn.Config(
+        create_app(container),
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
+    return _Server(config)
+
+
+async def _serve(server: uvicorn.Server, stop: asyncio.Event) -> None:
+    task = asyncio.create_task(server.serve())
+    await stop.wait()
+    server.should_exit = True
+    await task
+
+
+async def run_with(
+    settings: Settings,
+    body: Callable[[ServiceFactory, Container, asyncio.Event], Awaitable[None]],
+) -> None:
+    factory = ServiceFactory(settings)
+    container = factory.build()
+    await container.start()
+    try:
+        await body(factory, container, _stop_event())
+    finally:
+        await container.close()
+
+
+async def run_api(settings: Settings) -> None:
+    async def body(_: ServiceFactory, container: Container, stop: asyncio.Event) -> None:
+        server = api_server(container, settings.api_host, settings.api_port)
+        log.info("api listening", url=f"http://{settings.api_host}:{settings.api_port}")
+        await _serve(server, stop)
+
+    await run_with(settings, body)
+
+
+async def run_worker(settings: Settings) -> None:
+    async def body(factory: ServiceFactory, container: Container, stop: asyncio.Event) -> None:
+        process = WorkerProcess(factory, container)
+        await process.start()
+        try:
+            await stop.wait()
+        finally:
+            await process.stop()
+
+    await run_with(settings, body)
+
+
+async def run_all(settings: Settings, on_ready: Callable[[], None]) -> None:
+    """API and a worker in one process (`twintrack dev`)."""
+
+    async def body(factory: ServiceFactory, container: Container, stop: asyncio.Event) -> None:
+        process = WorkerProcess(factory, container)
+        await process.start()
+        server = api_server(container, settings.api_host, settings.api_port)
+        serving = asyncio.create_task(_serve(server, stop))
+        while not server.started and not serving.done():
+            await asyncio.sleep(0.02)
+        if server.started:
+            on_ready()
+        try:
+            await serving
+        finally:
+            await process.stop()
+
+    await run_with(settings, body)

@@ -1,0 +1,223 @@
+"""The recovery sweeper: one active per cluster, serving every worker.
+
+Every worker process runs one; the one holding a Postgres advisory lock sweeps, the others
+wait to take over. Each sweep:
+
+- re-delivers Kafka-track executions whose claim expired (the worker died or hung): the
+  claim is taken back (fencing the old holder out), the execution goes back to `queued`, an
+  audit row is written, and a new task is sent; after MAX_ATTEMPTS runs it ends `failed`;
+- re-sends the task of an execution that has sat in `queued` with no claim for a long time
+  (a task lost between the status change and the send);
+- ends root executions never started within START_SIGNAL_TIMEOUT_S as `failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import structlog
+from sqlalchemy import exists, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+
+from twintrack.domain.execution import ExecutionStatus, Track
+from twintrack.ports import TaskQueue
+from twintrack.service import ExecutionService
+from twintrack.store.executions import ExecutionStore
+from twintrack.store.tables import ExecutionClaimRow, ExecutionRecoveryRow, ExecutionRow
+from twintrack.tracks.kafka.claims import ACTIVE, RELEASED, ClaimStore, ExpiredClaim
+
+log = structlog.get_logger()
+_S = ExecutionStatus
+LOCK_KEY = 0x7477696E74726B  # "twintrk"
+
+
+@dataclass(frozen=True)
+class SweepPolicy:
+    interval_s: float = 2.0
+    max_attempts: int = 3
+    start_timeout_s: float = 300.0
+    #: a queued execution with no claim for this long gets its task sent again
+    stale_queued_s: float = 120.0
+    batch: int = 200
+
+
+@dataclass
+class SweepReport:
+    requeued: list[str] = field(default_factory=list)
+    gave_up: list[str] = field(default_factory=list)
+    resent: list[str] = field(default_factory=list)
+    timed_out: list[str] = field(default_factory=list)
+
+
+def _seconds_ago(seconds: float) -> object:
+    return func.now() - text("make_interval(secs => :secs)").bindparams(secs=seconds)
+
+
+class RecoverySweeper:
+    def __init__(
+        self,
+        *,
+        db_engine: AsyncEngine,
+        sessions: async_sessionmaker[AsyncSession],
+        service: ExecutionService,
+        claims: ClaimStore,
+        kafka_queue: TaskQueue | None,
+        policy: SweepPolicy,
+        worker_id: str,
+    ) -> None:
+        self._db_engine = db_engine
+        self._sessions = sessions
+        self._service = service
+        self._executions: ExecutionStore = service.executions
+        self._claims = claims
+        self._kafka_queue = kafka_queue
+        self.policy = policy
+        self.worker_id = worker_id
+        self._lock_conn: AsyncConnection | None = None
+
+    # -- leadership ------------------------------------------------------------------------
+
+    async def is_leader(self) -> bool:
+        """Hold (or try to take) the cluster-wide advisory lock on a dedicated connection."""
+        try:
+            if self._lock_conn is not None:
+                await self._lock_conn.execute(select(1))
+                return True
+            conn = await self._db_engine.connect()
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            if await conn.scalar(select(func.pg_try_advisory_lock(LOCK_KEY))):
+                self._lock_conn = conn
+                log.info("recovery sweeper is leader", worker_id=self.worker_id)
+                return True
+            await conn.close()
+        except Exception:
+            log.warning("sweeper lock connection failed", exc_info=True)
+            await self._drop_lock()
+        return False
+
+    async def _drop_lock(self) -> None:
+        conn, self._lock_conn = self._lock_conn, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception:
+                log.debug("closing sweeper lock connection failed", exc_info=True)
+
+    async def run(self) -> None:
+        """Sweep forever while leader; cancel the task to stop."""
+        try:
+            while True:
+                if await self.is_leader():
+                    try:
+                        await self.sweep()
+                    except Exception:
+                        log.exception("recovery sweep failed")
+                await asyncio.sleep(self.policy.interval_s)
+        finally:
+            await self._drop_lock()
+
+    # -- one sweep -------------------------------------------------------------------------
+
+    async def sweep(self) -> SweepReport:
+        report = SweepReport()
+        for expired in await self._claims.expired(self.policy.batch):
+            await self._recover(expired, report)
+        await self._resend_stale_queued(report)
+        await self._start_timeouts(report)
+        if report.requeued or report.gave_up or report.resent or report.timed_out:
+            log.info("recovery sweep", **{k: len(v) for k, v in vars(report).items()})
+        return report
+
+    async def _audit(
+        self,
+        session: AsyncSession,
+        execution_id: str,
+        reason: str,
+        worker: str | None,
+        attempt: int,
+    ) -> None:
+        session.add(
+            ExecutionRecoveryRow(
+                execution_id=execution_id,
+                track=Track.KAFKA,
+                reason=reason,
+                previous_worker_id=worker or None,
+                attempt=attempt,
+            )
+        )
+
+    async def _recover(self, expired: ExpiredClaim, report: SweepReport) -> None:
+        eid = expired.execution_id
+        if expired.attempt >= self.policy.max_attempts:
+            reason = (
+                f"gave up after {expired.attempt} attempts: worker {expired.worker_id} "
+                "stopped renewing its claim"
+            )
+            async with self._sessions.begin() as session:
+                if not await self._claims.take_back(session, expired):
+                    return
+                await self._audit(session, eid, "max_attempts", expired.worker_id, expired.attempt)
+            if await self._service.fail_unclaimed(eid, reason, from_statuses=ACTIVE):
+                report.gave_up.append(eid)
+            return
+        async with self._sessions.begin() as session:
+            if not await self._claims.take_back(session, expired):
+                return
+            await self._executions.transition(eid, _S.QUEUED, expected=ACTIVE, session=session)
+            await self._audit(session, eid, "expired_claim", expired.worker_id, expired.attempt)
+        if self._kafka_queue is not None:
+            await self._kafka_queue.enqueue(eid, expired.attempt + 1)
+        report.requeued.append(eid)
+        log.warning(
+            "execution re-delivered after its claim expired",
+            execution_id=eid,
+            previous_worker=expired.worker_id,
+            attempt=expired.attempt,
+        )
+
+    async def _resend_stale_queued(self, report: SweepReport) -> None:
+        if self._kafka_queue is None:
+            return
+        live_claim = exists().where(
+            ExecutionClaimRow.execution_id == ExecutionRow.id,
+            ExecutionClaimRow.worker_id != RELEASED,
+            ExecutionClaimRow.expires_at > func.now(),
+        )
+        async with self._sessions.begin() as session:
+            rows = (
+                await session.execute(
+                    update(ExecutionRow)
+                    .where(
+                        ExecutionRow.status == _S.QUEUED,
+                        ExecutionRow.track == Track.KAFKA,
+                        ExecutionRow.updated_at < _seconds_ago(self.policy.stale_queued_s),
+                        ~live_claim,
+                    )
+                    .values(updated_at=func.now())
+                    .returning(ExecutionRow.id, ExecutionRow.attempt)
+                    .execution_options(synchronize_session=False)
+                )
+            ).all()
+            for row in rows:
+                await self._audit(session, row.id, "stale_queued", None, row.attempt)
+        for row in rows:
+            await self._kafka_queue.enqueue(row.id, row.attempt + 1)
+            report.resent.append(row.id)
+
+    async def _start_timeouts(self, report: SweepReport) -> None:
+        async with self._sessions() as session:
+            ids = list(
+                await session.scalars(
+                    select(ExecutionRow.id)
+                    .where(
+                        ExecutionRow.status == _S.CREATED,
+                        ExecutionRow.parent_id.is_(None),
+                        ExecutionRow.created_at < _seconds_ago(self.policy.start_timeout_s),
+                    )
+                    .limit(self.policy.batch)
+                )
+            )
+        for eid in ids:
+            if await self._service.fail_unclaimed(eid, "start timeout", from_statuses=[_S.CREATED]):
+                report.timed_out.append(eid)

@@ -1,0 +1,142 @@
+"""Run one execution a worker holds, whatever the track: events, status, children, the end.
+
+The track supplies a `Lease` (may this worker still write?) and a `StatusWriter` (fenced
+status moves); the runner wires the engine to the event bus, numbers events after what is
+already in the stream, reports pause/resume, flushes before the end is recorded, and spawns
+children through the service.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import structlog
+
+from twintrack.domain.events import Event, EventType
+from twintrack.domain.flow import Flow
+from twintrack.engine import (
+    EngineServices,
+    EventSequencer,
+    ExecutionControl,
+    ExecutionResult,
+    result_from_terminal_event,
+    run_flow,
+)
+from twintrack.nodes.base import Counters, SpawnedChild
+from twintrack.ports import EventBus
+from twintrack.service import ExecutionService
+from twintrack.store.executions import ExecutionRecord
+
+log = structlog.get_logger()
+
+
+class LeaseLost(Exception):
+    """This worker no longer holds the execution: it must stop and write nothing more."""
+
+
+class Lease(Protocol):
+    def check(self) -> None:
+        """Raise LeaseLost when writing is no longer allowed."""
+        ...
+
+
+class StatusWriter(Protocol):
+    async def paused(self) -> None: ...
+
+    async def resumed(self) -> None: ...
+
+    async def finished(self, result: ExecutionResult, next_event_index: int) -> None: ...
+
+
+class _ServiceSpawner:
+    def __init__(self, service: ExecutionService, parent: ExecutionRecord, lease: Lease) -> None:
+        self._service = service
+        self._parent = parent
+        self._lease = lease
+
+    async def spawn(
+        self, *, node_id: str, event: str, payload: Any, flow_id: str | None
+    ) -> SpawnedChild:
+        self._lease.check()
+        return await self._service.spawn_child(
+            self._parent, node_id=node_id, event=event, payload=payload, flow_id=flow_id
+        )
+
+
+class _RunSink:
+    """Numbers and publishes events under the lease, and reports pause/resume to the row."""
+
+    def __init__(
+        self, record: ExecutionRecord, bus: EventBus, lease: Lease, status: StatusWriter, at: int
+    ) -> None:
+        self._bus = bus
+        self._lease = lease
+        self._status = status
+        self.sequencer = EventSequencer(record.id, self._publish, next_index=at)
+
+    async def _publish(self, event: Event) -> None:
+        self._lease.check()
+        await self._bus.publish(event)
+
+    async def emit(self, type: EventType, data: dict[str, Any]) -> Event:
+        event = await self.sequencer.emit(type, data)
+        if type is EventType.EXECUTION_PAUSED:
+            await self._status.paused()
+        elif type is EventType.EXECUTION_RESUMED:
+            await self._status.resumed()
+        return event
+
+
+async def run_execution(
+    *,
+    service: ExecutionService,
+    record: ExecutionRecord,
+    flow: Flow,
+    bus: EventBus,
+    control: ExecutionControl,
+    lease: Lease,
+    status: StatusWriter,
+    counters: Counters,
+    worker_id: str,
+) -> ExecutionResult:
+    """Run the execution to its end and record it. Raises LeaseLost if the lease went away.
+
+    A first attempt continues after the service's own events (created, queued); a re-run asks
+    the bus where the stream ends, announces itself with `execution.retrying`, and goes on
+    from there, so nothing already delivered is repeated or renumbered.
+    """
+    start_index = record.next_event_index
+    if record.attempt > 1:
+        last = await bus.last_event(record.id)
+        if last is not None and last.type.is_terminal:
+            # The previous attempt ended and wrote so, but died before recording it.
+            ended = result_from_terminal_event(last)
+            await status.finished(ended, last.index + 1)
+            return ended
+        if last is not None:
+            start_index = max(start_index, last.index + 1)
+    sink = _RunSink(record, bus, lease, status, start_index)
+    if record.attempt > 1:
+        await sink.emit(EventType.EXECUTION_RETRYING, {"attempt": record.attempt})
+    result = await run_flow(
+        flow,
+        execution_id=record.id,
+        sink=sink,
+        control=control,
+        options=record.options,
+        services=EngineServices(
+            counters=counters, children=_ServiceSpawner(service, record, lease)
+        ),
+        trigger_events=record.trigger_events,
+        start_data={"attempt": record.attempt, "worker_id": worker_id, "track": record.track},
+    )
+    lease.check()
+    await bus.flush()
+    await status.finished(result, sink.sequencer.next_index)
+    log.info(
+        "execution finished",
+        execution_id=record.id,
+        status=result.status.value,
+        attempt=record.attempt,
+    )
+    return result

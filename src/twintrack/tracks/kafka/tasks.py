@@ -1,0 +1,47 @@
+"""KafkaTaskQueue: a started execution becomes a task message, keyed by its id."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaProducer
+from pydantic import BaseModel, ConfigDict, Field
+
+from twintrack.domain.execution import Track
+from twintrack.tracks.kafka.clients import KafkaConfig, make_producer
+
+
+class TaskMessage(BaseModel):
+    """The task payload. Deliberately tiny: the execution row is the source of truth."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    execution_id: str = Field(min_length=1, max_length=200)
+    attempt: int = Field(default=1, ge=1)
+
+
+class KafkaTaskQueue:
+    track = Track.KAFKA
+
+    def __init__(self, config: KafkaConfig) -> None:
+        self.config = config
+        self._producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        if self._producer is None:
+            # Tasks are sent one at a time and awaited: no linger, latency matters here.
+            self._producer = make_producer(self.config, linger_ms=0)
+            await self._producer.start()
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+    async def enqueue(self, execution_id: str, attempt: int) -> None:
+        if self._producer is None:
+            raise RuntimeError("KafkaTaskQueue.start() was not called")
+        message = TaskMessage(execution_id=execution_id, attempt=attempt)
+        await self._producer.send_and_wait(
+            self.config.tasks_topic,
+            key=execution_id.encode(),
+            value=message.model_dump_json().encode(),
+        )

@@ -1,0 +1,164 @@
+"""Crashes, lost leases, start timeouts and poison tasks: nothing lost, nothing run twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from sqlalchemy import select
+
+from tests.e2e import flows
+from tests.e2e.stack import Api, Stack, assert_contiguous, eventually, open_stack
+from twintrack.domain.execution import ExecutionStatus
+from twintrack.store.tables import ExecutionClaimRow, ExecutionRecoveryRow, WorkerRow
+from twintrack.tracks.kafka.claims import ClaimStore
+from twintrack.tracks.kafka.clients import make_consumer
+
+
+async def _holder(stack: Stack, execution_id: str) -> tuple[str, int] | None:
+    """(worker_id, pid) of the worker holding the execution's claim."""
+    async with stack.container.sessions() as session:
+        row = (
+            await session.execute(
+                select(WorkerRow.worker_id, WorkerRow.pid)
+                .join(ExecutionClaimRow, ExecutionClaimRow.worker_id == WorkerRow.worker_id)
+                .where(ExecutionClaimRow.execution_id == execution_id)
+            )
+        ).first()
+    return (row.worker_id, row.pid) if row else None
+
+
+async def _live_workers(stack: Stack) -> int:
+    async with stack.container.sessions() as session:
+        rows = await session.scalars(
+            select(WorkerRow.worker_id).where(WorkerRow.stopped_at.is_(None))
+        )
+        return len(list(rows))
+
+
+async def test_sigkilled_worker_execution_finishes_elsewhere_exactly_once(
+    bare_stack: Stack,
+) -> None:
+    stack, api = bare_stack, bare_stack.api
+    stack.spawn_worker_process("w1")
+    stack.spawn_worker_process("w2")
+    await eventually(lambda: _at_least(_live_workers(stack), 2), timeout=30)
+    flow_id = await api.create_flow(flows.crashable(ms=3000))
+    ex = (await api.create(flow_id))["id"]
+    watching = api.watch(ex)
+    await api.command(ex, "start")
+    await api.wait_status(ex, "running", timeout=20)
+    holder = await eventually(lambda: _holder(stack, ex))
+    os.kill(holder[1], signal.SIGKILL)
+
+    row = await api.wait_status(ex, {"completed", "failed"}, timeout=45)
+    assert row["status"] == "completed", row
+    assert row["attempt"] == 2
+    assert row["outputs"] == {"after": 1}  # the node after the crash point ran once
+    assert await stack.container.counters.get("before") == 2  # re-run from the start
+    assert await stack.container.counters.get("after") == 1
+    events = await watching
+    assert_contiguous(events)
+    retrying = [e for e in events if e["type"] == "execution.retrying"]
+    assert [e["data"]["attempt"] for e in retrying] == [2]
+    assert [e["type"] for e in events].count("execution.completed") == 1
+    new_holder = [e for e in events if e["type"] == "execution.started"][-1]["data"]["worker_id"]
+    assert new_holder != holder[0]
+    async with stack.container.sessions() as session:
+        audits = list(
+            await session.scalars(
+                select(ExecutionRecoveryRow).where(ExecutionRecoveryRow.execution_id == ex)
+            )
+        )
+    assert [(a.reason, a.previous_worker_id, a.attempt) for a in audits] == [
+        ("expired_claim", holder[0], 1)
+    ]
+
+
+async def _at_least(count: Any, n: int) -> bool:
+    return bool(await count >= n)
+
+
+async def test_a_worker_whose_lease_expired_cannot_write(stack: Stack) -> None:
+    api = stack.api
+    flow_id = await api.create_flow(flows.chain(2, ms=1500))
+    ex = (await api.create(flow_id))["id"]
+    watching = api.watch(ex)
+    await api.command(ex, "start")
+    await api.wait_status(ex, "running")
+    worker = stack.workers[0].worker
+    old = worker._leases[ex].claim
+    claims = ClaimStore(stack.container.sessions, stack.container.executions)
+    # The worker goes silent (its lease runs out) and recovery hands the execution on.
+    await claims.expire_now(ex)
+    report = await stack.workers[0].sweeper.sweep()
+    assert report.requeued == [ex]
+    # The old holder is fenced out: its writes are refused ...
+    assert await claims.transition(old, ExecutionStatus.COMPLETED, outputs={"x": 1}) is None
+    row = await api.wait_status(ex, "completed", timeout=20)
+    # ... its engine stopped, and the execution completed once, on the new claim.
+    assert row["attempt"] == 2
+    assert row["outputs"] == {"done": None}
+    events = await watching
+    assert_contiguous(events)
+    assert [e["type"] for e in events].count("execution.completed") == 1
+    assert [e["data"]["attempt"] for e in events if e["type"] == "execution.retrying"] == [2]
+
+
+async def test_root_not_started_in_time_fails_with_start_timeout(env: dict[str, str]) -> None:
+    with tempfile.TemporaryDirectory() as logs:
+        async for stack in open_stack(env, Path(logs), START_SIGNAL_TIMEOUT_S="1"):
+            await stack.add_worker()
+            api = stack.api
+            flow_id = await api.create_flow(flows.three_nodes())
+            ex = (await api.create(flow_id))["id"]
+            row = await api.wait_status(ex, "failed", timeout=10)
+            assert row["error_message"] == "start timeout"
+            events = await api.events(ex)
+            assert_contiguous(events)
+            assert [e["type"] for e in events] == ["execution.created", "execution.failed"]
+            assert events[-1]["data"]["error"]["message"] == "start timeout"
+            assert await api.command(ex, "start") == 409
+
+
+async def test_poison_tasks_go_to_the_dead_letter_topic_and_the_worker_goes_on(
+    stack: Stack,
+) -> None:
+    config = stack.container.kafka
+    producer = AIOKafkaProducer(bootstrap_servers=config.bootstrap_servers)
+    await producer.start()
+    try:
+        await producer.send_and_wait(config.tasks_topic, key=b"junk", value=b"{not json")
+        await producer.send_and_wait(
+            config.tasks_topic, key=b"ghost", value=b'{"execution_id": "ex_ghost", "attempt": 1}'
+        )
+    finally:
+        await producer.stop()
+    consumer = make_consumer(config, config.dead_letter_topic, group_id=None)
+    await consumer.start()
+    letters: list[Any] = []
+    try:
+        async with asyncio.timeout(20):
+            while len(letters) < 2:
+                batch = await consumer.getmany(timeout_ms=200)
+                for records in batch.values():
+                    letters.extend(records)
+    finally:
+        await consumer.stop()
+    reasons = {r.key: dict(r.headers)["reason"].decode() for r in letters}
+    assert reasons[b"junk"].startswith("malformed task message")
+    assert reasons[b"ghost"] == "unknown execution 'ex_ghost'"
+    assert {r.value for r in letters} == {
+        b"{not json",
+        b'{"execution_id": "ex_ghost", "attempt": 1}',
+    }
+    # ... and the worker is still taking work.
+    api: Api = stack.api
+    ex = (await api.create(await api.create_flow(flows.three_nodes())))["id"]
+    await api.command(ex, "start")
+    assert (await api.wait_status(ex, "completed"))["outputs"] == {"answer": 42}
