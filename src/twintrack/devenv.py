@@ -32,10 +32,11 @@ twintrack dev is running.
 
 Try it:
   export TT_KEY={key}
+  ID='s/.*"id":"\\([^"]*\\)".*/\\1/'
   FLOW=$(curl -s -X POST {api}/v1/flows -H "Authorization: Bearer $TT_KEY" \\
-      -H 'Content-Type: application/json' --data @examples/hello.json | sed 's/.*"id":"\\([^"]*\\)".*/\\1/')
+      -H 'Content-Type: application/json' --data @examples/hello.json | sed "$ID")
   EX=$(curl -s -X POST {api}/v1/executions -H "Authorization: Bearer $TT_KEY" \\
-      -H 'Content-Type: application/json' -d "{{\\"flow_id\\": \\"$FLOW\\"}}" | sed 's/.*"id":"\\([^"]*\\)".*/\\1/')
+      -H 'Content-Type: application/json' -d "{{\\"flow_id\\": \\"$FLOW\\"}}" | sed "$ID")
   curl -s -X POST {api}/v1/executions/$EX/start -H "Authorization: Bearer $TT_KEY"
   curl -sN {api}/v1/executions/$EX/events -H "Authorization: Bearer $TT_KEY"
 

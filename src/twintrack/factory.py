@@ -149,6 +149,13 @@ class ServiceFactory:
             kafka=kafka,
         )
 
+    @staticmethod
+    def outage_errors() -> tuple[type[BaseException], ...]:
+        """Errors meaning a dependency is down: the API answers 503, not 500."""
+        from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+
+        return (KafkaConnectionError, KafkaTimeoutError)
+
     def kafka_worker(self, container: Container, worker_id: str | None = None) -> KafkaWorker:
         return KafkaWorker(
             config=container.kafka,

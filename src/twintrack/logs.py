@@ -9,9 +9,20 @@ from typing import Literal
 import structlog
 
 
+class _Stderr:
+    """sys.stderr looked up at each write: a swapped-out (and closed) stream, as test runners
+    leave behind, never breaks logging later on."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "INFO", fmt: Literal["console", "json"] = "console") -> None:
     """Route structlog and stdlib logging to stderr (stdout stays free for command output)."""
-    logging.basicConfig(stream=sys.stderr, level=level, format="%(message)s", force=True)
+    logging.basicConfig(stream=_Stderr(), level=level, format="%(message)s", force=True)
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
@@ -25,6 +36,6 @@ def configure_logging(level: str = "INFO", fmt: Literal["console", "json"] = "co
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )

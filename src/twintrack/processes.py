@@ -59,8 +59,9 @@ class _Server(uvicorn.Server):
 def api_server(container: Container, host: str, port: int) -> uvicorn.Server:
     from twintrack.api.app import create_app
 
+    app = create_app(container, unavailable_errors=ServiceFactory.outage_errors())
     config = uvicorn.Config(
-        create_app(container),
+        app,
         host=host,
         port=port,
         log_level="warning",
@@ -119,7 +120,7 @@ async def run_all(settings: Settings, on_ready: Callable[[], None]) -> None:
         await process.start()
         server = api_server(container, settings.api_host, settings.api_port)
         serving = asyncio.create_task(_serve(server, stop))
-        while not server.started and not serving.done():
+        while not server.started and not serving.done():  # noqa: ASYNC110 (no event to await)
             await asyncio.sleep(0.02)
         if server.started:
             on_ready()

@@ -35,6 +35,7 @@ from twintrack.ports import CommandChannel, EventBus, TaskQueue
 from twintrack.store.errors import AlreadyExists, NotFound
 from twintrack.store.executions import ExecutionRecord, ExecutionStore
 from twintrack.store.flows import FlowRecord, FlowStore
+from twintrack.store.pagination import Page
 
 _S = ExecutionStatus
 _FLOW_CACHE_SIZE = 512
@@ -347,6 +348,20 @@ class ExecutionService:
 
     async def get(self, owner_id: str | None, execution_id: str) -> ExecutionRecord:
         return await self.executions.get(execution_id, owner_id)
+
+    async def list(
+        self,
+        owner_id: str,
+        *,
+        flow_id: str | None = None,
+        status: ExecutionStatus | None = None,
+        track: Track | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[ExecutionRecord]:
+        return await self.executions.list(
+            owner_id, flow_id, status, track, limit=limit, cursor=cursor
+        )
 
     async def tree(self, owner_id: str | None, execution_id: str) -> ExecutionTree:
         members = await self.executions.tree(execution_id, owner_id)

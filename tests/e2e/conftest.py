@@ -29,7 +29,7 @@ def env(
 async def stack(env: dict[str, str]) -> AsyncIterator[Stack]:
     """The API and one in-process worker."""
     with tempfile.TemporaryDirectory(prefix="tt-e2e-") as logs:
-        async for s in open_stack(env, Path(logs)):
+        async with open_stack(env, Path(logs)) as s:
             await s.add_worker()
             yield s
 
@@ -38,8 +38,13 @@ async def stack(env: dict[str, str]) -> AsyncIterator[Stack]:
 async def bare_stack(env: dict[str, str]) -> AsyncIterator[Stack]:
     """The API with no worker: tests add workers (or processes) themselves."""
     with tempfile.TemporaryDirectory(prefix="tt-e2e-") as logs:
-        async for s in open_stack(env, Path(logs)):
+        async with open_stack(env, Path(logs)) as s:
             yield s
+
+
+@pytest.fixture
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("logs")
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ over HTTP, and workers (in-process, or separate `twintrack worker` processes to 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -117,6 +118,36 @@ class Api:
                 lines.append(line)
         return [m["data"] for m in parse_sse(lines)]
 
+    async def wait_event(
+        self,
+        execution_id: str,
+        match: Callable[[dict[str, Any]], bool],
+        timeout: float = 15.0,
+    ) -> list[dict[str, Any]]:
+        """Follow the stream until an event matches; returns the events up to and with it."""
+        seen: list[dict[str, Any]] = []
+        url = f"/v1/executions/{execution_id}/events"
+        async with (
+            asyncio.timeout(timeout),
+            self.client.stream("GET", url, headers=self.auth) as response,
+        ):
+            assert response.status_code == 200
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    seen.append(json.loads(line[5:]))
+                    if match(seen[-1]):
+                        return seen
+        raise AssertionError(f"stream of {execution_id} ended without a match: {seen}")
+
+    async def node_event(
+        self, execution_id: str, type: str, node_id: str, timeout: float = 15.0
+    ) -> list[dict[str, Any]]:
+        return await self.wait_event(
+            execution_id,
+            lambda e: e["type"] == type and e["data"].get("node_id") == node_id,
+            timeout,
+        )
+
     def watch(self, execution_id: str, from_index: int = 0) -> asyncio.Task[list[dict[str, Any]]]:
         return asyncio.create_task(self.events(execution_id, from_index))
 
@@ -205,6 +236,7 @@ def stack_env(database_url: str, bootstrap: str, prefix: str, idempotence: bool)
     }
 
 
+@contextlib.asynccontextmanager
 async def open_stack(env: dict[str, str], log_dir: Path, **overrides: str) -> AsyncIterator[Stack]:
     """Start the API (real HTTP on a free port) on a fresh database and topic prefix."""
     env = {**env, **overrides}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
+from typing import Any
 
 from tests.e2e import flows
-from tests.e2e.stack import Api, Stack, assert_contiguous
+from tests.e2e.stack import Api, Stack, assert_contiguous, eventually, open_stack
 
 
 async def test_create_subscribe_start_completes_with_outputs(api: Api) -> None:
@@ -36,14 +38,7 @@ async def test_debug_starts_paused_step_runs_one_node_then_resume(api: Api) -> N
     await api.command(ex, "start")
     await api.wait_status(ex, "paused")
     assert await api.command(ex, "step") == 202
-
-    async def one_node_done() -> bool:
-        done = [e for e in await _so_far(api, ex) if e["type"] == "node.completed"]
-        return len(done) == 1
-
-    from tests.e2e.stack import eventually
-
-    await eventually(one_node_done)
+    await api.node_event(ex, "node.completed", "n0")
     assert (await api.get(ex))["status"] == "paused"
     assert await api.command(ex, "resume") == 202
     events = await watching
@@ -58,29 +53,6 @@ async def test_debug_starts_paused_step_runs_one_node_then_resume(api: Api) -> N
     )
     assert resumed_at < n1_started  # n1 only ran after resume: step ran exactly n0
     assert (await api.get(ex))["status"] == "completed"
-
-
-async def _so_far(api: Api, ex: str) -> list[dict[str, object]]:
-    """Events written so far (a replay that stops at whatever exists now)."""
-    r = await api.client.get(f"/v1/executions/{ex}/tree", headers=api.auth)
-    assert r.status_code == 200
-    # no "so far" endpoint: read the stream with a short deadline instead
-    import asyncio
-
-    collected: list[dict[str, object]] = []
-    try:
-        async with (
-            asyncio.timeout(0.5),
-            api.client.stream("GET", f"/v1/executions/{ex}/events", headers=api.auth) as response,
-        ):
-            import json
-
-            async for line in response.aiter_lines():
-                if line.startswith("data:"):
-                    collected.append(json.loads(line[5:]))
-    except TimeoutError:
-        pass
-    return collected
 
 
 async def test_stop_cancels_a_long_delay_within_a_second(api: Api) -> None:
@@ -128,56 +100,47 @@ async def test_pause_sent_before_pickup_is_honoured_when_a_worker_takes_it(
     await api.command(ex, "start")
     assert await api.command(ex, "pause") == 202
     await bare_stack.add_worker()
-    await api.wait_status(ex, "paused")
-    events = await _so_far(api, ex)
-    assert not [e for e in events if e["type"] == "node.started"]
+    events = await api.wait_event(ex, lambda e: e["type"] == "execution.paused")
+    assert [e["type"] for e in events] == [
+        "execution.created",
+        "execution.queued",
+        "execution.started",
+        "execution.paused",
+    ]
+    assert (await api.wait_status(ex, "paused"))["status"] == "paused"
     await api.command(ex, "resume")
     await api.wait_status(ex, "completed")
 
 
-async def test_children_to_depth_3_then_the_depth_cap(
-    env: dict[str, str], tmp_path: object
-) -> None:
-    import tempfile
-    from pathlib import Path
+async def test_children_to_depth_3_then_the_depth_cap(env: dict[str, str], logs: Path) -> None:
+    async with open_stack(env, logs, EXECUTION_MAX_DEPTH="3") as stack:
+        await stack.add_worker()
+        api = stack.api
+        flow_id = await api.create_flow(flows.recursive())
+        root = (await api.create(flow_id))["id"]
+        await api.command(root, "start")
 
-    from tests.e2e.stack import open_stack
+        async def tree_done() -> dict[str, Any] | None:
+            tree = await stack.api.tree(root)
+            return tree if tree["tree_status"] != "running" else None
 
-    with tempfile.TemporaryDirectory() as logs:
-        async for stack in open_stack(env, Path(logs), EXECUTION_MAX_DEPTH="3"):
-            await stack.add_worker()
-            api = stack.api
-            flow_id = await api.create_flow(flows.recursive())
-            root = (await api.create(flow_id))["id"]
-            await api.command(root, "start")
-
-            async def tree_done() -> dict[str, object] | None:
-                tree = await api.tree(root)
-                return tree if tree["tree_status"] != "running" else None
-
-            from tests.e2e.stack import eventually
-
-            tree = await eventually(tree_done, timeout=20)
-            members = tree["executions"]
-            assert isinstance(members, list)
-            depths = sorted(m["depth"] for m in members)
-            assert depths == [0, 1, 2, 3]
-            assert {m["track"] for m in members} == {"kafka"}
-            by_depth = {m["depth"]: m for m in members}
-            assert by_depth[3]["status"] == "failed"
-            assert "EXECUTION_MAX_DEPTH is 3" in by_depth[3]["error_message"]
-            assert all(by_depth[d]["status"] == "completed" for d in (0, 1, 2))
-            assert by_depth[2]["parent_id"] == by_depth[1]["id"]
-            assert tree["tree_status"] == "failed"
-            child_events = await api.events(by_depth[1]["id"])
-            assert_contiguous(child_events)
-            assert child_events[0]["data"]["depth"] == 1
+        tree = await eventually(tree_done, timeout=20)
+        members = tree["executions"]
+        assert sorted(m["depth"] for m in members) == [0, 1, 2, 3]
+        assert {m["track"] for m in members} == {"kafka"}
+        by_depth = {m["depth"]: m for m in members}
+        assert by_depth[3]["status"] == "failed"
+        assert "EXECUTION_MAX_DEPTH is 3" in by_depth[3]["error_message"]
+        assert all(by_depth[d]["status"] == "completed" for d in (0, 1, 2))
+        assert by_depth[2]["parent_id"] == by_depth[1]["id"]
+        assert tree["tree_status"] == "failed"
+        child_events = await api.events(by_depth[1]["id"])
+        assert_contiguous(child_events)
+        assert child_events[0]["data"]["depth"] == 1
 
 
 async def test_stop_cascades_to_running_descendants(api: Api) -> None:
-    from tests.e2e.flows import flow
-
-    parent_flow = flow(
+    parent_flow = flows.flow(
         "spawns sleepers",
         [
             ("kick", "emit", {"event": "sleep"}),
@@ -190,7 +153,6 @@ async def test_stop_cascades_to_running_descendants(api: Api) -> None:
     flow_id = await api.create_flow(parent_flow)
     root = (await api.create(flow_id))["id"]
     await api.command(root, "start")
-    from tests.e2e.stack import eventually
 
     async def child_running() -> str | None:
         members = (await api.tree(root))["executions"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +51,7 @@ async def test_sigkilled_worker_execution_finishes_elsewhere_exactly_once(
     ex = (await api.create(flow_id))["id"]
     watching = api.watch(ex)
     await api.command(ex, "start")
-    await api.wait_status(ex, "running", timeout=20)
+    await api.node_event(ex, "node.started", "wait", timeout=20)  # mid-flow: after `before`
     holder = await eventually(lambda: _holder(stack, ex))
     os.kill(holder[1], signal.SIGKILL)
 
@@ -110,20 +109,21 @@ async def test_a_worker_whose_lease_expired_cannot_write(stack: Stack) -> None:
     assert [e["data"]["attempt"] for e in events if e["type"] == "execution.retrying"] == [2]
 
 
-async def test_root_not_started_in_time_fails_with_start_timeout(env: dict[str, str]) -> None:
-    with tempfile.TemporaryDirectory() as logs:
-        async for stack in open_stack(env, Path(logs), START_SIGNAL_TIMEOUT_S="1"):
-            await stack.add_worker()
-            api = stack.api
-            flow_id = await api.create_flow(flows.three_nodes())
-            ex = (await api.create(flow_id))["id"]
-            row = await api.wait_status(ex, "failed", timeout=10)
-            assert row["error_message"] == "start timeout"
-            events = await api.events(ex)
-            assert_contiguous(events)
-            assert [e["type"] for e in events] == ["execution.created", "execution.failed"]
-            assert events[-1]["data"]["error"]["message"] == "start timeout"
-            assert await api.command(ex, "start") == 409
+async def test_root_not_started_in_time_fails_with_start_timeout(
+    env: dict[str, str], logs: Path
+) -> None:
+    async with open_stack(env, logs, START_SIGNAL_TIMEOUT_S="1") as stack:
+        await stack.add_worker()
+        api = stack.api
+        flow_id = await api.create_flow(flows.three_nodes())
+        ex = (await api.create(flow_id))["id"]
+        row = await api.wait_status(ex, "failed", timeout=10)
+        assert row["error_message"] == "start timeout"
+        events = await api.events(ex)
+        assert_contiguous(events)
+        assert [e["type"] for e in events] == ["execution.created", "execution.failed"]
+        assert events[-1]["data"]["error"]["message"] == "start timeout"
+        assert await api.command(ex, "start") == 409
 
 
 async def test_poison_tasks_go_to_the_dead_letter_topic_and_the_worker_goes_on(

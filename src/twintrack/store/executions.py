@@ -289,7 +289,7 @@ class ExecutionStore:
             .where(ExecutionRow.status.in_(sources))
             .values(values)
             .returning(ExecutionRow)
-            .execution_options(synchronize_session=False)
+            .execution_options(synchronize_session=False, populate_existing=True)
         )
         read_status = select(ExecutionRow.status).where(
             *_owned(ExecutionRow.id == execution_id, owner_id)

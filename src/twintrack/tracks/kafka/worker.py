@@ -10,6 +10,7 @@ partitions but keeps polling, so it stays in the group.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -186,10 +187,8 @@ class KafkaWorker:
                 continue
             if not batch and free <= 0:
                 self._slot_freed.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._slot_freed.wait(), timeout=1.0)
-                except TimeoutError:
-                    pass
                 continue
             for tp, records in batch.items():
                 for record in records:
