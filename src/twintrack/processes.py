@@ -67,6 +67,7 @@ def api_server(container: Container, host: str, port: int) -> uvicorn.Server:
         log_level="warning",
         access_log=False,
         lifespan="on",
+        timeout_graceful_shutdown=5,
     )
     return _Server(config)
 
