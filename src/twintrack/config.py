@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     # -- processes ---------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
+    worker_metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="Serve a worker's /metrics on this port."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
 

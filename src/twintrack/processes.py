@@ -103,6 +103,10 @@ async def run_api(settings: Settings) -> None:
 
 async def run_worker(settings: Settings) -> None:
     async def body(factory: ServiceFactory, container: Container, stop: asyncio.Event) -> None:
+        if settings.worker_metrics_port is not None:
+            from twintrack.metrics import serve
+
+            serve(settings.worker_metrics_port)
         process = WorkerProcess(factory, container)
         await process.start()
         try:

@@ -21,6 +21,7 @@ from sqlalchemy import exists, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from twintrack.domain.execution import ExecutionStatus, Track
+from twintrack.metrics import RECOVERIES
 from twintrack.ports import TaskQueue
 from twintrack.service import ExecutionService
 from twintrack.store.executions import ExecutionStore
@@ -137,6 +138,7 @@ class RecoverySweeper:
         worker: str | None,
         attempt: int,
     ) -> None:
+        RECOVERIES.labels(Track.KAFKA.value, reason).inc()
         session.add(
             ExecutionRecoveryRow(
                 execution_id=execution_id,

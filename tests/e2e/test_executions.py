@@ -165,3 +165,21 @@ async def test_stop_cascades_to_running_descendants(api: Api) -> None:
     child_row = await api.wait_status(child, "stopped", timeout=5)
     assert child_row["error_message"] == f"ancestor {root} was stopped"
     assert (await api.tree(root))["tree_status"] == "stopped"
+
+
+async def test_metrics_count_executions_by_track(api: Api) -> None:
+    ex = (await api.create(await api.create_flow(flows.three_nodes())))["id"]
+    await api.command(ex, "start")
+    await api.wait_status(ex, "completed")
+    text = (await api.client.get("/metrics")).text
+    finished = [
+        line
+        for line in text.splitlines()
+        if line.startswith("twintrack_executions_finished_total{")
+        and 'status="completed"' in line
+        and 'track="kafka"' in line
+    ]
+    assert finished
+    assert float(finished[0].rsplit(" ", 1)[1]) >= 1
+    assert 'twintrack_claims_total{track="kafka"}' in text
+    assert 'twintrack_executions_created_total{track="kafka"}' in text

@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import Counter, Gauge, Histogram
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from twintrack.domain.execution import Track
+from twintrack.metrics import REGISTRY, render
 
-REGISTRY = CollectorRegistry(auto_describe=True)
+__all__ = ["REGISTRY", "render"]
 NO_TRACK = "none"
 
 EXECUTIONS_CREATED = Counter(
@@ -57,11 +51,6 @@ SSE_EVENTS_SENT = Counter(
     ["track"],
     registry=REGISTRY,
 )
-
-
-def render() -> tuple[bytes, str]:
-    """The exposition text and its content type, for any process that serves metrics."""
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
 
 def tag_track(request: Request, track: Track | str) -> None:

@@ -22,6 +22,14 @@ from pydantic import ValidationError
 from twintrack.domain.commands import Command
 from twintrack.domain.execution import ExecutionStatus
 from twintrack.engine import ExecutionControl, ExecutionResult
+from twintrack.metrics import (
+    CLAIMS,
+    DEAD_LETTERS,
+    EXECUTION_SECONDS,
+    EXECUTIONS_FINISHED,
+    EXECUTIONS_RUNNING,
+    LEASES_LOST,
+)
 from twintrack.nodes.base import Counters
 from twintrack.ports import CommandChannel, CommandMessage, EventBus
 from twintrack.runner import LeaseLost, run_execution
@@ -35,6 +43,7 @@ from twintrack.tracks.kafka.tasks import TaskMessage
 
 log = structlog.get_logger()
 _S = ExecutionStatus
+_TRACK = "kafka"
 # A worker stops writing this long before its lease runs out in Postgres, so a slow clock or
 # a late heartbeat can never let it write after recovery handed the execution to another.
 _LEASE_SAFETY_S = 1.0
@@ -221,6 +230,7 @@ class KafkaWorker:
             log.debug("task skipped: not queued or held elsewhere", execution_id=task.execution_id)
             return
         claim, record = taken
+        CLAIMS.labels(_TRACK).inc()
         lease = ClaimLease(claim, self.claim_ttl_s)
         self._leases[record.id] = lease
         self._runs[record.id] = asyncio.create_task(
@@ -239,6 +249,7 @@ class KafkaWorker:
         await self._dead_letters.send_and_wait(
             self.config.dead_letter_topic, key=message.key, value=message.value, headers=headers
         )
+        DEAD_LETTERS.labels(_TRACK).inc()
         log.warning("task dead-lettered", reason=reason, offset=message.offset)
 
     # -- running ---------------------------------------------------------------------------
@@ -255,9 +266,11 @@ class KafkaWorker:
 
         unwatch = await self.commands.replay_and_watch(record.id, obey)
         replaying = False
+        EXECUTIONS_RUNNING.labels(_TRACK).inc()
+        started = time.monotonic()
         try:
             flow = await self.service.flow_of(record)
-            await run_execution(
+            result = await run_execution(
                 service=self.service,
                 record=record,
                 flow=flow,
@@ -268,7 +281,10 @@ class KafkaWorker:
                 counters=self.counters,
                 worker_id=self.worker_id,
             )
+            EXECUTIONS_FINISHED.labels(_TRACK, result.status.value).inc()
+            EXECUTION_SECONDS.labels(_TRACK).observe(time.monotonic() - started)
         except LeaseLost:
+            LEASES_LOST.labels(_TRACK).inc()
             log.warning("lease lost; execution abandoned to recovery", execution_id=record.id)
         except asyncio.CancelledError:
             log.warning("execution run cancelled", execution_id=record.id)
@@ -276,6 +292,7 @@ class KafkaWorker:
             # Leave the claim to expire: recovery re-runs it, and gives up after MAX_ATTEMPTS.
             log.exception("execution run crashed", execution_id=record.id)
         finally:
+            EXECUTIONS_RUNNING.labels(_TRACK).dec()
             unwatch()
             self._runs.pop(record.id, None)
             self._leases.pop(record.id, None)
