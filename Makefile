@@ -1,6 +1,6 @@
 # The two commands of the README, plus the checks CI runs. Every target sets itself up first
 # (pinned uv in .tools/, locked packages in .venv/), so each works on a fresh machine.
-.PHONY: setup run test lint fmt
+.PHONY: setup run test lint fmt hello
 
 BIN = .venv/bin
 
@@ -8,6 +8,9 @@ setup:
 	@./scripts/bootstrap.sh >/dev/null
 
 run: setup
+	$(BIN)/twintrack dev
+
+hello: setup
 	$(BIN)/twintrack run examples/hello.json
 
 test: setup lint
