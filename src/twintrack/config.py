@@ -88,6 +88,20 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
 
+    @field_validator(
+        "database_url",
+        "kafka_bootstrap_servers",
+        "dbos_rollout_percent",
+        "dbos_system_database_url",
+        "dbos_executor_id",
+        "worker_metrics_port",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """`VAR=` (as compose and k8s write a cleared variable) means unset, not invalid."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("worker_tracks", mode="before")
     @classmethod
     def _split_tracks(cls, value: Any) -> Any:

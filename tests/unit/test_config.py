@@ -115,3 +115,11 @@ def test_every_problem_is_reported_at_once(monkeypatch: pytest.MonkeyPatch) -> N
         load_settings()
     assert "CLAIM_TTL_S" in str(info.value)
     assert "MAX_ATTEMPTS" in str(info.value)
+
+
+def test_an_empty_optional_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DBOS_ROLLOUT_PERCENT", "")
+    monkeypatch.setenv("DATABASE_URL", " ")
+    s = load_settings()
+    assert s.dbos_rollout_percent is None
+    assert s.database_url is None
