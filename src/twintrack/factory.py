@@ -24,7 +24,8 @@ from twintrack.store.executions import ExecutionStore
 from twintrack.store.flows import FlowStore
 from twintrack.store.keys import KeyStore
 from twintrack.store.workers import WorkerRegistry, new_worker_id
-from twintrack.tracks.kafka.claims import ClaimStore
+from twintrack.tracks.claims import ClaimStore
+from twintrack.tracks.host import RunHost
 from twintrack.tracks.kafka.clients import KafkaConfig, ensure_topics
 from twintrack.tracks.kafka.events import KafkaEventBus
 from twintrack.tracks.kafka.tasks import KafkaTaskQueue
@@ -156,18 +157,21 @@ class ServiceFactory:
 
         return (KafkaConnectionError, KafkaTimeoutError)
 
-    def kafka_worker(self, container: Container, worker_id: str | None = None) -> KafkaWorker:
-        return KafkaWorker(
-            config=container.kafka,
+    def run_host(self, container: Container, worker_id: str | None = None) -> RunHost:
+        """What every worker process runs claimed executions with, whatever their track."""
+        return RunHost(
             service=container.service,
             claims=ClaimStore(container.sessions, container.executions),
-            bus=container.buses[EventsBackend.KAFKA],
             commands=container.commands,
             counters=container.counters,
             registry=container.workers,
             worker_id=worker_id or new_worker_id(),
-            concurrency=self.settings.worker_concurrency,
             claim_ttl_s=self.settings.claim_ttl_s,
+        )
+
+    def kafka_worker(self, container: Container, host: RunHost) -> KafkaWorker:
+        return KafkaWorker(
+            config=container.kafka, host=host, concurrency=self.settings.worker_concurrency
         )
 
     def sweeper(self, container: Container, worker_id: str) -> RecoverySweeper:

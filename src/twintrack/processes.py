@@ -29,23 +29,31 @@ def _stop_event() -> asyncio.Event:
 
 
 class WorkerProcess:
-    """A Kafka worker and the recovery sweeper, on one started container."""
+    """The workers of the tracks this process serves, their run host, and the sweeper."""
 
     def __init__(self, factory: ServiceFactory, container: Container) -> None:
-        self.worker = factory.kafka_worker(container)
-        self.sweeper = factory.sweeper(container, self.worker.worker_id)
+        self.settings = factory.settings
+        self.host = factory.run_host(container)
+        self.worker = factory.kafka_worker(container, self.host)
+        self.sweeper = factory.sweeper(container, self.host.worker_id)
+        self.registry = container.workers
         self._sweep: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        tracks = [t.value for t in self.settings.worker_tracks]
+        await self.registry.register(self.host.worker_id, tracks)
+        self.host.start()
         await self.worker.start()
         self._sweep = asyncio.create_task(self.sweeper.run(), name="recovery-sweeper")
 
-    async def stop(self) -> None:
+    async def stop(self, grace_s: float = 10.0) -> None:
         if self._sweep is not None:
             self._sweep.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweep
         await self.worker.stop()
+        await self.host.stop(grace_s)
+        await self.registry.stopped(self.host.worker_id)
 
 
 class _Server(uvicorn.Server):

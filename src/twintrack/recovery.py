@@ -26,7 +26,7 @@ from twintrack.ports import TaskQueue
 from twintrack.service import ExecutionService
 from twintrack.store.executions import ExecutionStore
 from twintrack.store.tables import ExecutionClaimRow, ExecutionRecoveryRow, ExecutionRow
-from twintrack.tracks.kafka.claims import ACTIVE, RELEASED, ClaimStore, ExpiredClaim
+from twintrack.tracks.claims import ACTIVE, RELEASED, ClaimStore, ExpiredClaim
 
 log = structlog.get_logger()
 _S = ExecutionStatus

@@ -15,7 +15,7 @@ from tests.e2e import flows
 from tests.e2e.stack import Api, Stack, assert_contiguous, eventually, open_stack
 from twintrack.domain.execution import ExecutionStatus
 from twintrack.store.tables import ExecutionClaimRow, ExecutionRecoveryRow, WorkerRow
-from twintrack.tracks.kafka.claims import ClaimStore
+from twintrack.tracks.claims import ClaimStore
 from twintrack.tracks.kafka.clients import make_consumer
 
 
@@ -90,8 +90,7 @@ async def test_a_worker_whose_lease_expired_cannot_write(stack: Stack) -> None:
     watching = api.watch(ex)
     await api.command(ex, "start")
     await api.wait_status(ex, "running")
-    worker = stack.workers[0].worker
-    old = worker._leases[ex].claim
+    old = stack.workers[0].host.leases[ex].claim
     claims = ClaimStore(stack.container.sessions, stack.container.executions)
     # The worker goes silent (its lease runs out) and recovery hands the execution on.
     await claims.expire_now(ex)

@@ -1,0 +1,227 @@
+"""Running claimed executions, for any track: leases, heartbeats, commands, the run itself.
+
+Both workers take executions their own way (a Kafka task; a DBOS workflow step) and then hand
+them here. Every run holds a claim in Postgres: a lease renewed every third of its TTL and a
+fencing generation, so a worker that lost its lease stops its engine and writes nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from twintrack.domain.commands import Command
+from twintrack.domain.execution import ExecutionStatus
+from twintrack.engine import ExecutionControl, ExecutionResult
+from twintrack.metrics import (
+    CLAIMS,
+    EXECUTION_SECONDS,
+    EXECUTIONS_FINISHED,
+    EXECUTIONS_RUNNING,
+    LEASES_LOST,
+)
+from twintrack.nodes.base import Counters
+from twintrack.ports import CommandChannel, CommandMessage
+from twintrack.runner import LeaseLost, run_execution
+from twintrack.service import ExecutionService
+from twintrack.store.executions import ExecutionRecord
+from twintrack.store.workers import WorkerRegistry
+from twintrack.tracks.claims import Claim, ClaimStore
+
+log = structlog.get_logger()
+_S = ExecutionStatus
+# A worker stops writing this long before its lease runs out in Postgres, so a slow clock or
+# a late heartbeat can never let it write after recovery handed the execution to another.
+_LEASE_SAFETY_S = 1.0
+
+
+@dataclass
+class ClaimLease:
+    """The worker's own view of a lease: it fences itself when the deadline passes."""
+
+    claim: Claim
+    ttl_s: float
+    deadline: float = field(default=0.0)
+    lost: bool = False
+
+    def __post_init__(self) -> None:
+        self.renewed(time.monotonic())
+
+    def renewed(self, at: float) -> None:
+        self.deadline = at + self.ttl_s - min(_LEASE_SAFETY_S, self.ttl_s / 3)
+
+    def check(self) -> None:
+        if self.lost or time.monotonic() > self.deadline:
+            self.lost = True
+            raise LeaseLost(f"lease on {self.claim.execution_id} is lost")
+
+
+class ClaimStatus:
+    """Fenced status writes for one claimed execution."""
+
+    def __init__(self, claims: ClaimStore, claim: Claim) -> None:
+        self._claims = claims
+        self._claim = claim
+
+    async def _move(self, target: ExecutionStatus, **kw: Any) -> None:
+        if await self._claims.transition(self._claim, target, **kw) is None:
+            raise LeaseLost(f"lease on {self._claim.execution_id} is lost")
+
+    async def paused(self) -> None:
+        await self._move(_S.PAUSED, expected={_S.RUNNING})
+
+    async def resumed(self) -> None:
+        await self._move(_S.RUNNING, expected={_S.PAUSED})
+
+    async def finished(self, result: ExecutionResult, next_event_index: int) -> None:
+        error = result.error
+        await self._move(
+            result.status,
+            release=True,
+            outputs=result.outputs,
+            error_message=error.message if error else None,
+            error_node_id=error.node_id if error else None,
+            next_event_index=next_event_index,
+        )
+
+
+class RunHost:
+    """Runs claimed executions of one worker and keeps their leases alive."""
+
+    def __init__(
+        self,
+        *,
+        service: ExecutionService,
+        claims: ClaimStore,
+        commands: CommandChannel,
+        counters: Counters,
+        registry: WorkerRegistry,
+        worker_id: str,
+        claim_ttl_s: float,
+    ) -> None:
+        self.service = service
+        self.claims = claims
+        self.commands = commands
+        self.counters = counters
+        self.registry = registry
+        self.worker_id = worker_id
+        self.claim_ttl_s = claim_ttl_s
+        self.runs: dict[str, asyncio.Task[ExecutionResult | None]] = {}
+        self.leases: dict[str, ClaimLease] = {}
+        self.slot_freed = asyncio.Event()
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._heartbeat is None:
+            self._heartbeat = asyncio.create_task(self._beat(), name=f"heartbeat:{self.worker_id}")
+
+    async def stop(self, grace_s: float) -> None:
+        """Let runs finish within `grace_s`, then hand the rest back at once (their leases end
+        now, so recovery re-delivers them immediately)."""
+        if self.runs:
+            await asyncio.wait(list(self.runs.values()), timeout=grace_s)
+        for execution_id, run in list(self.runs.items()):
+            run.cancel()
+            await self.claims.expire_now(execution_id)
+        if self.runs:
+            await asyncio.gather(*self.runs.values(), return_exceptions=True)
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+
+    def launch(self, claim: Claim, record: ExecutionRecord) -> asyncio.Task[ExecutionResult | None]:
+        """Run a freshly claimed execution in the background."""
+        CLAIMS.labels(record.track.value).inc()
+        lease = ClaimLease(claim, self.claim_ttl_s)
+        self.leases[record.id] = lease
+        task = asyncio.create_task(self._run(claim, lease, record), name=f"run:{record.id}")
+        self.runs[record.id] = task
+        return task
+
+    async def _run(
+        self, claim: Claim, lease: ClaimLease, record: ExecutionRecord
+    ) -> ExecutionResult | None:
+        track = record.track.value
+        control = ExecutionControl()
+        replaying = True
+
+        async def obey(message: CommandMessage) -> None:
+            # A re-run starts the flow over: steps a user spent on an earlier attempt are spent.
+            if replaying and record.attempt > 1 and message.command is Command.STEP:
+                return
+            control.send(message.command, message.reason)
+
+        unwatch: Callable[[], None] = lambda: None  # noqa: E731
+        EXECUTIONS_RUNNING.labels(track).inc()
+        started = time.monotonic()
+        try:
+            unwatch = await self.commands.replay_and_watch(record.id, obey)
+            replaying = False
+            flow = await self.service.flow_of(record)
+            result = await run_execution(
+                service=self.service,
+                record=record,
+                flow=flow,
+                bus=self.service.buses[record.events_backend],
+                control=control,
+                lease=lease,
+                status=ClaimStatus(self.claims, claim),
+                counters=self.counters,
+                worker_id=self.worker_id,
+            )
+            EXECUTIONS_FINISHED.labels(track, result.status.value).inc()
+            EXECUTION_SECONDS.labels(track).observe(time.monotonic() - started)
+            return result
+        except LeaseLost:
+            LEASES_LOST.labels(track).inc()
+            log.warning("lease lost; execution abandoned to recovery", execution_id=record.id)
+        except asyncio.CancelledError:
+            log.warning("execution run cancelled", execution_id=record.id)
+        except Exception:
+            # Leave the claim to expire: recovery re-runs it, and gives up after MAX_ATTEMPTS.
+            log.exception("execution run crashed", execution_id=record.id)
+        finally:
+            EXECUTIONS_RUNNING.labels(track).dec()
+            unwatch()
+            self.runs.pop(record.id, None)
+            self.leases.pop(record.id, None)
+            self.slot_freed.set()
+        return None
+
+    async def _beat(self) -> None:
+        interval = self.claim_ttl_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            leases = dict(self.leases)
+            started = time.monotonic()
+            try:
+                kept: set[str] | None = await self.claims.renew(
+                    self.worker_id,
+                    [(i, lease.claim.generation) for i, lease in leases.items()],
+                    self.claim_ttl_s,
+                )
+                await self.registry.heartbeat(self.worker_id)
+            except Exception:
+                log.exception("heartbeat failed; leases run on their last deadline")
+                kept = None
+            for execution_id, lease in leases.items():
+                if kept is not None and execution_id in kept:
+                    lease.renewed(started)
+                    continue
+                if kept is not None:
+                    lease.lost = True
+                try:
+                    lease.check()
+                except LeaseLost:
+                    run = self.runs.get(execution_id)
+                    if run is not None:
+                        log.warning("lease lost; stopping engine", execution_id=execution_id)
+                        run.cancel()
