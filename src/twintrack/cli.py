@@ -137,9 +137,9 @@ def migrate() -> None:
     settings = _settings()
     if not settings.database_url:
         raise _fail("DATABASE_URL is not set: twintrack migrate needs a database to migrate")
-    from twintrack.store.migrations import upgrade_head
+    from twintrack.store.migrations import upgrade_all
 
-    asyncio.run(upgrade_head(settings.database_url))
+    asyncio.run(upgrade_all(settings.database_url))
     typer.echo("database is at the latest schema")
 
 

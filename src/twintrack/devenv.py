@@ -63,10 +63,10 @@ def run_dev(port: int | None = None) -> None:
         settings = load_settings()
         from twintrack.cli_support import configure_from
         from twintrack.processes import run_all
-        from twintrack.store.migrations import upgrade_head
+        from twintrack.store.migrations import upgrade_all
 
         configure_from(settings)
-        asyncio.run(upgrade_head(pg.url))
+        asyncio.run(upgrade_all(pg.url))
         key = asyncio.run(_create_key(settings.database_url or pg.url))
         env_file = Path(".twintrack/dev.env")
         env_file.parent.mkdir(exist_ok=True)

@@ -25,6 +25,10 @@ from twintrack.store.flows import FlowStore
 from twintrack.store.keys import KeyStore
 from twintrack.store.workers import WorkerRegistry, new_worker_id
 from twintrack.tracks.claims import ClaimStore
+from twintrack.tracks.dbos.queue import DbosTaskQueue
+from twintrack.tracks.dbos.recovery import DeadExecutorSweeper
+from twintrack.tracks.dbos.runtime import DbosConfig, DbosRuntime
+from twintrack.tracks.dbos.worker import DbosWorker
 from twintrack.tracks.host import RunHost
 from twintrack.tracks.kafka.clients import KafkaConfig, ensure_topics
 from twintrack.tracks.kafka.events import KafkaEventBus
@@ -101,10 +105,10 @@ class ServiceFactory:
             raise ConfigError("DATABASE_URL is not set (or run `twintrack dev` for embedded ones)")
         if not s.kafka_bootstrap_servers:
             raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set")
-        if s.dbos_can_receive:
+        if s.execution_events_backend is EventsBackend.DBOS:
             raise ConfigError(
-                "ENABLE_DBOS_EXECUTION / DBOS_ROLLOUT_PERCENT route executions to the DBOS "
-                "track, which this build does not provide yet: leave them unset"
+                "EXECUTION_EVENTS_BACKEND=dbos (DBOS streams) is not available in this build yet: "
+                "use EXECUTION_EVENTS_BACKEND=kafka (DBOS tasks with Kafka events)"
             )
 
     def build(self) -> Container:
@@ -116,7 +120,12 @@ class ServiceFactory:
         flows, executions = FlowStore(sessions), ExecutionStore(sessions)
         kafka = KafkaConfig.from_settings(s)
         registry = default_registry()
-        queues: dict[Track, TaskQueue] = {Track.KAFKA: KafkaTaskQueue(kafka)}
+        # Both tracks are always reachable: executions finish on the track they were created
+        # on, whichever way the rollout flag points now.
+        queues: dict[Track, TaskQueue] = {
+            Track.KAFKA: KafkaTaskQueue(kafka),
+            Track.DBOS: DbosTaskQueue(DbosConfig.from_settings(s)),
+        }
         buses: dict[EventsBackend, EventBus] = {EventsBackend.KAFKA: KafkaEventBus(kafka, sessions)}
         commands = PostgresCommandChannel(s.database_url, sessions)
         service = ExecutionService(
@@ -158,20 +167,42 @@ class ServiceFactory:
         return (KafkaConnectionError, KafkaTimeoutError)
 
     def run_host(self, container: Container, worker_id: str | None = None) -> RunHost:
-        """What every worker process runs claimed executions with, whatever their track."""
+        """What every worker process runs claimed executions with, whatever their track.
+
+        The worker id is also the DBOS executor id: DBOS_EXECUTOR_ID pins it (a stable id lets
+        DBOS itself recover the worker's workflows when it restarts)."""
+        worker_id = worker_id or self.settings.dbos_executor_id or new_worker_id()
         return RunHost(
             service=container.service,
             claims=ClaimStore(container.sessions, container.executions),
             commands=container.commands,
             counters=container.counters,
             registry=container.workers,
-            worker_id=worker_id or new_worker_id(),
+            worker_id=worker_id,
             claim_ttl_s=self.settings.claim_ttl_s,
         )
 
     def kafka_worker(self, container: Container, host: RunHost) -> KafkaWorker:
         return KafkaWorker(
             config=container.kafka, host=host, concurrency=self.settings.worker_concurrency
+        )
+
+    def dbos_worker(self, container: Container, host: RunHost) -> DbosWorker:
+        runtime = DbosRuntime(DbosConfig.from_settings(self.settings), executor_id=host.worker_id)
+        return DbosWorker(runtime=runtime, host=host, max_attempts=self.settings.max_attempts)
+
+    def dead_executor_sweeper(
+        self, container: Container, worker: DbosWorker
+    ) -> DeadExecutorSweeper:
+        s = self.settings
+        return DeadExecutorSweeper(
+            db_engine=container.db_engine,
+            sessions=container.sessions,
+            registry=container.workers,
+            runtime=worker.runtime,
+            # two missed heartbeats (one every third of CLAIM_TTL_S), plus a second of slack
+            silence_s=2 * s.claim_ttl_s / 3 + 1,
+            interval_s=s.recovery_sweep_interval_s,
         )
 
     def sweeper(self, container: Container, worker_id: str) -> RecoverySweeper:

@@ -15,6 +15,7 @@ import structlog
 import uvicorn
 
 from twintrack.config import Settings
+from twintrack.domain.execution import Track
 from twintrack.factory import Container, ServiceFactory
 
 log = structlog.get_logger()
@@ -33,26 +34,40 @@ class WorkerProcess:
 
     def __init__(self, factory: ServiceFactory, container: Container) -> None:
         self.settings = factory.settings
+        tracks = set(self.settings.worker_tracks)
         self.host = factory.run_host(container)
-        self.worker = factory.kafka_worker(container, self.host)
+        self.worker = factory.kafka_worker(container, self.host) if Track.KAFKA in tracks else None
+        self.dbos = factory.dbos_worker(container, self.host) if Track.DBOS in tracks else None
         self.sweeper = factory.sweeper(container, self.host.worker_id)
+        self.dead_executors = (
+            factory.dead_executor_sweeper(container, self.dbos) if self.dbos else None
+        )
         self.registry = container.workers
-        self._sweep: asyncio.Task[None] | None = None
+        self._sweeps: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         tracks = [t.value for t in self.settings.worker_tracks]
         await self.registry.register(self.host.worker_id, tracks)
         self.host.start()
-        await self.worker.start()
-        self._sweep = asyncio.create_task(self.sweeper.run(), name="recovery-sweeper")
+        if self.dbos is not None:
+            await self.dbos.start()
+        if self.worker is not None:
+            await self.worker.start()
+        self._sweeps = [asyncio.create_task(self.sweeper.run(), name="recovery-sweeper")]
+        if self.dead_executors is not None:
+            self._sweeps.append(
+                asyncio.create_task(self.dead_executors.run(), name="dead-executor-sweeper")
+            )
 
     async def stop(self, grace_s: float = 10.0) -> None:
-        if self._sweep is not None:
-            self._sweep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweep
-        await self.worker.stop()
+        for sweep in self._sweeps:
+            sweep.cancel()
+        await asyncio.gather(*self._sweeps, return_exceptions=True)
+        if self.worker is not None:
+            await self.worker.stop()
         await self.host.stop(grace_s)
+        if self.dbos is not None:
+            await self.dbos.stop()
         await self.registry.stopped(self.host.worker_id)
 
 

@@ -185,6 +185,11 @@ class Stack:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     log_dir: Path | None = None
 
+    @property
+    def settings_track(self) -> str:
+        """The track new executions go to under this stack's settings."""
+        return "dbos" if self.settings.dbos_can_receive else "kafka"
+
     async def add_worker(self) -> WorkerProcess:
         worker = WorkerProcess(self.factory, self.container)
         await worker.start()

@@ -7,14 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e import flows
+from tests.e2e.conftest import Mode
 from tests.e2e.stack import Api, Stack, assert_contiguous, eventually, open_stack
 
 
-async def test_create_subscribe_start_completes_with_outputs(api: Api) -> None:
+async def test_create_subscribe_start_completes_with_outputs(api: Api, mode: Mode) -> None:
     flow_id = await api.create_flow(flows.three_nodes())
     created = await api.create(flow_id)
     assert created["status"] == "created"
-    assert (created["track"], created["events_backend"]) == ("kafka", "kafka")
+    assert (created["track"], created["events_backend"]) == (mode.track, mode.events_backend)
     watching = api.watch(created["id"])  # subscribe before start
     assert await api.command(created["id"], "start") == 202
     events = await watching
@@ -128,7 +129,7 @@ async def test_children_to_depth_3_then_the_depth_cap(env: dict[str, str], logs:
         tree = await eventually(tree_done, timeout=20)
         members = tree["executions"]
         assert sorted(m["depth"] for m in members) == [0, 1, 2, 3]
-        assert {m["track"] for m in members} == {"kafka"}
+        assert {m["track"] for m in members} == {stack.settings_track}
         by_depth = {m["depth"]: m for m in members}
         assert by_depth[3]["status"] == "failed"
         assert "EXECUTION_MAX_DEPTH is 3" in by_depth[3]["error_message"]
@@ -168,7 +169,7 @@ async def test_stop_cascades_to_running_descendants(api: Api) -> None:
     assert (await api.tree(root))["tree_status"] == "stopped"
 
 
-async def test_metrics_count_executions_by_track(api: Api) -> None:
+async def test_metrics_count_executions_by_track(api: Api, mode: Mode) -> None:
     ex = (await api.create(await api.create_flow(flows.three_nodes())))["id"]
     await api.command(ex, "start")
     await api.wait_status(ex, "completed")
@@ -178,9 +179,9 @@ async def test_metrics_count_executions_by_track(api: Api) -> None:
         for line in text.splitlines()
         if line.startswith("twintrack_executions_finished_total{")
         and 'status="completed"' in line
-        and 'track="kafka"' in line
+        and f'track="{mode.track}"' in line
     ]
     assert finished
     assert float(finished[0].rsplit(" ", 1)[1]) >= 1
-    assert 'twintrack_claims_total{track="kafka"}' in text
-    assert 'twintrack_executions_created_total{track="kafka"}' in text
+    assert f'twintrack_claims_total{{track="{mode.track}"}}' in text
+    assert f'twintrack_executions_created_total{{track="{mode.track}"}}' in text

@@ -58,6 +58,21 @@ class WorkerRegistry:
                 .values(stopped_at=func.now())
             )
 
+    async def gone(self, silent_s: float, *, track: str, within_s: float = 3600) -> list[str]:
+        """Workers of `track` that stopped, or went silent for `silent_s`, in the last
+        `within_s`: the ones whose unfinished work someone else must take over."""
+        recent = func.now() - text("make_interval(secs => :w)").bindparams(w=within_s)
+        silent = func.now() - text("make_interval(secs => :s)").bindparams(s=silent_s)
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(WorkerRow.worker_id).where(
+                    func.array_position(WorkerRow.tracks, track).is_not(None),
+                    WorkerRow.heartbeat_at > recent,
+                    (WorkerRow.stopped_at.is_not(None)) | (WorkerRow.heartbeat_at < silent),
+                )
+            )
+            return list(rows)
+
     async def silent_since(self, seconds: float) -> list[tuple[str, datetime]]:
         """Workers not stopped cleanly whose last heartbeat is older than `seconds`."""
         async with self._sessions() as session:

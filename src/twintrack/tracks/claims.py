@@ -17,7 +17,7 @@ from sqlalchemy import and_, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from twintrack.domain.execution import ExecutionStatus
+from twintrack.domain.execution import ExecutionStatus, Track
 from twintrack.store.errors import NotFound
 from twintrack.store.executions import ExecutionRecord, ExecutionStore
 from twintrack.store.tables import ExecutionClaimRow, ExecutionRow
@@ -54,9 +54,12 @@ class ClaimStore:
         self._executions = executions
 
     async def claim(
-        self, execution_id: str, worker_id: str, ttl_s: float
+        self, execution_id: str, worker_id: str, ttl_s: float, *, takeover: bool = False
     ) -> tuple[Claim, ExecutionRecord] | None:
         """Take a queued execution: lease it, bump the generation, move it to `running`.
+
+        With `takeover` (a DBOS workflow re-run after its worker died), a `running` or `paused`
+        execution whose lease expired is taken too, as a new attempt.
 
         None when there is nothing to take: the execution is not queued (a duplicate task, or
         stopped before any worker got it) or another worker holds a live lease on it.
@@ -68,7 +71,8 @@ class ClaimStore:
             )
             if status is None:
                 raise NotFound("execution", execution_id)
-            if status is not _S.QUEUED:
+            takeable = {_S.QUEUED, *ACTIVE} if takeover else {_S.QUEUED}
+            if status not in takeable:
                 return None
             values = insert(ExecutionClaimRow).values(
                 execution_id=execution_id,
@@ -86,11 +90,18 @@ class ClaimStore:
                     "expires_at": _ttl(ttl_s),
                 },
                 where=(ExecutionClaimRow.worker_id == RELEASED)
+                | (ExecutionClaimRow.worker_id == worker_id)
                 | (ExecutionClaimRow.expires_at < func.now()),
             ).returning(ExecutionClaimRow.generation, ExecutionClaimRow.expires_at)
             row = (await session.execute(stmt)).one_or_none()
             if row is None:
                 return None
+            if status is not _S.QUEUED:
+                # A new attempt of an execution whose worker is gone: back through `queued`,
+                # so the move to `running` counts the attempt like any other delivery.
+                await self._executions.transition(
+                    execution_id, _S.QUEUED, expected=ACTIVE, session=session
+                )
             record = await self._executions.transition(
                 execution_id, _S.RUNNING, expected={_S.QUEUED}, session=session
             )
@@ -169,6 +180,8 @@ class ClaimStore:
                     ExecutionClaimRow.expires_at < func.now(),
                     ExecutionClaimRow.worker_id != RELEASED,
                     ExecutionRow.status.in_(ACTIVE),
+                    # DBOS-track runs are recovered by DBOS (see tracks/dbos/recovery.py)
+                    ExecutionRow.track == Track.KAFKA,
                 )
                 .order_by(ExecutionClaimRow.expires_at)
                 .limit(limit)
