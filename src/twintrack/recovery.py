@@ -18,13 +18,14 @@ from dataclasses import dataclass, field
 
 import structlog
 from sqlalchemy import exists, func, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from twintrack.domain.execution import ExecutionStatus, Track
 from twintrack.metrics import RECOVERIES
 from twintrack.ports import TaskQueue
 from twintrack.service import ExecutionService
 from twintrack.store.executions import ExecutionStore
+from twintrack.store.leader import AdvisoryLeader
 from twintrack.store.tables import ExecutionClaimRow, ExecutionRecoveryRow, ExecutionRow
 from twintrack.tracks.claims import ACTIVE, RELEASED, ClaimStore, ExpiredClaim
 
@@ -67,7 +68,6 @@ class RecoverySweeper:
         policy: SweepPolicy,
         worker_id: str,
     ) -> None:
-        self._db_engine = db_engine
         self._sessions = sessions
         self._service = service
         self._executions: ExecutionStore = service.executions
@@ -75,35 +75,10 @@ class RecoverySweeper:
         self._kafka_queue = kafka_queue
         self.policy = policy
         self.worker_id = worker_id
-        self._lock_conn: AsyncConnection | None = None
-
-    # -- leadership ------------------------------------------------------------------------
+        self._leader = AdvisoryLeader(db_engine, LOCK_KEY, "recovery sweeper")
 
     async def is_leader(self) -> bool:
-        """Hold (or try to take) the cluster-wide advisory lock on a dedicated connection."""
-        try:
-            if self._lock_conn is not None:
-                await self._lock_conn.execute(select(1))
-                return True
-            conn = await self._db_engine.connect()
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            if await conn.scalar(select(func.pg_try_advisory_lock(LOCK_KEY))):
-                self._lock_conn = conn
-                log.info("recovery sweeper is leader", worker_id=self.worker_id)
-                return True
-            await conn.close()
-        except Exception:
-            log.warning("sweeper lock connection failed", exc_info=True)
-            await self._drop_lock()
-        return False
-
-    async def _drop_lock(self) -> None:
-        conn, self._lock_conn = self._lock_conn, None
-        if conn is not None:
-            try:
-                await conn.close()
-            except Exception:
-                log.debug("closing sweeper lock connection failed", exc_info=True)
+        return await self._leader.lead()
 
     async def run(self) -> None:
         """Sweep forever while leader; cancel the task to stop."""
@@ -116,7 +91,7 @@ class RecoverySweeper:
                         log.exception("recovery sweep failed")
                 await asyncio.sleep(self.policy.interval_s)
         finally:
-            await self._drop_lock()
+            await self._leader.release()
 
     # -- one sweep -------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 STATE_FILE = "twintrack-state.json"
 
@@ -174,3 +176,25 @@ def reap_orphans(roots: Iterable[Path], prefix: str, plan: StopPlan) -> list[Pat
             shutil.rmtree(directory, ignore_errors=True)
             reaped.append(directory)
     return reaped
+
+
+class ManagedServer:
+    """`with server:` starts it and always stops it, also when the block raises."""
+
+    def start(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

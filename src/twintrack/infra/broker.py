@@ -19,11 +19,10 @@ import stat
 import subprocess
 import tempfile
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from twintrack.infra._proc import (
     EmbeddedServerError,
+    ManagedServer,
     ServerState,
     StopPlan,
     free_port,
@@ -71,7 +70,7 @@ def _accepts(port: int) -> bool:
         return False
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(ManagedServer):
     """A Tansu broker on 127.0.0.1 as a child process, with in-memory storage.
 
     `port=None` picks a free port (retrying if another process grabs it first). The broker stops on
@@ -151,18 +150,6 @@ class EmbeddedBroker:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
         self._port = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _start(self) -> None:
         binary = self._binary or tansu_binary()

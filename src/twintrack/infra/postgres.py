@@ -26,12 +26,12 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from twintrack.infra._proc import (
     EmbeddedServerError,
+    ManagedServer,
     ServerState,
     StopPlan,
     free_port,
@@ -160,7 +160,7 @@ def _read_postmaster_pid(pgdata: Path) -> list[str]:
         return []
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(ManagedServer):
     """A PostgreSQL server run as a child process, on TCP 127.0.0.1, with trust auth as `postgres`.
 
     `data_dir=None` makes a throw-away cluster (deleted by `stop()`); a path keeps the cluster
@@ -252,18 +252,6 @@ class EmbeddedPostgres:
             shutil.rmtree(self._temp_base, ignore_errors=True)
             self._temp_base = None
         self._port = None
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- internals --------------------------------------------------------------------------
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from sqlalchemy import func, insert, literal, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import insert, literal, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from twintrack.metrics import RECOVERIES
+from twintrack.store.leader import AdvisoryLeader
 from twintrack.store.tables import ExecutionRecoveryRow, ExecutionRow
 from twintrack.store.workers import WorkerRegistry
 from twintrack.tracks.dbos.runtime import DbosRuntime
@@ -35,29 +36,12 @@ class DeadExecutorSweeper:
         silence_s: float,
         interval_s: float,
     ) -> None:
-        self._db_engine = db_engine
+        self._leader = AdvisoryLeader(db_engine, LOCK_KEY, "dead-executor sweeper")
         self._sessions = sessions
         self._registry = registry
         self._runtime = runtime
         self.silence_s = silence_s
         self.interval_s = interval_s
-        self._lock: AsyncConnection | None = None
-
-    async def _lead(self) -> bool:
-        try:
-            if self._lock is not None:
-                await self._lock.execute(select(1))
-                return True
-            conn = await self._db_engine.connect()
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            if await conn.scalar(select(func.pg_try_advisory_lock(LOCK_KEY))):
-                self._lock = conn
-                return True
-            await conn.close()
-        except Exception:
-            log.warning("dead-executor sweeper lock failed", exc_info=True)
-            self._lock = None
-        return False
 
     async def sweep(self) -> list[str]:
         """Recover the workflows of every gone DBOS executor; the recovered workflow ids."""
@@ -95,13 +79,11 @@ class DeadExecutorSweeper:
     async def run(self) -> None:
         try:
             while True:
-                if await self._lead():
+                if await self._leader.lead():
                     try:
                         await self.sweep()
                     except Exception:
                         log.exception("dead-executor sweep failed")
                 await asyncio.sleep(self.interval_s)
         finally:
-            if self._lock is not None:
-                await self._lock.close()
-                self._lock = None
+            await self._leader.release()
