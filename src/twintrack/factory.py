@@ -25,6 +25,7 @@ from twintrack.store.flows import FlowStore
 from twintrack.store.keys import KeyStore
 from twintrack.store.workers import WorkerRegistry, new_worker_id
 from twintrack.tracks.claims import ClaimStore
+from twintrack.tracks.dbos.events import DbosStreamEventBus
 from twintrack.tracks.dbos.queue import DbosTaskQueue
 from twintrack.tracks.dbos.recovery import DeadExecutorSweeper
 from twintrack.tracks.dbos.runtime import DbosConfig, DbosRuntime
@@ -105,11 +106,6 @@ class ServiceFactory:
             raise ConfigError("DATABASE_URL is not set (or run `twintrack dev` for embedded ones)")
         if not s.kafka_bootstrap_servers:
             raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set")
-        if s.execution_events_backend is EventsBackend.DBOS:
-            raise ConfigError(
-                "EXECUTION_EVENTS_BACKEND=dbos (DBOS streams) is not available in this build yet: "
-                "use EXECUTION_EVENTS_BACKEND=kafka (DBOS tasks with Kafka events)"
-            )
 
     def build(self) -> Container:
         self._check()
@@ -122,11 +118,15 @@ class ServiceFactory:
         registry = default_registry()
         # Both tracks are always reachable: executions finish on the track they were created
         # on, whichever way the rollout flag points now.
+        dbos = DbosConfig.from_settings(s)
         queues: dict[Track, TaskQueue] = {
             Track.KAFKA: KafkaTaskQueue(kafka),
-            Track.DBOS: DbosTaskQueue(DbosConfig.from_settings(s)),
+            Track.DBOS: DbosTaskQueue(dbos, park_s=s.start_signal_timeout_s + 3600),
         }
-        buses: dict[EventsBackend, EventBus] = {EventsBackend.KAFKA: KafkaEventBus(kafka, sessions)}
+        buses: dict[EventsBackend, EventBus] = {
+            EventsBackend.KAFKA: KafkaEventBus(kafka, sessions),
+            EventsBackend.DBOS: DbosStreamEventBus(dbos, sessions),
+        }
         commands = PostgresCommandChannel(s.database_url, sessions)
         service = ExecutionService(
             flows=flows,

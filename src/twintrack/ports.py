@@ -24,8 +24,17 @@ class TaskQueue(Protocol):
 
     async def close(self) -> None: ...
 
+    async def prepare(self, execution_id: str, events_backend: EventsBackend) -> None:
+        """At creation, before any event: what the track needs to exist first (DBOS streams
+        live in the execution's workflow, so DBOS makes it, parked until start)."""
+        ...
+
     async def enqueue(self, execution_id: str, attempt: int) -> None:
         """Deliver a task for the execution; duplicates are harmless (workers claim first)."""
+        ...
+
+    async def cancel(self, execution_id: str) -> None:
+        """The execution ended before any worker took it (stopped, start timeout)."""
         ...
 
 

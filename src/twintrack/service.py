@@ -171,6 +171,7 @@ class ExecutionService:
             execution_id=execution_id or new_execution_id(),
             next_event_index=1,
         )
+        await self.queues[track].prepare(record.id, backend)
         created = {
             "flow_id": record.flow_id,
             "flow_version": record.flow_version,
@@ -254,6 +255,7 @@ class ExecutionService:
                 return
             if record.status in (_S.CREATED, _S.QUEUED):
                 # No worker holds it: end it here. A worker that gets its task later skips it.
+                await self.queues[record.track].cancel(execution_id)
                 await self._write_locked(
                     session,
                     record,
@@ -291,6 +293,8 @@ class ExecutionService:
                 )
                 return True
             index = 0 if last is None else last.index + 1
+            if record.status is _S.CREATED:
+                await self.queues[record.track].cancel(execution_id)
             await self._write_locked(
                 session,
                 record,

@@ -1,7 +1,8 @@
 """Fixtures for end-to-end tests: a fresh deployment per test on the session's servers.
 
-`stack` and `bare_stack` run every test once per mode (the same suite, unchanged, on each
-track); `kafka_stack` and `kafka_bare_stack` are for what only the Kafka track has.
+`stack` and `bare_stack` run every test once per mode — Kafka tasks + Kafka events, DBOS tasks +
+Kafka events, DBOS tasks + DBOS streams — the same suite, unchanged; `kafka_stack` and
+`kafka_bare_stack` are for what only the Kafka track has.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ class Mode:
 MODES = {
     "kafka": Mode("kafka", "kafka", "kafka"),
     "dbos": Mode("dbos", "dbos", "kafka", {"ENABLE_DBOS_EXECUTION": "true"}),
+    "dbos-streams": Mode(
+        "dbos-streams",
+        "dbos",
+        "dbos",
+        {"ENABLE_DBOS_EXECUTION": "true", "EXECUTION_EVENTS_BACKEND": "dbos"},
+    ),
 }
 
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
+import json
 from dataclasses import replace
 from pathlib import Path
 
-from dbos import DBOS
+from sqlalchemy import text
 
 from tests.e2e import flows
 from tests.e2e.stack import assert_contiguous, open_stack
@@ -63,10 +63,34 @@ async def test_flipping_the_flag_with_executions_in_flight_strands_nothing(
             assert_contiguous(events)
 
 
-def test_dbos_recovers_other_executors_through_the_call_we_rely_on() -> None:
-    """DBOS only recovers its own executor's workflows at start-up; we take over the work of
-    executors that never come back with this private call. Pin it, so an upgrade that
-    changes it fails here (the SIGKILL end-to-end test exercises it for real)."""
-    recover = DBOS._recover_pending_workflows
-    params = inspect.signature(recover).parameters
-    assert list(params) == ["executor_ids"]
+async def test_with_dbos_streams_the_events_live_in_the_workflow_stream_and_it_is_closed(
+    base_env: dict[str, str], logs: Path
+) -> None:
+    env = {**base_env, "ENABLE_DBOS_EXECUTION": "true", "EXECUTION_EVENTS_BACKEND": "dbos"}
+    async with open_stack(env, logs) as stack:
+        await stack.add_worker()
+        api = stack.api
+        created = await api.create(await api.create_flow(flows.three_nodes()))
+        assert (created["track"], created["events_backend"]) == ("dbos", "dbos")
+        ex = created["id"]
+        # subscribe before start: the parked workflow already holds `execution.created`
+        watching = api.watch(ex)
+        await api.command(ex, "start")
+        events = await watching
+        assert_contiguous(events)
+        async with stack.container.sessions() as session:
+            stored = list(
+                await session.scalars(
+                    text(
+                        'SELECT value FROM dbos.streams WHERE workflow_uuid = :id ORDER BY "offset"'
+                    ).bindparams(id=ex)
+                )
+            )
+            in_kafka = await session.scalar(
+                text("SELECT count(*) FROM kafka_event_logs WHERE execution_id = :id").bindparams(
+                    id=ex
+                )
+            )
+        assert [json.loads(v)["index"] for v in stored[:-1]] == [e["index"] for e in events]
+        assert json.loads(stored[-1]) == "__DBOS_STREAM_CLOSED__"
+        assert in_kafka == 0

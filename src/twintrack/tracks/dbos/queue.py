@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dbos import DBOSClient
+from dbos import DBOSClient, EnqueueOptions
 
-from twintrack.domain.execution import Track
+from twintrack.domain.execution import EventsBackend, Track
 from twintrack.tracks.dbos.runtime import (
     QUEUE_NAME,
     WORKFLOW_NAME,
@@ -12,13 +12,15 @@ from twintrack.tracks.dbos.runtime import (
     blocking,
     make_client,
 )
+from twintrack.tracks.dbos.system_db import promote_delayed
 
 
 class DbosTaskQueue:
     track = Track.DBOS
 
-    def __init__(self, config: DbosConfig) -> None:
+    def __init__(self, config: DbosConfig, park_s: float = 86_400.0) -> None:
         self.config = config
+        self.park_s = park_s
         self._client: DBOSClient | None = None
 
     async def start(self) -> None:
@@ -30,20 +32,37 @@ class DbosTaskQueue:
             client, self._client = self._client, None
             await blocking(client.destroy)
 
-    async def enqueue(self, execution_id: str, attempt: int) -> None:
-        """The workflow id is the execution id, so a second start (or a retried one) is the
-        same workflow: DBOS runs it once. The pinned version makes it recoverable."""
+    def _client_or_fail(self) -> DBOSClient:
         if self._client is None:
             raise RuntimeError("DbosTaskQueue.start() was not called")
-        await self._client.enqueue_async(
-            {
-                "workflow_name": WORKFLOW_NAME,
-                "queue_name": QUEUE_NAME,
-                "workflow_id": execution_id,
-                "app_version": self.config.application_version,
-            },
-            execution_id,
-        )
+        return self._client
+
+    async def _enqueue(self, execution_id: str, delay_s: float | None = None) -> None:
+        options: EnqueueOptions = {
+            "workflow_name": WORKFLOW_NAME,
+            "queue_name": QUEUE_NAME,
+            "workflow_id": execution_id,
+            "app_version": self.config.application_version,
+        }
+        if delay_s is not None:
+            options["delay_seconds"] = delay_s
+        await self._client_or_fail().enqueue_async(options, execution_id)
+
+    async def prepare(self, execution_id: str, events_backend: EventsBackend) -> None:
+        """With DBOS streams, the workflow must exist before its first event: it is made now,
+        DELAYED (which holds no queue slot), and released on start. The delay outlasts the
+        start timeout, which the sweeper enforces first."""
+        if events_backend is EventsBackend.DBOS:
+            await self._enqueue(execution_id, delay_s=self.park_s)
+
+    async def enqueue(self, execution_id: str, attempt: int) -> None:
+        """The workflow id is the execution id, so a second start (or a retried one) is the
+        same workflow: DBOS runs it once. The pinned version makes it recoverable. A parked
+        workflow is released at once (DBOS's own job would take up to a second)."""
+        client = self._client_or_fail()
+        await client.set_workflow_delay_async(execution_id, delay_seconds=0)
+        await blocking(promote_delayed, client)
+        await self._enqueue(execution_id)
 
     async def cancel(self, execution_id: str) -> None:
         """Drop a workflow that must not run (stopped before any worker took it)."""

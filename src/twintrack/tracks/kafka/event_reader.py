@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from twintrack.domain.events import TERMINAL_EVENT_TYPES, Event
 from twintrack.store.tables import KafkaEventLogRow
 from twintrack.tracks.kafka.clients import KafkaConfig, make_consumer
+from twintrack.tracks.sequencing import Sequencer
 
 # Wire format: ASCII headers, so readers skip stale records without parsing JSON (and kcat
 # shows them as they are).
@@ -106,36 +107,6 @@ def decode(record: ConsumerRecord[Any, Any], execution_id: str) -> Event | None:
         problem=problem,
     )
     return None
-
-
-class Sequencer:
-    """Turns at-least-once, possibly reordered events into the exact sequence from `from_index`.
-
-    Below the next expected index: a duplicate, dropped. Above it: held until the gap fills.
-    `ended` once the terminal event is delivered, or when a terminal event below `from_index`
-    shows the stream ended before the reader's start (an SSE resume after the end).
-    """
-
-    def __init__(self, from_index: int) -> None:
-        self.next_index = from_index
-        self.ended = False
-        self._held: dict[int, Event] = {}
-
-    def stale(self, index: int) -> bool:
-        return index < self.next_index or index in self._held
-
-    def push(self, event: Event) -> list[Event]:
-        if event.index < self.next_index:
-            self.ended = self.ended or event.type.is_terminal
-            return []
-        self._held.setdefault(event.index, event)
-        ready: list[Event] = []
-        while not self.ended and self.next_index in self._held:
-            nxt = self._held.pop(self.next_index)
-            ready.append(nxt)
-            self.next_index += 1
-            self.ended = nxt.type.is_terminal
-        return ready
 
 
 class EventReader:

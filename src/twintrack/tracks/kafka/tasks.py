@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel, ConfigDict, Field
 
-from twintrack.domain.execution import Track
+from twintrack.domain.execution import EventsBackend, Track
 from twintrack.tracks.kafka.clients import KafkaConfig, make_producer
 
 
@@ -35,6 +35,12 @@ class KafkaTaskQueue:
         if self._producer is not None:
             producer, self._producer = self._producer, None
             await producer.stop()
+
+    async def prepare(self, execution_id: str, events_backend: EventsBackend) -> None:
+        """Nothing to make ahead: the task is sent on start."""
+
+    async def cancel(self, execution_id: str) -> None:
+        """A task already sent is skipped by the worker (the execution is no longer queued)."""
 
     async def enqueue(self, execution_id: str, attempt: int) -> None:
         if self._producer is None:
