@@ -63,8 +63,8 @@ class Settings(BaseSettings):
     )
     kafka_events_linger_ms: int = Field(default=5, ge=0, le=10_000)
     kafka_events_batch_size: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
-    kafka_fetch_max_wait_ms: int = Field(default=25, ge=1, le=10_000)
-    kafka_session_timeout_ms: int = Field(default=10_000, ge=1000, le=300_000)
+    kafka_fetch_max_wait_ms: int = Field(default=10, ge=1, le=10_000)
+    kafka_session_timeout_ms: int = Field(default=6_000, ge=1000, le=300_000)
 
     # -- the DBOS track --------------------------------------------------------------------------
     dbos_app_name: str = "twintrack"

@@ -49,15 +49,17 @@ class WorkerProcess:
         tracks = [t.value for t in self.settings.worker_tracks]
         await self.registry.register(self.host.worker_id, tracks)
         self.host.start()
+        # Sweep from the first moment: a replacement worker must not wait for its consumer
+        # group join (seconds) before it can recover what a dead one left.
+        self._sweeps = [asyncio.create_task(self.sweeper.run(), name="recovery-sweeper")]
         if self.dbos is not None:
             await self.dbos.start()
-        if self.worker is not None:
-            await self.worker.start()
-        self._sweeps = [asyncio.create_task(self.sweeper.run(), name="recovery-sweeper")]
-        if self.dead_executors is not None:
+            assert self.dead_executors is not None
             self._sweeps.append(
                 asyncio.create_task(self.dead_executors.run(), name="dead-executor-sweeper")
             )
+        if self.worker is not None:
+            await self.worker.start()
 
     async def stop(self, grace_s: float = 10.0) -> None:
         for sweep in self._sweeps:

@@ -118,6 +118,13 @@ class ExecutionService:
         return flow
 
     async def flow_of(self, execution: ExecutionRecord) -> Flow:
+        """The flow version an execution pinned: read once per process, then from the cache
+        (a version never changes, and the execution's own row already proved ownership)."""
+        key = (execution.flow_id, execution.flow_version)
+        flow = self._flow_cache.get(key)
+        if flow is not None:
+            self._flow_cache.move_to_end(key)
+            return flow
         record = await self.flows.get(execution.owner_id, execution.flow_id, execution.flow_version)
         return self.compile(record)
 

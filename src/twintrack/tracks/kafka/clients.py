@@ -20,8 +20,8 @@ class KafkaConfig:
     enable_idempotence: bool = True
     linger_ms: int = 5
     batch_size: int = 65536
-    fetch_max_wait_ms: int = 25
-    session_timeout_ms: int = 10_000
+    fetch_max_wait_ms: int = 10
+    session_timeout_ms: int = 6_000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KafkaConfig:

@@ -1,0 +1,187 @@
+"""`python -m bench [--quick] [--out docs/benchmarks.md] [--modes kafka] [--only latency,...]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from bench import (
+    children,
+    commands,
+    event_latency,
+    latency,
+    recovery,
+    rss,
+    throughput,
+)
+from bench.config import DEFAULT_MODES, FULL, MODES, QUICK, Mode, Sizes
+from bench.infra import Deployment, Servers, cpu_groups, deploy, progress, servers
+from bench.machine import code_revision, facts, load_average
+from bench.procs import CpuMeter
+from bench.report import ModeResult, Row, Section, render, results_table, write_doc
+from twintrack.logs import configure_logging
+
+Measure = Callable[[Deployment, Sizes], Awaitable[Section]]
+
+#: In order, on one deployment per mode; throughput last (it may leave a backlog behind).
+ON_DEPLOYMENT: dict[str, Measure] = {
+    "rss": rss.measure,
+    "latency": latency.measure,
+    "events": event_latency.measure,
+    "commands": commands.measure,
+    "children": children.measure,
+    "throughput": throughput.measure,
+}
+ALL = (*ON_DEPLOYMENT, "recovery")
+_HIDDEN_SETTINGS = {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC_PREFIX"}
+
+
+def _failed(name: str, exc: BaseException) -> Section:
+    traceback.print_exception(exc, file=sys.stderr)
+    message = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+    return Section(name, [Row(f"error-{name}", f"{name} (failed)", "-", message, False)])
+
+
+async def _guarded(name: str, measure: Measure, deployment: Deployment, sizes: Sizes) -> Section:
+    """Run one measurement; a failure becomes an error row. Notes the CPU it saw (noise)."""
+    meter = CpuMeter(cpu_groups(deployment))
+    meter.start()
+    began = time.monotonic()
+    try:
+        section = await measure(deployment, sizes)
+    except Exception as exc:
+        progress(f"{name} failed; worker logs:\n{deployment.log_tail()}")
+        return _failed(name, exc)
+    cpu = meter.stop(time.monotonic() - began)
+    if name != "throughput":  # it reports its own, with the load generator apart
+        section.details += [
+            "",
+            f"CPU during this measurement ({time.monotonic() - began:.0f} s), in cores: "
+            + ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+            + ". *other processes*: CPU outside the benchmark's processes (other load, kernel).",
+        ]
+    return section
+
+
+async def run_mode(
+    found: Servers, mode: Mode, sizes: Sizes, only: Sequence[str], log_dir: Path
+) -> ModeResult:
+    result = ModeResult(mode.name)
+    if any(name in only for name in ON_DEPLOYMENT):
+        await _on_deployment(found, mode, sizes, only, log_dir, result)
+    if "recovery" in only:
+        try:
+            result.sections.append(await recovery.measure(found, mode, sizes, log_dir))
+        except Exception as exc:
+            result.sections.append(_failed("recovery", exc))
+    return result
+
+
+async def _on_deployment(
+    found: Servers,
+    mode: Mode,
+    sizes: Sizes,
+    only: Sequence[str],
+    log_dir: Path,
+    result: ModeResult,
+) -> None:
+    progress(f"mode {mode.name}: deploying")
+    try:
+        async with deploy(found, mode, log_dir) as deployment:
+            result.settings = {k: v for k, v in deployment.env.items() if k not in _HIDDEN_SETTINGS}
+            for name, measure in ON_DEPLOYMENT.items():
+                if name in only:
+                    result.sections.append(await _guarded(name, measure, deployment, sizes))
+            if "throughput" in only:
+                result.sections.append(rss.after_load(deployment))
+    except Exception as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
+        result.sections.append(_failed("deployment", exc))
+
+
+def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small samples: a smoke test")
+    parser.add_argument("--out", type=Path, help="rewrite the results block of this Markdown file")
+    parser.add_argument("--json", type=Path, help="also write the raw results as JSON here")
+    parser.add_argument(
+        "--modes",
+        default=",".join(DEFAULT_MODES),
+        help=f"comma-separated, of: {', '.join(m.name for m in MODES)} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--only", default=",".join(ALL), help=f"comma-separated, of: {', '.join(ALL)}"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for every deployment on top of the mode's (repeatable), for experiments",
+    )
+    args = parser.parse_args(argv)
+    args.overrides = dict(item.split("=", 1) for item in args.set if "=" in item)
+    if len(args.overrides) != len(args.set):
+        parser.error("--set: expected NAME=VALUE")
+    known = {m.name for m in MODES}
+    args.mode_list = [
+        replace(m, env={**m.env, **args.overrides})
+        for m in MODES
+        if m.name in args.modes.split(",")
+    ]
+    if not args.mode_list or set(args.modes.split(",")) - known:
+        parser.error(f"--modes: expected some of {sorted(known)}")
+    args.only_list = args.only.split(",")
+    if set(args.only_list) - set(ALL):
+        parser.error(f"--only: expected some of {', '.join(ALL)}")
+    return args
+
+
+async def _main(args: argparse.Namespace) -> list[ModeResult]:
+    sizes = QUICK if args.quick else FULL
+    results = []
+    with servers() as found, tempfile.TemporaryDirectory(prefix="twintrack-bench-") as logs:
+        args.server_facts = found.describe()
+        for mode in args.mode_list:
+            results.append(await run_mode(found, mode, sizes, args.only_list, Path(logs)))
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _arguments(argv)
+    configure_logging("WARNING")
+    began = time.monotonic()
+    load_before = load_average()
+    machine = [*facts(), ("code", code_revision())]
+    results = asyncio.run(_main(args))
+    elapsed = time.monotonic() - began
+    machine += [
+        *args.server_facts,
+        ("sizes", "quick (smoke test)" if args.quick else "full"),
+        ("load average (1, 5, 15 min)", f"before {load_before}; after {load_average()}"),
+        ("run time", f"{elapsed:.0f} s"),
+    ]
+    command = " ".join(["uv run python -m bench", *(argv if argv is not None else sys.argv[1:])])
+    print(results_table(results))
+    if args.out:
+        write_doc(args.out, render(results, machine, command))
+        progress(f"wrote {args.out}")
+    if args.json:
+        args.json.write_text(
+            json.dumps({"machine": machine, "results": [asdict(r) for r in results]}, indent=2)
+        )
+    # A missed goal is a result, not a failure; a measurement that could not run is.
+    failed = any(row.key.startswith("error-") for res in results for row in res.rows)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""What a benchmark run measures, and with which settings.
+
+A *mode* is one column of the results table: the settings that pick the execution track and the
+events backend. Every measurement runs once per mode on a deployment of its own (fresh database,
+fresh topics), so modes never see each other's executions. Adding the DBOS track's two modes is
+one line each in `MODES` once the factory builds that track.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    env: Mapping[str, str]
+    #: where its executions must land (checked on every deployment: no silent fallback)
+    track: str
+    events_backend: str
+
+
+def _mode(name: str, track: str, events_backend: str) -> Mode:
+    env = {
+        "ENABLE_DBOS_EXECUTION": str(track == "dbos").lower(),
+        "EXECUTION_EVENTS_BACKEND": events_backend,
+    }
+    return Mode(name, env, track, events_backend)
+
+
+KAFKA = _mode("kafka", "kafka", "kafka")
+DBOS_KAFKA_EVENTS = _mode("dbos+kafka events", "dbos", "kafka")
+DBOS_STREAMS = _mode("dbos+dbos streams", "dbos", "dbos")
+#: Every mode `--modes` accepts, side by side in one table.
+MODES: tuple[Mode, ...] = (KAFKA, DBOS_KAFKA_EVENTS, DBOS_STREAMS)
+#: What a plain `python -m bench` runs: all three.
+DEFAULT_MODES: tuple[str, ...] = tuple(m.name for m in MODES)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Sample sizes; `QUICK` is a smoke test (under a minute), `FULL` the reported run."""
+
+    warmup: int = 20
+    latency_runs: int = 200
+    throughput_s: float = 20.0
+    throughput_clients: int = 32
+    drain_timeout_s: float = 60.0
+    event_runs: int = 5
+    chain_length: int = 50
+    command_runs: int = 50
+    children: int = 100
+    children_runs: int = 3
+    #: max_concurrency of the parent: None is the default (8), 100 lets every emit run at once
+    children_concurrency: tuple[int | None, ...] = (None, 100)
+    recovery_runs: int = 3
+    idle_s: float = 3.0
+    # Recovery with the production claim TTL takes about 18 s per sample; quick runs only
+    # the fastest setting.
+    recovery_variants: tuple[Mapping[str, str], ...] = field(
+        default_factory=lambda: (
+            {"CLAIM_TTL_S": "15", "RECOVERY_SWEEP_INTERVAL_S": "2"},
+            {"CLAIM_TTL_S": "6", "RECOVERY_SWEEP_INTERVAL_S": "2"},
+            # A re-delivered task goes to the dead worker's partition until the consumer group
+            # evicts it: the Kafka session timeout bounds recovery too.
+            {
+                "CLAIM_TTL_S": "6",
+                "RECOVERY_SWEEP_INTERVAL_S": "2",
+                "KAFKA_SESSION_TIMEOUT_MS": "6000",
+            },
+        )
+    )
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    warmup=5,
+    latency_runs=30,
+    throughput_s=5.0,
+    throughput_clients=16,
+    drain_timeout_s=20.0,
+    event_runs=2,
+    command_runs=10,
+    children_runs=1,
+    recovery_runs=1,
+    idle_s=3.0,
+    children_concurrency=(None,),
+    recovery_variants=(
+        {"CLAIM_TTL_S": "6", "RECOVERY_SWEEP_INTERVAL_S": "2", "KAFKA_SESSION_TIMEOUT_MS": "6000"},
+    ),
+)
+
+#: Worker processes of a deployment (DESIGN §4: "2 worker processes").
+WORKER_PROCESSES = 2
+
+#: Settings every deployment gets on top of the service's defaults. Anything not named here is
+#: the default a production deployment would have (README "Configuration").
+DEPLOYMENT_ENV: Mapping[str, str] = {
+    "WORKER_CONCURRENCY": "20",
+    "LOG_LEVEL": "WARNING",
+}
