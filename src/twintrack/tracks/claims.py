@@ -54,7 +54,13 @@ class ClaimStore:
         self._executions = executions
 
     async def claim(
-        self, execution_id: str, worker_id: str, ttl_s: float, *, takeover: bool = False
+        self,
+        execution_id: str,
+        worker_id: str,
+        ttl_s: float,
+        *,
+        track: Track,
+        takeover: bool = False,
     ) -> tuple[Claim, ExecutionRecord] | None:
         """Take a queued execution: lease it, bump the generation, move it to `running`.
 
@@ -62,15 +68,23 @@ class ClaimStore:
         execution whose lease expired is taken too, as a new attempt.
 
         None when there is nothing to take: the execution is not queued (a duplicate task, or
-        stopped before any worker got it) or another worker holds a live lease on it.
+        stopped before any worker got it), it was rerouted to another `track` than the
+        caller's, or another worker holds a live lease on it.
         Raises NotFound for an execution that does not exist.
         """
         async with self._sessions.begin() as session:
-            status = await session.scalar(
-                select(ExecutionRow.status).where(ExecutionRow.id == execution_id).with_for_update()
-            )
-            if status is None:
+            row = (
+                await session.execute(
+                    select(ExecutionRow.status, ExecutionRow.track)
+                    .where(ExecutionRow.id == execution_id)
+                    .with_for_update()
+                )
+            ).one_or_none()
+            if row is None:
                 raise NotFound("execution", execution_id)
+            status = row.status
+            if row.track is not track:
+                return None
             takeable = {_S.QUEUED, *ACTIVE} if takeover else {_S.QUEUED}
             if status not in takeable:
                 return None
@@ -93,8 +107,8 @@ class ClaimStore:
                 | (ExecutionClaimRow.worker_id == worker_id)
                 | (ExecutionClaimRow.expires_at < func.now()),
             ).returning(ExecutionClaimRow.generation, ExecutionClaimRow.expires_at)
-            row = (await session.execute(stmt)).one_or_none()
-            if row is None:
+            lease = (await session.execute(stmt)).one_or_none()
+            if lease is None:
                 return None
             if status is not _S.QUEUED:
                 # A new attempt of an execution whose worker is gone: back through `queued`,
@@ -105,7 +119,7 @@ class ClaimStore:
             record = await self._executions.transition(
                 execution_id, _S.RUNNING, expected={_S.QUEUED}, session=session
             )
-        return Claim(execution_id, worker_id, row.generation, row.expires_at), record
+        return Claim(execution_id, worker_id, lease.generation, lease.expires_at), record
 
     async def renew(
         self, worker_id: str, held: Sequence[tuple[str, int]], ttl_s: float

@@ -11,7 +11,7 @@ import asyncio
 
 import structlog
 
-from twintrack.domain.execution import ExecutionStatus
+from twintrack.domain.execution import ExecutionStatus, Track
 from twintrack.tracks.claims import ACTIVE
 from twintrack.tracks.dbos import workflow
 from twintrack.tracks.dbos.runtime import DbosRuntime
@@ -44,12 +44,16 @@ class DbosWorker:
         host = self.host
         while True:
             taken = await host.claims.claim(
-                execution_id, host.worker_id, host.claim_ttl_s, takeover=True
+                execution_id, host.worker_id, host.claim_ttl_s, track=Track.DBOS, takeover=True
             )
             if taken is None:
                 record = await host.service.executions.get(execution_id)
-                if record.status.is_terminal or record.status is ExecutionStatus.CREATED:
-                    return record.status.value  # ended elsewhere, or stopped before we came
+                if (
+                    record.status.is_terminal
+                    or record.status is ExecutionStatus.CREATED
+                    or record.track is not Track.DBOS
+                ):
+                    return record.status.value  # ended, stopped, or rerouted to Kafka
                 await asyncio.sleep(_CLAIM_POLL_S)  # a previous holder's lease must run out
                 continue
             claim, record = taken

@@ -15,6 +15,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 
+from twintrack.domain.execution import Track
 from twintrack.metrics import DEAD_LETTERS
 from twintrack.store.errors import NotFound
 from twintrack.tracks.host import RunHost
@@ -112,7 +113,7 @@ class KafkaWorker:
             return
         try:
             taken = await self.host.claims.claim(
-                task.execution_id, self.worker_id, self.host.claim_ttl_s
+                task.execution_id, self.worker_id, self.host.claim_ttl_s, track=Track.KAFKA
             )
         except NotFound:
             await self._dead_letter(message, f"unknown execution '{task.execution_id}'")
