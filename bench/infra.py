@@ -33,7 +33,7 @@ from twintrack.infra.discovery import ProvidedBroker, ProvidedPostgres
 from twintrack.infra.discovery import provide_broker as _provide_broker
 from twintrack.infra.discovery import provide_postgres as _provide_postgres
 from twintrack.store.db import create_engine, with_database
-from twintrack.store.migrations import upgrade_head
+from twintrack.store.migrations import upgrade_all
 from twintrack.store.tables import ExecutionClaimRow, WorkerRow
 
 
@@ -69,7 +69,7 @@ async def create_database(server_url: str, name: str) -> str:
     """A new database on the server, migrated to head; returns its URL."""
     await _admin(server_url, f'CREATE DATABASE "{name}"')
     url = with_database(server_url, name)
-    await upgrade_head(url)
+    await upgrade_all(url)
     return url
 
 
