@@ -11,6 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
+from twintrack.cli_compare import compare
+from twintrack.cli_rollout import rollout_app
 from twintrack.config import ConfigError, Settings, load_settings
 from twintrack.domain.events import Event
 from twintrack.domain.execution import ExecutionOptions, ExecutionStatus
@@ -180,6 +182,9 @@ def dev(
     run_dev(port)
 
 
+app.command()(compare)
+app.add_typer(rollout_app, name="rollout")
+
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
@@ -187,6 +192,10 @@ app.add_typer(keys_app, name="keys")
 @keys_app.command("create")
 def keys_create(
     owner: Annotated[str, typer.Option(help="The owner the key acts as.", min=1)],
+    admin: Annotated[
+        bool,
+        typer.Option("--admin", help="An admin key: may also choose the track on create."),
+    ] = False,
 ) -> None:
     """Create an API key for OWNER and print it, alone, on stdout (shown only once)."""
     settings = _settings()
@@ -196,7 +205,7 @@ def keys_create(
         raise _fail("--owner must not be empty")
     from twintrack.devenv import _create_key_for
 
-    typer.echo(asyncio.run(_create_key_for(settings.database_url, owner.strip())))
+    typer.echo(asyncio.run(_create_key_for(settings.database_url, owner.strip(), admin=admin)))
 
 
 def _run_service(start: Any) -> None:

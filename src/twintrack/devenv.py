@@ -4,7 +4,9 @@ Servers come from the environment when their URLs are set, else embedded ones ar
 (both throw-away: the embedded broker keeps events in memory only, so the database is
 throw-away too, keeping the two consistent). Then: migrate, make an API key, and run the API
 with a worker in this process. The environment another `twintrack worker` needs to join is
-printed and written to `.twintrack/dev.env`.
+printed and written to `.twintrack/dev.env`, with the API URL and key the CLI's client commands
+read (`TWINTRACK_API_URL`, `TWINTRACK_API_KEY`). The dev key is an admin key, so
+`twintrack compare` (which picks the track of each run) works against `dev` as it is.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from twintrack.config import load_settings
 from twintrack.infra.discovery import provide_broker, provide_postgres
 
 DEV_OWNER = "dev"
+API_URL_ENV = "TWINTRACK_API_URL"
+API_KEY_ENV = "TWINTRACK_API_KEY"
 
 
 def _banner(api: str, key: str, env_file: Path, env: dict[str, str]) -> str:
@@ -28,7 +32,7 @@ def _banner(api: str, key: str, env_file: Path, env: dict[str, str]) -> str:
 twintrack dev is running.
 
   API        {api}   (OpenAPI: {api}/docs)
-  API key    {key}   (owner '{DEV_OWNER}')
+  API key    {key}   (owner '{DEV_OWNER}', admin)
 
 Try it:
   export TT_KEY={key}
@@ -39,6 +43,10 @@ Try it:
       -H 'Content-Type: application/json' -d "{{\\"flow_id\\": \\"$FLOW\\"}}" | sed "$ID")
   curl -s -X POST {api}/v1/executions/$EX/start -H "Authorization: Bearer $TT_KEY"
   curl -sN {api}/v1/executions/$EX/events -H "Authorization: Bearer $TT_KEY"
+
+Compare the two tracks on a flow:
+  export {API_URL_ENV}={api} {API_KEY_ENV}={key}
+  twintrack compare examples/diamond.json --runs 10
 
 Another worker joins with (also in {env_file}):
 {exports}
@@ -57,6 +65,8 @@ def run_dev(port: int | None = None) -> None:
             "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "KAFKA_ENABLE_IDEMPOTENCE": "true" if broker.capabilities.idempotence else "false",
         }
+        if os.environ.get("KAFKA_TOPIC_PREFIX"):  # a joining worker must use the same topics
+            env["KAFKA_TOPIC_PREFIX"] = os.environ["KAFKA_TOPIC_PREFIX"]
         os.environ.update(env)
         if port is not None:
             os.environ["API_PORT"] = str(port)
@@ -70,8 +80,9 @@ def run_dev(port: int | None = None) -> None:
         key = asyncio.run(_create_key(settings.database_url or pg.url))
         env_file = Path(".twintrack/dev.env")
         env_file.parent.mkdir(exist_ok=True)
-        env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
         api = f"http://{settings.api_host}:{settings.api_port}"
+        client_env = {API_URL_ENV: api, API_KEY_ENV: key}
+        env_file.write_text("".join(f"{k}={v}\n" for k, v in {**env, **client_env}.items()))
 
         def ready() -> None:
             sys.stdout.write(_banner(api, key, env_file, env))
@@ -81,16 +92,17 @@ def run_dev(port: int | None = None) -> None:
 
 
 async def _create_key(database_url: str) -> str:
-    return await _create_key_for(database_url, DEV_OWNER)
+    """The dev owner's key: an admin key, so `twintrack compare` can choose tracks with it."""
+    return await _create_key_for(database_url, DEV_OWNER, admin=True)
 
 
-async def _create_key_for(database_url: str, owner: str) -> str:
+async def _create_key_for(database_url: str, owner: str, admin: bool = False) -> str:
     from twintrack.store.db import create_engine, create_session_factory
     from twintrack.store.keys import KeyStore
 
     engine = create_engine(database_url)
     try:
-        created = await KeyStore(create_session_factory(engine)).create(owner)
+        created = await KeyStore(create_session_factory(engine)).create(owner, admin=admin)
         return created.key
     finally:
         await engine.dispose()

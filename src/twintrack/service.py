@@ -261,8 +261,8 @@ class ExecutionService:
             if record.status.is_terminal:
                 return
             if record.status in (_S.CREATED, _S.QUEUED):
-                # No worker holds it: end it here. A worker that gets its task later skips it.
-                await self.queues[record.track].cancel(execution_id)
+                # No worker holds it: end it here. A worker that gets its task later skips it;
+                # the track drops what it prepared once the ending is in the stream.
                 await self._write_locked(
                     session,
                     record,
@@ -271,6 +271,7 @@ class ExecutionService:
                     {"reason": reason, "cancelled_nodes": [], "outputs": {}},
                     error_message=reason,
                 )
+                await self.queues[record.track].cancel(execution_id)
                 return
         await self.commands.send(execution_id, Command.STOP, reason)
 
@@ -300,8 +301,6 @@ class ExecutionService:
                 )
                 return True
             index = 0 if last is None else last.index + 1
-            if record.status is _S.CREATED:
-                await self.queues[record.track].cancel(execution_id)
             await self._write_locked(
                 session,
                 record,
@@ -311,6 +310,8 @@ class ExecutionService:
                 index=max(index, record.next_event_index),
                 error_message=reason,
             )
+            if record.status is _S.CREATED:
+                await self.queues[record.track].cancel(execution_id)
         return True
 
     # -- children --------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from pathlib import Path
 from sqlalchemy import text
 
 from tests.e2e import flows
-from tests.e2e.stack import assert_contiguous, open_stack
-from twintrack.domain.execution import ExecutionStatus
+from tests.e2e.stack import assert_contiguous, eventually, open_stack
+from twintrack.domain.execution import ExecutionStatus, Track
 
 
 async def test_a_thousand_unstarted_executions_do_not_block_running_ones(
@@ -30,6 +30,24 @@ async def test_a_thousand_unstarted_executions_do_not_block_running_ones(
         assert row["outputs"] == {"answer": 42}
         unstarted = await service.executions.get(waiting[-1].id)
         assert unstarted.status is ExecutionStatus.CREATED
+
+
+async def test_starting_the_same_execution_twice_runs_it_once(
+    base_env: dict[str, str], logs: Path
+) -> None:
+    env = {**base_env, "ENABLE_DBOS_EXECUTION": "true"}
+    async with open_stack(env, logs) as stack:
+        await stack.add_worker()
+        api = stack.api
+        ex = (await api.create(await api.create_flow(flows.crashable(ms=200))))["id"]
+        codes = await asyncio.gather(*(api.command(ex, "start") for _ in range(5)))
+        assert codes == [202] * 5
+        # ... and a duplicate delivery of its workflow, as a retried start would make
+        await stack.container.queues[Track.DBOS].enqueue(ex, 1)
+        row = await api.wait_status(ex, "completed", timeout=20)
+        assert row["attempt"] == 1
+        assert await stack.container.counters.get("after") == 1
+        assert_contiguous(await api.events(ex))
 
 
 async def test_flipping_the_flag_with_executions_in_flight_strands_nothing(
@@ -78,14 +96,22 @@ async def test_with_dbos_streams_the_events_live_in_the_workflow_stream_and_it_i
         await api.command(ex, "start")
         events = await watching
         assert_contiguous(events)
-        async with stack.container.sessions() as session:
-            stored = list(
-                await session.scalars(
-                    text(
-                        'SELECT value FROM dbos.streams WHERE workflow_uuid = :id ORDER BY "offset"'
-                    ).bindparams(id=ex)
+
+        async def closed_stream() -> list[str] | None:
+            # the close marker follows the terminal event a moment later
+            async with stack.container.sessions() as session:
+                rows = list(
+                    await session.scalars(
+                        text(
+                            "SELECT value FROM dbos.streams WHERE workflow_uuid = :id "
+                            'ORDER BY "offset"'
+                        ).bindparams(id=ex)
+                    )
                 )
-            )
+            return rows if rows and json.loads(rows[-1]) == "__DBOS_STREAM_CLOSED__" else None
+
+        stored: list[str] = await eventually(closed_stream)
+        async with stack.container.sessions() as session:
             in_kafka = await session.scalar(
                 text("SELECT count(*) FROM kafka_event_logs WHERE execution_id = :id").bindparams(
                     id=ex

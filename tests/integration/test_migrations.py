@@ -176,3 +176,29 @@ async def test_template_database_is_at_head(database_url: str) -> None:
             assert version.scalar_one() == head
     finally:
         await engine.dispose()
+
+
+async def test_keys_made_before_0003_stay_plain_keys(empty_database_url: str) -> None:
+    """0003 adds `api_keys.is_admin` with a constant default: every existing key is not admin,
+    and going back to 0002 drops the column without touching the keys."""
+    from twintrack.store.migrations import _migrate
+
+    insert = (
+        "INSERT INTO api_keys (id, owner_id, key_hash, prefix) "
+        "VALUES ('key_old', 'alice', 'hash', 'tt_old')"
+    )
+    await _migrate(empty_database_url, "upgrade", "0002")
+    engine = create_engine(empty_database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(text(insert))
+        await _migrate(empty_database_url, "upgrade", "0003")
+        async with engine.connect() as connection:
+            flags = await connection.execute(text("SELECT id, is_admin FROM api_keys"))
+            assert flags.all() == [("key_old", False)]
+        await _migrate(empty_database_url, "downgrade", "0002")
+        async with engine.connect() as connection:
+            ids = await connection.execute(text("SELECT id FROM api_keys"))
+            assert ids.scalars().all() == ["key_old"]
+    finally:
+        await engine.dispose()

@@ -1,4 +1,4 @@
-"""Bearer API keys -> owner id, with a short in-process cache.
+"""Bearer API keys -> the caller (owner id + admin flag), with a short in-process cache.
 
 At a few hundred requests a second a database round trip per request only to authenticate would
 dominate the API's cost, so successful lookups are cached for `ttl_s` (30 s by default).
@@ -13,12 +13,13 @@ import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Annotated, Protocol
+from typing import Annotated, Protocol, runtime_checkable
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from twintrack.api.errors import ApiError
+from twintrack.api.errors import ApiError, issue
+from twintrack.store.keys import Principal
 
 DEFAULT_TTL_S = 30.0
 DEFAULT_MAX_ENTRIES = 10_000
@@ -26,17 +27,24 @@ _REALM = 'Bearer realm="twintrack"'
 
 
 class KeyLookup(Protocol):
-    """What the authenticator needs of the key store."""
+    """The minimal key store: owners only (every key it knows is a plain, non-admin key)."""
 
     async def authenticate(self, key: str) -> str | None: ...
 
 
+@runtime_checkable
+class PrincipalLookup(Protocol):
+    """A key store that also knows admin keys (`KeyStore`)."""
+
+    async def authenticate_key(self, key: str) -> Principal | None: ...
+
+
 class ApiKeyAuthenticator:
-    """Resolve an API key to its owner, caching hits for `ttl_s` (LRU-bounded)."""
+    """Resolve an API key to its caller, caching hits for `ttl_s` (LRU-bounded)."""
 
     def __init__(
         self,
-        keys: KeyLookup,
+        keys: KeyLookup | PrincipalLookup,
         *,
         ttl_s: float = DEFAULT_TTL_S,
         max_entries: int = DEFAULT_MAX_ENTRIES,
@@ -46,25 +54,36 @@ class ApiKeyAuthenticator:
         self._ttl_s = ttl_s
         self._max_entries = max_entries
         self._clock = clock
-        self._cache: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._cache: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
 
-    async def owner_of(self, key: str) -> str | None:
-        """The owner of `key`, or None for an unknown or revoked one."""
+    async def principal_of(self, key: str) -> Principal | None:
+        """Who `key` acts as (owner and admin flag), or None for an unknown or revoked one."""
         digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
         now = self._clock()
         hit = self._cache.get(digest)
         if hit is not None:
-            owner, expires_at = hit
+            principal, expires_at = hit
             if now < expires_at:
                 self._cache.move_to_end(digest)
-                return owner
+                return principal
             del self._cache[digest]
-        owner_id = await self._keys.authenticate(key)
-        if owner_id is not None and self._ttl_s > 0:
-            self._cache[digest] = (owner_id, now + self._ttl_s)
+        found = await self._lookup(key)
+        if found is not None and self._ttl_s > 0:
+            self._cache[digest] = (found, now + self._ttl_s)
             while len(self._cache) > self._max_entries:
                 self._cache.popitem(last=False)
-        return owner_id
+        return found
+
+    async def owner_of(self, key: str) -> str | None:
+        """The owner of `key`, or None for an unknown or revoked one."""
+        principal = await self.principal_of(key)
+        return None if principal is None else principal.owner_id
+
+    async def _lookup(self, key: str) -> Principal | None:
+        if isinstance(self._keys, PrincipalLookup):
+            return await self._keys.authenticate_key(key)
+        owner_id = await self._keys.authenticate(key)
+        return None if owner_id is None else Principal(owner_id=owner_id)
 
     def clear(self) -> None:
         self._cache.clear()
@@ -79,18 +98,39 @@ def _unauthorized(message: str, header: str) -> ApiError:
     return ApiError(401, "unauthorized", message, headers={"WWW-Authenticate": header})
 
 
-async def require_owner(
+async def require_principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
-) -> str:
-    """The owner id behind the request's `Authorization: Bearer <key>`, else 401."""
+) -> Principal:
+    """The caller behind the request's `Authorization: Bearer <key>`, else 401.
+
+    FastAPI caches a dependency per request, so routes that take both `Owner` and `Caller`
+    still look the key up once.
+    """
     if credentials is None:
         raise _unauthorized("an `Authorization: Bearer <api key>` header is required", _REALM)
     authenticator: ApiKeyAuthenticator = request.app.state.authenticator
-    owner_id = await authenticator.owner_of(credentials.credentials)
-    if owner_id is None:
+    principal = await authenticator.principal_of(credentials.credentials)
+    if principal is None:
         raise _unauthorized("the API key is unknown or revoked", f'{_REALM}, error="invalid_token"')
-    return owner_id
+    return principal
+
+
+Caller = Annotated[Principal, Depends(require_principal)]
+
+
+async def require_owner(principal: Caller) -> str:
+    """The owner id behind the request's key, else 401."""
+    return principal.owner_id
 
 
 Owner = Annotated[str, Depends(require_owner)]
+
+
+def forbidden(field: str, message: str) -> ApiError:
+    """403 for a request field the caller's key may not use.
+
+    Only for permissions on a field the caller chose to send: a resource of another owner
+    still answers 404, never 403, so ids stay unguessable (DESIGN §1.6).
+    """
+    return ApiError(403, "forbidden", message, [issue(field, message)])

@@ -97,6 +97,14 @@ class CreateExecution(BaseModel):
     events: list[TriggerEvent] = Field(
         default_factory=list, description="Start as if triggered by these events (`listen`)."
     )
+    track: Track | None = Field(
+        default=None,
+        description=(
+            "Admin keys only (else 403 `forbidden`): run on this track instead of the one the "
+            "rollout settings pick, e.g. to compare both tracks on one flow. Default: the "
+            "rollout settings decide."
+        ),
+    )
 
 
 class ExecutionCreated(BaseModel):

@@ -108,6 +108,11 @@ class ExecutionStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
+    @property
+    def sessions(self) -> async_sessionmaker[AsyncSession]:
+        """For queries that belong with their feature (rollout reroute), not with the store."""
+        return self._sessions
+
     async def create(
         self,
         *,

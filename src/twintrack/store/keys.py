@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
@@ -30,6 +31,7 @@ class ApiKeyRecord(BaseModel):
     id: str
     owner_id: str
     prefix: str
+    is_admin: bool
     created_at: datetime
     revoked_at: datetime | None
 
@@ -40,6 +42,18 @@ class CreatedApiKey(ApiKeyRecord):
     key: str
 
 
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts as: the key's owner, and whether the key is an admin key.
+
+    Admin only widens what a caller may ask for (choosing the track on create); it never widens
+    what it can see: an admin key still sees only its own owner's flows and executions.
+    """
+
+    owner_id: str
+    is_admin: bool = False
+
+
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -48,8 +62,9 @@ class KeyStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
-    async def create(self, owner_id: str) -> CreatedApiKey:
-        """A new key for `owner_id`; the plaintext is in the result and nowhere else."""
+    async def create(self, owner_id: str, admin: bool = False) -> CreatedApiKey:
+        """A new key for `owner_id` (an admin key when `admin`); the plaintext is in the result
+        and nowhere else."""
         key = KEY_PREFIX + secrets.token_urlsafe(32)
         stmt = (
             insert(ApiKeyRow)
@@ -58,6 +73,7 @@ class KeyStore:
                 owner_id=owner_id,
                 key_hash=hash_key(key),
                 prefix=key[: len(KEY_PREFIX) + _DISPLAY_CHARS],
+                is_admin=admin,
             )
             .returning(ApiKeyRow)
         )
@@ -67,16 +83,25 @@ class KeyStore:
             stored = ApiKeyRecord.model_validate(row)
         return CreatedApiKey(**stored.model_dump(), key=key)
 
-    async def authenticate(self, key: str) -> str | None:
-        """The owner of `key`, or None for an unknown or revoked key."""
+    async def authenticate_key(self, key: str) -> Principal | None:
+        """The owner of `key` and its admin flag, or None for an unknown or revoked key."""
         if not key.startswith(KEY_PREFIX):
             return None
         async with self._sessions() as session:
-            return await session.scalar(
-                select(ApiKeyRow.owner_id).where(
-                    ApiKeyRow.key_hash == hash_key(key), ApiKeyRow.revoked_at.is_(None)
+            row = (
+                await session.execute(
+                    select(ApiKeyRow.owner_id, ApiKeyRow.is_admin).where(
+                        ApiKeyRow.key_hash == hash_key(key), ApiKeyRow.revoked_at.is_(None)
+                    )
                 )
-            )
+            ).one_or_none()
+        return None if row is None else Principal(owner_id=row.owner_id, is_admin=row.is_admin)
+
+    async def authenticate(self, key: str) -> str | None:
+        """The owner of `key`, or None for an unknown or revoked key (kept for callers that
+        only need the owner; `authenticate_key` also tells whether the key is an admin key)."""
+        principal = await self.authenticate_key(key)
+        return None if principal is None else principal.owner_id
 
     async def revoke(self, owner_id: str, key_id: str) -> None:
         """Revoke a key of `owner_id` (idempotent: revoking twice keeps the first time)."""

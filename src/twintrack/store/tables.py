@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     ARRAY,
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -25,6 +26,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Text,
+    false,
     func,
     text,
 )
@@ -241,6 +243,8 @@ class ApiKeyRow(Base):
     owner_id: Mapped[str] = mapped_column(Text, nullable=False)
     key_hash: Mapped[str] = mapped_column(Text, nullable=False, unique=True)
     prefix: Mapped[str] = mapped_column(Text, nullable=False)
+    # Admin keys may choose an execution's track on create (`twintrack compare`).
+    is_admin: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
     created_at: Mapped[datetime] = _now()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

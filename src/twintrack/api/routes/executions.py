@@ -2,6 +2,8 @@
 
 Routes stay thin: ExecutionService does the work and its exceptions map to HTTP in
 `api.errors` (NotFound 404, FlowValidationError 422, Conflict 409, TrackUnavailable 503).
+Choosing the track on create is for admin keys only (403 otherwise): it bypasses the rollout
+settings, which an operator, not an application, should do.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
 
-from twintrack.api.auth import Owner, require_owner
+from twintrack.api.auth import Caller, Owner, forbidden, require_owner
 from twintrack.api.deps import Service
 from twintrack.api.errors import COMMON_RESPONSES, ErrorResponse
 from twintrack.api.ids import checked_cursor, checked_id
@@ -39,6 +41,7 @@ router = APIRouter(
 )
 
 _CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorResponse, "description": "`track` was set by a key that is not admin"},
     404: {"model": ErrorResponse, "description": "No such flow (or version) for this owner"},
     422: {
         "model": ErrorResponse,
@@ -67,11 +70,22 @@ _COMMAND_SUMMARIES = {
     summary="Create an execution of a flow (status `created`; `start` runs it)",
 )
 async def create_execution(
-    body: CreateExecution, request: Request, response: Response, owner: Owner, service: Service
+    body: CreateExecution,
+    request: Request,
+    response: Response,
+    caller: Caller,
+    service: Service,
 ) -> ExecutionCreated:
+    if body.track is not None and not caller.is_admin:
+        raise forbidden("track", "only an admin API key may choose the track")
     ensure_storable(body.model_dump())
     record = await service.create(
-        owner, body.flow_id, version=body.version, options=body.options, events=body.events
+        caller.owner_id,
+        body.flow_id,
+        version=body.version,
+        options=body.options,
+        events=body.events,
+        track=body.track,
     )
     EXECUTIONS_CREATED.labels(record.track).inc()
     tag_track(request, record.track)

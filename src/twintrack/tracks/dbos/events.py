@@ -30,6 +30,7 @@ from twintrack.tracks.sequencing import Sequencer
 
 log = structlog.get_logger()
 _CLOSED = "__DBOS_STREAM_CLOSED__"
+_ROWS_POLL_S = 0.05
 _Item = tuple[Event, "asyncio.Future[None] | None"]
 
 
@@ -130,6 +131,15 @@ class DbosStreamEventBus:
                     return
         finally:
             await values.aclose()
+        # DBOS ends a read once the workflow is no longer active (cancelled: stopped or
+        # rerouted before it ran) even if our terminal event is still on its way: follow the
+        # stored rows until it arrives.
+        while not sequencer.ended:
+            for event in await self._events(execution_id):
+                for ready in sequencer.push(event):
+                    yield ready
+            if not sequencer.ended:
+                await asyncio.sleep(_ROWS_POLL_S)
 
     async def _events(self, execution_id: str) -> list[Event]:
         async with self._sessions() as session:
