@@ -29,8 +29,14 @@ class TaskQueue(Protocol):
         live in the execution's workflow, so DBOS makes it, parked until start)."""
         ...
 
-    async def enqueue(self, execution_id: str, attempt: int) -> None:
-        """Deliver a task for the execution; duplicates are harmless (workers claim first)."""
+    async def enqueue(
+        self,
+        execution_id: str,
+        attempt: int,
+        events_backend: EventsBackend = EventsBackend.KAFKA,
+    ) -> None:
+        """Deliver a task for the execution; duplicates are harmless (workers claim first).
+        `events_backend` is the one `prepare` was told (what it made, if anything, is released)."""
         ...
 
     async def cancel(self, execution_id: str) -> None:

@@ -329,7 +329,7 @@ async def _move_one(
                 await queue.prepare(execution_id, record.events_backend)
             else:
                 # Before the commit, under the lock: see the module docstring.
-                await queue.enqueue(execution_id, record.attempt + 1)
+                await queue.enqueue(execution_id, record.attempt + 1, record.events_backend)
     except NotFound:
         return Skipped(execution_id, GONE)
     moved = Moved(execution_id, record.status, record.events_backend)

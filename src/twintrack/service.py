@@ -104,26 +104,27 @@ class ExecutionService:
 
     # -- flows -----------------------------------------------------------------------------
 
+    def _cached(self, flow_id: str, version: int) -> Flow | None:
+        flow = self._flow_cache.get((flow_id, version))
+        if flow is not None:
+            self._flow_cache.move_to_end((flow_id, version))
+        return flow
+
     def compile(self, record: FlowRecord) -> Flow:
         """The validated flow of one stored version (versions are immutable, so cached)."""
-        key = (record.id, record.version)
-        flow = self._flow_cache.get(key)
+        flow = self._cached(record.id, record.version)
         if flow is None:
             flow = validate_flow(record.definition, self.registry)
-            self._flow_cache[key] = flow
+            self._flow_cache[(record.id, record.version)] = flow
             if len(self._flow_cache) > _FLOW_CACHE_SIZE:
                 self._flow_cache.popitem(last=False)
-        else:
-            self._flow_cache.move_to_end(key)
         return flow
 
     async def flow_of(self, execution: ExecutionRecord) -> Flow:
         """The flow version an execution pinned: read once per process, then from the cache
         (a version never changes, and the execution's own row already proved ownership)."""
-        key = (execution.flow_id, execution.flow_version)
-        flow = self._flow_cache.get(key)
+        flow = self._cached(execution.flow_id, execution.flow_version)
         if flow is not None:
-            self._flow_cache.move_to_end(key)
             return flow
         record = await self.flows.get(execution.owner_id, execution.flow_id, execution.flow_version)
         return self.compile(record)
@@ -205,7 +206,9 @@ class ExecutionService:
             record = await self._write_locked(
                 session, record, _S.QUEUED, EventType.EXECUTION_QUEUED, {"track": record.track}
             )
-        await self.queues[record.track].enqueue(record.id, record.attempt + 1)
+        await self.queues[record.track].enqueue(
+            record.id, record.attempt + 1, record.events_backend
+        )
         return record
 
     async def _write_locked(

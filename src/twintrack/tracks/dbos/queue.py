@@ -55,13 +55,19 @@ class DbosTaskQueue:
         if events_backend is EventsBackend.DBOS:
             await self._enqueue(execution_id, delay_s=self.park_s)
 
-    async def enqueue(self, execution_id: str, attempt: int) -> None:
+    async def enqueue(
+        self,
+        execution_id: str,
+        attempt: int,
+        events_backend: EventsBackend = EventsBackend.KAFKA,
+    ) -> None:
         """The workflow id is the execution id, so a second start (or a retried one) is the
-        same workflow: DBOS runs it once. The pinned version makes it recoverable. A parked
-        workflow is released at once (DBOS's own job would take up to a second)."""
-        client = self._client_or_fail()
-        await client.set_workflow_delay_async(execution_id, delay_seconds=0)
-        await blocking(promote_delayed, client)
+        same workflow: DBOS runs it once. The pinned version makes it recoverable. A workflow
+        `prepare` parked is released at once (DBOS's own job would take up to a second)."""
+        if events_backend is EventsBackend.DBOS:
+            client = self._client_or_fail()
+            await client.set_workflow_delay_async(execution_id, delay_seconds=0)
+            await blocking(promote_delayed, client)
         await self._enqueue(execution_id)
 
     async def cancel(self, execution_id: str) -> None:

@@ -42,7 +42,12 @@ class KafkaTaskQueue:
     async def cancel(self, execution_id: str) -> None:
         """A task already sent is skipped by the worker (the execution is no longer queued)."""
 
-    async def enqueue(self, execution_id: str, attempt: int) -> None:
+    async def enqueue(
+        self,
+        execution_id: str,
+        attempt: int,
+        events_backend: EventsBackend = EventsBackend.KAFKA,
+    ) -> None:
         if self._producer is None:
             raise RuntimeError("KafkaTaskQueue.start() was not called")
         message = TaskMessage(execution_id=execution_id, attempt=attempt)
