@@ -7,20 +7,19 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from twintrack.cli_compare import compare
 from twintrack.cli_rollout import rollout_app
-from twintrack.config import ConfigError, Settings, load_settings
-from twintrack.domain.events import Event
-from twintrack.domain.execution import ExecutionOptions, ExecutionStatus
-from twintrack.domain.flow import FlowValidationError, check_options, parse_flow_json
-from twintrack.logs import configure_logging
-from twintrack.nodes.base import Counters
-from twintrack.nodes.registry import PluginError, default_registry
-from twintrack.render import render_line
+from twintrack.cli_support import EXIT_FAILED, EXIT_INVALID, EXIT_OK, fail, load_cli_settings
+
+if TYPE_CHECKING:  # imported where a verb runs: `--help` must not pay for them
+    from twintrack.config import Settings
+    from twintrack.domain.events import Event
+    from twintrack.domain.execution import ExecutionOptions, ExecutionStatus
+    from twintrack.nodes.base import Counters
 
 app = typer.Typer(
     name="twintrack",
@@ -29,22 +28,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
-
-
-def _fail(message: str, code: int = EXIT_INVALID) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
 
 
 @app.command()
@@ -57,15 +40,19 @@ def run(
     max_concurrency: Annotated[int, typer.Option(min=1, max=1000)] = 8,
 ) -> None:
     """Run a flow in this process and print its events (exit 0 completed, 1 failed, 2 invalid)."""
-    settings = _settings()
+    from twintrack.domain.execution import ExecutionOptions, ExecutionStatus
+    from twintrack.domain.flow import FlowValidationError, check_options, parse_flow_json
+    from twintrack.nodes.registry import PluginError, default_registry
+
+    settings = load_cli_settings()
     try:
         raw = flow_file.read_bytes()
     except OSError as exc:
-        raise _fail(f"cannot read {flow_file}: {exc.strerror}") from None
+        raise fail(f"cannot read {flow_file}: {exc.strerror}") from None
     try:
         registry = default_registry()
     except PluginError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     try:
         parsed_inputs = _parse_inputs(inputs)
         flow = parse_flow_json(raw, registry)
@@ -81,7 +68,7 @@ def run(
 
 
 def _parse_inputs(inputs: str | None) -> dict[str, Any]:
-    from twintrack.domain.flow import Issue
+    from twintrack.domain.flow import FlowValidationError, Issue
 
     if inputs is None:
         return {}
@@ -98,6 +85,7 @@ async def _run_local(
     flow: Any, options: ExecutionOptions, settings: Settings, as_json: bool
 ) -> ExecutionStatus:
     from twintrack.local import LocalRunner
+    from twintrack.render import render_line
 
     async def publish(event: Event) -> None:
         line = event.model_dump_json() if as_json else render_line(event)
@@ -136,9 +124,9 @@ async def _counters(settings: Settings) -> tuple[Counters | None, Any]:
 @app.command()
 def migrate() -> None:
     """Bring the database at DATABASE_URL to the latest schema (Alembic upgrade head)."""
-    settings = _settings()
+    settings = load_cli_settings()
     if not settings.database_url:
-        raise _fail("DATABASE_URL is not set: twintrack migrate needs a database to migrate")
+        raise fail("DATABASE_URL is not set: twintrack migrate needs a database to migrate")
     from twintrack.store.migrations import upgrade_all
 
     asyncio.run(upgrade_all(settings.database_url))
@@ -148,7 +136,7 @@ def migrate() -> None:
 @app.command()
 def api() -> None:
     """Run the HTTP API (API_HOST:API_PORT)."""
-    settings = _settings()
+    settings = load_cli_settings()
     from twintrack.processes import run_api
 
     _run_service(lambda: run_api(settings))
@@ -165,7 +153,7 @@ def worker(
         import os
 
         os.environ["WORKER_TRACKS"] = tracks
-    settings = _settings()
+    settings = load_cli_settings()
     from twintrack.processes import run_worker
 
     _run_service(lambda: run_worker(settings))
@@ -176,7 +164,7 @@ def dev(
     port: Annotated[int | None, typer.Option(help="API port (default API_PORT).")] = None,
 ) -> None:
     """Everything on one machine: embedded servers, migrations, API and a worker."""
-    _settings()
+    load_cli_settings()
     from twintrack.devenv import run_dev
 
     run_dev(port)
@@ -198,11 +186,11 @@ def keys_create(
     ] = False,
 ) -> None:
     """Create an API key for OWNER and print it, alone, on stdout (shown only once)."""
-    settings = _settings()
+    settings = load_cli_settings()
     if not settings.database_url:
-        raise _fail("DATABASE_URL is not set")
+        raise fail("DATABASE_URL is not set")
     if not owner.strip():
-        raise _fail("--owner must not be empty")
+        raise fail("--owner must not be empty")
     from twintrack.devenv import _create_key_for
 
     typer.echo(asyncio.run(_create_key_for(settings.database_url, owner.strip(), admin=admin)))
@@ -214,7 +202,7 @@ def _run_service(start: Any) -> None:
     try:
         asyncio.run(start())
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def main() -> None:  # pragma: no cover - console entry

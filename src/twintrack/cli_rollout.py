@@ -10,15 +10,17 @@ import asyncio
 import json
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from twintrack.cli_support import configure_from
-from twintrack.config import ConfigError, Settings, load_settings
-from twintrack.domain.execution import ExecutionStatus, Track
+from twintrack.cli_support import EXIT_FAILED, fail, load_cli_settings
 
 if TYPE_CHECKING:  # the factory pulls in both tracks: import it only when a command runs
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from twintrack.config import Settings
     from twintrack.factory import Container
     from twintrack.rollout import RerouteReport, RolloutStatus
 
@@ -27,51 +29,60 @@ rollout_app = typer.Typer(
     no_args_is_help=True,
 )
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 _SHOWN_IDS = 20
+
+
+class TrackChoice(StrEnum):
+    """`Track`'s values, spelled here so that `--help` need not import pydantic for the enum."""
+
+    KAFKA = "kafka"
+    DBOS = "dbos"
+
+
 _HINTS = {"its events are in a DBOS stream": "drop --hold-dbos-streams to move them too"}
 T = TypeVar("T")
 
 
-def _fail(message: str, code: int = EXIT_INVALID) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _settings() -> Settings:
-    try:
-        settings = load_settings()
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
-    configure_from(settings)
-    return settings
-
-
-def _with_container(
-    settings: Settings, body: Callable[[Container], Awaitable[T]], *, start: bool
+def _with_sessions(
+    settings: Settings, body: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]]
 ) -> T:
-    """Run `body` on a container built by the ServiceFactory; `start` connects the tracks
-    (only a real reroute needs them: reading status or planning needs just the database)."""
+    """Run `body` on database sessions alone: reading status or planning a reroute needs no
+    track, so it loads neither DBOS nor aiokafka (each command stays a fraction of a second)."""
+    if not settings.database_url:
+        raise fail("DATABASE_URL is not set")
+    from twintrack.store.db import create_engine, create_session_factory
+
+    engine = create_engine(settings.database_url)
+
+    async def run() -> T:
+        try:
+            return await body(create_session_factory(engine))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _with_container(settings: Settings, body: Callable[[Container], Awaitable[T]]) -> T:
+    """Run `body` on a started container built by the ServiceFactory (both tracks connected)."""
+    from twintrack.config import ConfigError
+
     try:
         from twintrack.factory import ServiceFactory
 
         container = ServiceFactory(settings).build()
     except ConfigError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
     async def run() -> T:
         try:
-            if start:
-                try:
-                    await container.start()
-                except Exception as exc:
-                    raise _fail(f"cannot reach the tracks: {exc!r}", EXIT_FAILED) from exc
+            try:
+                await container.start()
+            except Exception as exc:
+                raise fail(f"cannot reach the tracks: {exc!r}", EXIT_FAILED) from exc
             return await body(container)
         finally:
-            if start:
-                await container.close()
-            else:
-                await container.db_engine.dispose()
+            await container.close()
 
     return asyncio.run(run())
 
@@ -94,6 +105,8 @@ def format_age(seconds: float | None) -> str:
 
 def format_status(status: RolloutStatus) -> str:
     """A fixed-width table: one row per track."""
+    from twintrack.domain.execution import ExecutionStatus
+
     statuses = [s for s in ExecutionStatus if status.includes_finished or not s.is_terminal]
     header = ["TRACK", *(s.value.upper() for s in statuses), "OLDEST UNFINISHED", "DRAINED"]
     rows = [header]
@@ -124,14 +137,14 @@ def status(
     ] = False,
 ) -> None:
     """Per track: executions by status, the oldest unfinished one's age, drained or not."""
-    settings = _settings()
+    settings = load_cli_settings()
 
-    async def body(container: Container) -> RolloutStatus:
+    async def body(sessions: async_sessionmaker[AsyncSession]) -> RolloutStatus:
         from twintrack.rollout import rollout_status
 
-        return await rollout_status(container.sessions, include_finished=not unfinished_only)
+        return await rollout_status(sessions, include_finished=not unfinished_only)
 
-    result = _with_container(settings, body, start=False)
+    result = _with_sessions(settings, body)
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
     else:
@@ -182,7 +195,8 @@ def _detail(report: RerouteReport) -> str:
 @rollout_app.command("reroute")
 def reroute_command(
     to: Annotated[
-        Track, typer.Option("--to", case_sensitive=False, help="The track to move executions to.")
+        TrackChoice,
+        typer.Option("--to", case_sensitive=False, help="The track to move executions to."),
     ],
     limit: Annotated[
         int | None, typer.Option(min=1, help="Move at most N (the oldest first).")
@@ -204,28 +218,34 @@ def reroute_command(
     """Move unstarted executions (created, queued) to another track; a dry run unless --yes.
 
     Each moves atomically and at most once, and runs exactly once, on the new track."""
-    settings = _settings()
+    from twintrack.domain.execution import Track
 
-    async def body(container: Container) -> RerouteReport:
-        from twintrack.rollout import plan_reroute, reroute
+    settings = load_cli_settings()
+    target = Track(to.value)
 
-        if not yes:
-            return await plan_reroute(
-                container.sessions,
-                to=to,
-                limit=limit,
-                owner_id=owner,
-                include_dbos_streams=include_dbos_streams,
-            )
-        return await reroute(
-            container.service,
-            to=to,
+    async def plan(sessions: async_sessionmaker[AsyncSession]) -> RerouteReport:
+        from twintrack.rollout import plan_reroute
+
+        return await plan_reroute(
+            sessions,
+            to=target,
             limit=limit,
             owner_id=owner,
             include_dbos_streams=include_dbos_streams,
         )
 
-    report = _with_container(settings, body, start=yes)
+    async def move(container: Container) -> RerouteReport:
+        from twintrack.rollout import reroute
+
+        return await reroute(
+            container.service,
+            to=target,
+            limit=limit,
+            owner_id=owner,
+            include_dbos_streams=include_dbos_streams,
+        )
+
+    report = _with_container(settings, move) if yes else _with_sessions(settings, plan)
     typer.echo(json.dumps(report.to_json(), indent=2) if as_json else format_report(report))
     if report.failed:
         raise typer.Exit(EXIT_FAILED)

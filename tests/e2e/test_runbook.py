@@ -214,6 +214,9 @@ def _describe(step: Step, result: subprocess.CompletedProcess[str]) -> str:
     )
 
 
+# A whole deployment plus ~30 operator commands (four of them comparisons of 10-20 runs per
+# track): about 50 s on a 2-core machine, so it gets a timeout of its own with twice the margin.
+@pytest.mark.timeout(240)
 async def test_every_runbook_command_works_against_twintrack_dev(
     database_url: str,
     kafka_broker: ProvidedBroker,
