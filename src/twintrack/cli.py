@@ -162,12 +162,19 @@ def worker(
 @app.command()
 def dev(
     port: Annotated[int | None, typer.Option(help="API port (default API_PORT).")] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show every library's logs (Alembic, DBOS...).")
+    ] = False,
 ) -> None:
     """Everything on one machine: embedded servers, migrations, API and a worker."""
-    load_cli_settings()
+    from twintrack.config import ConfigError, load_settings
     from twintrack.devenv import run_dev
 
-    run_dev(port)
+    try:
+        load_settings()  # fail fast, with the message, before starting any server
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+    run_dev(port, verbose=verbose)
 
 
 app.command()(compare)

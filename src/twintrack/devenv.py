@@ -52,14 +52,32 @@ Another worker joins with (also in {env_file}):
 {exports}
   twintrack worker
 
-Ctrl-C stops everything.
+Ctrl-C stops everything. (`twintrack dev -v` shows every library's logs.)
 """
 
 
-def run_dev(port: int | None = None) -> None:
+def _progress(line: str) -> None:
+    sys.stdout.write(f"  {line}\n")
+    sys.stdout.flush()
+
+
+def _quiet_level(level: str) -> str:
+    """Without -v, only warnings and errors: Alembic's, DBOS's and aiokafka's start-up chatter
+    (~130 lines) would bury the banner a newcomer needs to read."""
+    return level if level in {"WARNING", "ERROR"} else "WARNING"
+
+
+def run_dev(port: int | None = None, *, verbose: bool = False) -> None:
+    from twintrack.cli_support import configure_from
+    from twintrack.logs import configure_logging
+
+    if not verbose:
+        configure_logging("WARNING")
     with contextlib.ExitStack() as stack:
         pg = stack.enter_context(provide_postgres())
+        _progress(f"PostgreSQL ready   {pg.description}")
         broker = stack.enter_context(provide_broker())
+        _progress(f"broker ready       {broker.description}")
         env = {
             "DATABASE_URL": pg.url,
             "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
@@ -71,12 +89,15 @@ def run_dev(port: int | None = None) -> None:
         if port is not None:
             os.environ["API_PORT"] = str(port)
         settings = load_settings()
-        from twintrack.cli_support import configure_from
         from twintrack.processes import run_all
         from twintrack.store.migrations import upgrade_all
 
-        configure_from(settings)
+        if verbose:
+            configure_from(settings)
+        else:
+            configure_logging(_quiet_level(settings.log_level), settings.log_format)
         asyncio.run(upgrade_all(pg.url))
+        _progress("migrated           twintrack and DBOS schemas at the latest version")
         key = asyncio.run(_create_key(settings.database_url or pg.url))
         env_file = Path(".twintrack/dev.env")
         env_file.parent.mkdir(exist_ok=True)
@@ -85,6 +106,9 @@ def run_dev(port: int | None = None) -> None:
         env_file.write_text("".join(f"{k}={v}\n" for k, v in {**env, **client_env}.items()))
 
         def ready() -> None:
+            tracks = " and ".join(t.value for t in settings.worker_tracks)
+            _progress(f"worker joined      serving the {tracks} track(s)")
+            _progress(f"API listening      {api}")
             sys.stdout.write(_banner(api, key, env_file, env))
             sys.stdout.flush()
 

@@ -237,6 +237,13 @@ async def test_every_runbook_command_works_against_twintrack_dev(
         await asyncio.to_thread(dev.ready.wait, 120)
         assert dev.proc.poll() is None, dev.log()
         assert READY_LINE in "".join(dev.lines), dev.log()
+        # One screen for a newcomer: progress lines, then the banner; no library chatter.
+        before_banner = "".join(dev.lines).split(READY_LINE)[0]
+        progress = ("PostgreSQL ready", "broker ready", "migrated", "worker joined", "API listen")
+        positions = [before_banner.find(p) for p in progress]
+        assert -1 not in positions, before_banner
+        assert positions == sorted(positions), before_banner
+        assert len(dev.lines) < 40, dev.log()
         deployment = dev.env_file()
         assert deployment["TWINTRACK_API_KEY"].startswith("tt_"), deployment
         env = {**base, **deployment}
