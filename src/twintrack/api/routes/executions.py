@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from twintrack.api.auth import Caller, Owner, forbidden, require_owner
 from twintrack.api.deps import Service
 from twintrack.api.errors import COMMON_RESPONSES, ErrorResponse
-from twintrack.api.ids import checked_cursor, checked_id
+from twintrack.api.ids import checked_cursor, checked_id, checked_tree_cursor
 from twintrack.api.metrics import COMMANDS, EXECUTIONS_CREATED, tag_track
 from twintrack.api.payloads import ensure_storable
 from twintrack.api.schemas import (
@@ -131,15 +131,30 @@ async def get_execution(
 @router.get(
     "/{execution_id}/tree",
     response_model=ExecutionTreeOut,
-    summary="The execution and all its descendants, with the aggregate status",
+    summary="The execution and its descendants, a page at a time, with the aggregate status",
 )
 async def get_tree(
-    execution_id: str, request: Request, owner: Owner, service: Service
+    execution_id: str,
+    request: Request,
+    owner: Owner,
+    service: Service,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = MAX_PAGE_SIZE,
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
 ) -> ExecutionTreeOut:
-    tree = await service.tree(owner, checked_id("execution", execution_id))
-    tag_track(request, tree.root.track)
+    tree = await service.tree(
+        owner,
+        checked_id("execution", execution_id),
+        limit=limit,
+        cursor=checked_tree_cursor(cursor),
+    )
+    if tree.executions:
+        tag_track(request, tree.executions[0].track)
     return ExecutionTreeOut(
-        root_id=tree.root.id, tree_status=tree.tree_status, executions=tree.executions
+        root_id=tree.root_id,
+        tree_status=tree.tree_status,
+        size=tree.size,
+        executions=tree.executions,
+        next_cursor=tree.next_cursor,
     )
 
 
