@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -169,3 +170,22 @@ async def test_tree_pages_cover_every_member_once_with_the_whole_trees_counts(
         await executions.tree_page(root.id, "bob")
     with pytest.raises(InvalidCursor):
         await executions.tree_page(root.id, "alice", cursor="bm90LWEtY3Vyc29y")
+
+
+async def test_a_start_stuck_behind_a_held_owner_count_gives_up_in_bounded_time(
+    flows: FlowStore, executions: ExecutionStore
+) -> None:
+    """A start that hangs (a stalled broker) holds the owner's count: the next start of that
+    owner gives up after `wait_s` with TimeoutError (503), and the held lock is not harmed."""
+    root = await _root(flows, executions)
+    other = await _create(executions, "alice", root.flow_id)
+    async with executions.locked(root.id) as (held, _):
+        await executions.running_count(held, "alice")
+        began = time.monotonic()
+        with pytest.raises(TimeoutError, match="owner alice"):
+            async with executions.locked(other.id) as (session, _):
+                await executions.running_count(session, "alice", wait_s=0.3)
+        assert 0.25 < time.monotonic() - began < 3
+        assert await executions.running_count(held, "alice") == 0
+    async with executions.locked(other.id) as (session, _):  # free again once committed
+        assert await executions.running_count(session, "alice", wait_s=0.3) == 0

@@ -26,7 +26,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from twintrack.domain.execution import (
@@ -54,6 +54,8 @@ from twintrack.store.tables import ExecutionRow
 _S = ExecutionStatus
 _UNIQUE_VIOLATION = "23505"
 _FOREIGN_KEY_VIOLATION = "23503"
+_LOCK_NOT_AVAILABLE = "55P03"
+OWNER_LOCK_WAIT_S = 5.0
 # A lost race re-reads the status and retries; more rounds than this means a livelock bug.
 _MAX_TRANSITION_ROUNDS = 8
 # Transaction-scoped advisory locks (two-key form, so they never meet the one-key leader locks).
@@ -215,13 +217,25 @@ class ExecutionStore:
                 limits.check_tree(int(size or 0), root_id)  # raising rolls the insert back
             return _record(row)
 
-    async def running_count(self, session: AsyncSession, owner_id: str) -> int:
+    async def running_count(
+        self, session: AsyncSession, owner_id: str, *, wait_s: float = OWNER_LOCK_WAIT_S
+    ) -> int:
         """The owner's started, unfinished executions, counted under the owner's advisory lock.
 
         The lock is held until `session` commits, so of two concurrent starts the second counts
         the first: `MAX_RUNNING_EXECUTIONS_PER_OWNER` is exact, whichever API process starts.
+        The wait for it is bounded (TimeoutError, a 503), so starts stuck behind one that hangs
+        on a stalled broker are refused instead of queueing up one after the other.
         """
-        await session.execute(_OWNER_LOCK, {"owner_id": owner_id})
+        await session.execute(text(f"SET LOCAL lock_timeout = {int(wait_s * 1000)}"))
+        try:
+            await session.execute(_OWNER_LOCK, {"owner_id": owner_id})
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                raise
+            raise TimeoutError(
+                f"another start of owner {owner_id} has held its running count for {wait_s:g}s"
+            ) from exc
         count = await session.scalar(
             select(func.count()).where(
                 ExecutionRow.owner_id == owner_id, ExecutionRow.status.in_(RUNNING_STATUSES)

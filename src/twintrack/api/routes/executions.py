@@ -1,7 +1,10 @@
 """Executions: create, read, list, tree, and the five commands.
 
 Routes stay thin: ExecutionService does the work and its exceptions map to HTTP in
-`api.errors` (NotFound 404, FlowValidationError 422, Conflict 409, TrackUnavailable 503).
+`api.errors` (NotFound 404, FlowValidationError 422, Conflict 409, LimitExceeded 429,
+TrackUnavailable 503). `/tree` pages like the list endpoint, but its default page is the largest
+(1,000, the default MAX_EXECUTIONS_PER_TREE), so a client that never pages still gets a whole
+default-sized tree.
 Choosing the track on create is for admin keys only (403 otherwise): it bypasses the rollout
 settings, which an operator, not an application, should do.
 """
@@ -52,6 +55,11 @@ _CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
 _COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorResponse, "description": "The execution has already finished"},
     422: {"model": ErrorResponse, "description": "Invalid body; `details` names the field"},
+    429: {
+        "model": ErrorResponse,
+        "description": "`start` only: the owner already has MAX_RUNNING_EXECUTIONS_PER_OWNER "
+        "started, unfinished executions; the execution stays `created`, start it later",
+    },
 }
 _COMMAND_SUMMARIES = {
     Command.START: "Start a created execution (queue it for a worker of its track)",
