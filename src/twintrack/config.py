@@ -13,6 +13,11 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from twintrack.domain.execution import EventsBackend, Track
+from twintrack.limits import (
+    DEFAULT_MAX_EXECUTIONS_PER_TREE,
+    DEFAULT_MAX_RUNNING_EXECUTIONS_PER_OWNER,
+    DEFAULT_MAX_SSE_STREAMS_PER_KEY,
+)
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
@@ -46,6 +51,26 @@ class Settings(BaseSettings):
     # -- executions ----------------------------------------------------------------------------
     start_signal_timeout_s: PositiveSeconds = 300
     execution_max_depth: int = Field(default=100, ge=1, le=10_000)
+
+    # -- per-owner limits (twintrack.limits) -------------------------------------------------
+    max_executions_per_tree: int = Field(
+        default=DEFAULT_MAX_EXECUTIONS_PER_TREE,
+        ge=1,
+        le=1_000_000,
+        description="Members of one tree (root + descendants); an emit past it fails.",
+    )
+    max_running_executions_per_owner: int = Field(
+        default=DEFAULT_MAX_RUNNING_EXECUTIONS_PER_OWNER,
+        ge=1,
+        le=1_000_000,
+        description="An owner's queued, running or paused executions; a start past it: 429.",
+    )
+    max_sse_streams_per_key: int = Field(
+        default=DEFAULT_MAX_SSE_STREAMS_PER_KEY,
+        ge=1,
+        le=100_000,
+        description="Event streams open at once per API key, per API process; more: 429.",
+    )
 
     # -- workers and the Kafka track -----------------------------------------------------------
     worker_tracks: Annotated[list[Track], NoDecode] = Field(

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from twintrack.config import ConfigError, Settings
 from twintrack.domain.execution import EventsBackend, Track
+from twintrack.limits import OwnerLimits
 from twintrack.nodes.registry import NodeRegistry, default_registry
 from twintrack.ports import CommandChannel, EventBus, TaskQueue
 from twintrack.recovery import RecoverySweeper, SweepPolicy
@@ -140,6 +141,10 @@ class ServiceFactory:
                 rollout_percent=s.dbos_rollout_percent,
                 events_backend=s.execution_events_backend,
                 max_depth=s.execution_max_depth,
+            ),
+            limits=OwnerLimits(
+                max_executions_per_tree=s.max_executions_per_tree,
+                max_running_executions_per_owner=s.max_running_executions_per_owner,
             ),
         )
         return Container(

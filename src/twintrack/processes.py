@@ -84,7 +84,11 @@ class _Server(uvicorn.Server):
 def api_server(container: Container, host: str, port: int) -> uvicorn.Server:
     from twintrack.api.app import create_app
 
-    app = create_app(container, unavailable_errors=ServiceFactory.outage_errors())
+    app = create_app(
+        container,
+        unavailable_errors=ServiceFactory.outage_errors(),
+        max_sse_streams_per_key=container.settings.max_sse_streams_per_key,
+    )
     config = uvicorn.Config(
         app,
         host=host,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,13 +29,14 @@ from twintrack.domain.flow import Flow, check_options, validate_flow
 from twintrack.domain.ids import EXECUTION_PREFIX, new_execution_id
 from twintrack.domain.rollout import choose_track, events_backend_for
 from twintrack.engine import result_from_terminal_event
+from twintrack.limits import LimitExceeded, OwnerLimits
 from twintrack.nodes.base import NodeError, SpawnedChild
 from twintrack.nodes.registry import NodeRegistry
 from twintrack.ports import CommandChannel, EventBus, TaskQueue
 from twintrack.store.errors import AlreadyExists, NotFound
 from twintrack.store.executions import ExecutionRecord, ExecutionStore
 from twintrack.store.flows import FlowRecord, FlowStore
-from twintrack.store.pagination import Page
+from twintrack.store.pagination import MAX_PAGE_SIZE, Page
 
 _S = ExecutionStatus
 _FLOW_CACHE_SIZE = 512
@@ -51,9 +52,13 @@ class TrackUnavailable(Exception):
 
 @dataclass(frozen=True)
 class ExecutionTree:
-    root: ExecutionRecord
+    """One page of a tree; `tree_status` and `size` cover the whole tree."""
+
+    root_id: str
     executions: list[ExecutionRecord]
     tree_status: ExecutionStatus
+    size: int
+    next_cursor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -72,9 +77,8 @@ def child_execution_id(parent_id: str, node_id: str) -> str:
     return f"{EXECUTION_PREFIX}_{digest}"
 
 
-def aggregate_status(executions: Sequence[ExecutionRecord]) -> ExecutionStatus:
+def aggregate_status(statuses: Collection[ExecutionStatus]) -> ExecutionStatus:
     """A tree is running while any member is unfinished, else its worst ending."""
-    statuses = {e.status for e in executions}
     for status in (_S.RUNNING, _S.PAUSED, _S.QUEUED, _S.CREATED, _S.FAILED, _S.STOPPED):
         if status in statuses:
             return _S.RUNNING if not status.is_terminal else status
@@ -92,6 +96,7 @@ class ExecutionService:
         buses: Mapping[EventsBackend, EventBus],
         commands: CommandChannel,
         policy: RoutingPolicy,
+        limits: OwnerLimits | None = None,
     ) -> None:
         self.flows = flows
         self.executions = executions
@@ -100,6 +105,7 @@ class ExecutionService:
         self.buses = dict(buses)
         self.commands = commands
         self.policy = policy
+        self.limits = limits or OwnerLimits()
         self._flow_cache: OrderedDict[tuple[str, int], Flow] = OrderedDict()
 
     # -- flows -----------------------------------------------------------------------------
@@ -178,6 +184,7 @@ class ExecutionService:
             parent_id=parent.id if parent else None,
             execution_id=execution_id or new_execution_id(),
             next_event_index=1,
+            limits=self.limits,
         )
         await self.queues[track].prepare(record.id, backend)
         created = {
@@ -197,12 +204,18 @@ class ExecutionService:
         return record
 
     async def start(self, owner_id: str | None, execution_id: str) -> ExecutionRecord:
-        """Queue a created execution for a worker. Starting twice is harmless; finished: 409."""
+        """Queue a created execution for a worker. Starting twice is harmless; finished: 409.
+
+        LimitExceeded (429) when the owner already has MAX_RUNNING_EXECUTIONS_PER_OWNER
+        started, unfinished executions: the execution stays `created`, to be started later.
+        """
         async with self.executions.locked(execution_id, owner_id) as (session, record):
             if record.status.is_terminal:
                 raise Conflict(f"execution {execution_id} is already {record.status}")
             if record.status is not _S.CREATED:
                 return record
+            running = await self.executions.running_count(session, record.owner_id)
+            self.limits.check_running(running, record.owner_id)
             record = await self._write_locked(
                 session, record, _S.QUEUED, EventType.EXECUTION_QUEUED, {"track": record.track}
             )
@@ -356,7 +369,15 @@ class ExecutionService:
             child = await self.executions.get(child_id)
         except NotFound:
             raise NodeError(f"flow '{flow_id}' does not exist for this owner") from None
-        await self.start(None, child.id)
+        except LimitExceeded as exc:
+            raise NodeError(f"cannot spawn a child: {exc}") from None
+        try:
+            await self.start(None, child.id)
+        except LimitExceeded as exc:
+            # Nobody would ever start this child: end it, so no child is left `created`.
+            reason = f"not started: {exc}"
+            await self.fail_unclaimed(child.id, reason, from_statuses=[_S.CREATED])
+            raise NodeError(f"cannot start child {child.id}: {exc}") from None
         return SpawnedChild(execution_id=child.id, flow_id=child.flow_id, depth=child.depth)
 
     # -- reading ---------------------------------------------------------------------------
@@ -378,11 +399,25 @@ class ExecutionService:
             owner_id, flow_id, status, track, limit=limit, cursor=cursor
         )
 
-    async def tree(self, owner_id: str | None, execution_id: str) -> ExecutionTree:
-        members = await self.executions.tree(execution_id, owner_id)
-        if not members:
-            raise NotFound("execution", execution_id)
-        return ExecutionTree(members[0], members, aggregate_status(members))
+    async def tree(
+        self,
+        owner_id: str | None,
+        execution_id: str,
+        *,
+        limit: int = MAX_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> ExecutionTree:
+        """One page of the execution's subtree, with the status and size of all of it."""
+        page, counts = await self.executions.tree_page(
+            execution_id, owner_id, limit=limit, cursor=cursor
+        )
+        return ExecutionTree(
+            root_id=execution_id,
+            executions=page.items,
+            tree_status=aggregate_status(counts.keys()),
+            size=sum(counts.values()),
+            next_cursor=page.next_cursor,
+        )
 
     async def subscribe(
         self, owner_id: str | None, execution_id: str, from_index: int = 0

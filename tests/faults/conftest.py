@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import pytest
 
+# The e2e deployment fixtures (`mode` runs a test in all three modes).
+from tests.e2e.conftest import base_env, env, logs, mode  # noqa: F401
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:

@@ -15,10 +15,11 @@ from fastapi import FastAPI
 from twintrack.api.auth import DEFAULT_TTL_S, ApiKeyAuthenticator
 from twintrack.api.deps import ApiContainer
 from twintrack.api.errors import UnhandledErrors, install_error_handlers
-from twintrack.api.limits import BodyLimit
+from twintrack.api.limits import BodyLimit, StreamSlots
 from twintrack.api.metrics import RequestMetrics
 from twintrack.api.routes import events, executions, flows, health
 from twintrack.domain.flow import MAX_FLOW_BYTES
+from twintrack.limits import DEFAULT_MAX_SSE_STREAMS_PER_KEY
 
 DESCRIPTION = """\
 Flow executions on two tracks (Kafka, DBOS). Every route under `/v1` needs
@@ -40,6 +41,7 @@ def create_app(
     auth_cache_ttl_s: float = DEFAULT_TTL_S,
     max_body_bytes: int = MAX_FLOW_BYTES,
     unavailable_errors: Sequence[type[BaseException]] = (),
+    max_sse_streams_per_key: int = DEFAULT_MAX_SSE_STREAMS_PER_KEY,
 ) -> FastAPI:
     """The API over `container` (not started or closed here).
 
@@ -55,6 +57,7 @@ def create_app(
     )
     app.state.container = container
     app.state.authenticator = ApiKeyAuthenticator(container.keys, ttl_s=auth_cache_ttl_s)
+    app.state.stream_slots = StreamSlots(max_sse_streams_per_key)
     outage = tuple(unavailable_errors)
     install_error_handlers(app, outage)
     for router in (flows.router, executions.router, events.router, health.router):

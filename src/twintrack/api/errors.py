@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from twintrack.domain.execution import IllegalTransition
 from twintrack.domain.flow import FlowValidationError
+from twintrack.limits import LimitExceeded
 from twintrack.service import Conflict, TrackUnavailable
 from twintrack.store.errors import AlreadyExists, InvalidCursor, NotFound
 
@@ -48,6 +49,7 @@ _HTTP_CODES = {
     406: "not_acceptable",
     409: "conflict",
     413: "payload_too_large",
+    429: "limit_exceeded",
     415: "unsupported_media_type",
     422: "invalid_request",
     503: "unavailable",
@@ -153,6 +155,8 @@ def to_response(exc: BaseException, outage: tuple[type[BaseException], ...] = ()
     if isinstance(exc, FlowValidationError):
         details = [issue(i.location, i.message) for i in exc.issues]
         return error_response(422, "invalid_request", str(exc), details)
+    if isinstance(exc, LimitExceeded):
+        return error_response(429, "limit_exceeded", str(exc), exc.details)
     if isinstance(exc, Conflict | IllegalTransition | AlreadyExists):
         return error_response(409, "conflict", str(exc))
     if _is_outage(exc, outage):
@@ -226,6 +230,7 @@ def install_error_handlers(app: FastAPI, outage: tuple[type[BaseException], ...]
         Conflict,
         IllegalTransition,
         AlreadyExists,
+        LimitExceeded,
         TrackUnavailable,
         sa_exc.DBAPIError,
         sa_exc.TimeoutError,

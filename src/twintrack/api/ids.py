@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from twintrack.api.schemas import ID_RE
 from twintrack.store.errors import InvalidCursor, NotFound
-from twintrack.store.pagination import decode_cursor
+from twintrack.store.pagination import decode_cursor, decode_tree_cursor
 
 
 def checked_id(kind: str, value: str) -> str:
@@ -21,5 +21,12 @@ def checked_id(kind: str, value: str) -> str:
 def checked_cursor(cursor: str | None) -> str | None:
     """`cursor`, or InvalidCursor (400) when it does not carry one of our ids."""
     if cursor is not None and not ID_RE.match(decode_cursor(cursor)[1]):
+        raise InvalidCursor(f"invalid cursor {cursor!r}")
+    return cursor
+
+
+def checked_tree_cursor(cursor: str | None) -> str | None:
+    """A `/tree` page cursor, or InvalidCursor (400) when it does not carry one of our ids."""
+    if cursor is not None and not ID_RE.match(decode_tree_cursor(cursor)[2]):
         raise InvalidCursor(f"invalid cursor {cursor!r}")
     return cursor

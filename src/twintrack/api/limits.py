@@ -1,18 +1,27 @@
-"""Refuse request bodies over the limit (1 MiB, the flow size cap) with a 413 envelope.
+"""Limits the API enforces itself: request body size, and open SSE streams per key.
+
+`BodyLimit` refuses request bodies over the limit (1 MiB, the flow size cap) with a 413 envelope.
 
 The body is read up front, up to the limit, before any route runs: a declared `Content-Length`
 over the limit is refused without reading, and a body that turns out longer than declared (or
 is chunked) is refused as soon as it crosses the limit. Routes then see an ordinary, bounded
 body, however FastAPI parses it. Only methods that carry bodies are touched, so a streaming GET
 (SSE) keeps its `receive` channel for disconnect notices.
+
+`StreamSlots` counts the SSE streams open with each API key in this process; the stream over
+`MAX_SSE_STREAMS_PER_KEY` is refused with 429 before it opens, and a stream's slot is freed when
+it ends, whether the server ended it (terminal event) or the client went away.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from twintrack.api.errors import error_response
+from twintrack.limits import check_streams
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -70,3 +79,42 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return await receive()
 
     return replay
+
+
+class StreamSlot:
+    """One open stream's hold on its key's count; releasing twice is harmless."""
+
+    def __init__(self, slots: StreamSlots, key: bytes) -> None:
+        self._slots = slots
+        self._key = key
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._slots._release(self._key)
+
+
+class StreamSlots:
+    """Open SSE streams per API key (keys are kept as SHA-256 digests, never in the clear)."""
+
+    def __init__(self, per_key: int) -> None:
+        self.per_key = per_key
+        self._open: dict[bytes, int] = {}
+
+    def acquire(self, api_key: str) -> StreamSlot:
+        """A slot for one more stream, or LimitExceeded (429) naming MAX_SSE_STREAMS_PER_KEY."""
+        digest = hashlib.sha256(api_key.encode()).digest()
+        check_streams(self._open.get(digest, 0), self.per_key)
+        self._open[digest] = self._open.get(digest, 0) + 1
+        return StreamSlot(self, digest)
+
+    def open_streams(self, api_key: str) -> int:
+        return self._open.get(hashlib.sha256(api_key.encode()).digest(), 0)
+
+    def _release(self, digest: bytes) -> None:
+        left = self._open.get(digest, 0) - 1
+        if left > 0:
+            self._open[digest] = left
+        else:
+            self._open.pop(digest, None)

@@ -122,9 +122,14 @@ class ExecutionPage(BaseModel):
 class ExecutionTreeOut(BaseModel):
     root_id: str = Field(description="The execution asked for: the root of this subtree.")
     tree_status: ExecutionStatus = Field(
-        description="`running` while any member is unfinished, else the worst ending."
+        description="Of the whole subtree, not just this page: `running` while any member is "
+        "unfinished, else the worst ending."
     )
-    executions: list[ExecutionRecord] = Field(description="By depth, then age.")
+    size: int = Field(description="Members of the whole subtree (every page together).")
+    executions: list[ExecutionRecord] = Field(
+        description="This page of members: by depth, then age."
+    )
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: done.")
 
 
 class CommandRequest(BaseModel):

@@ -14,8 +14,19 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import ColumnElement, Executable, Select, case, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    Select,
+    case,
+    func,
+    insert,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from twintrack.domain.execution import (
@@ -28,15 +39,30 @@ from twintrack.domain.execution import (
     TriggerEvent,
 )
 from twintrack.domain.ids import new_execution_id
+from twintrack.limits import RUNNING_STATUSES, OwnerLimits
 from twintrack.store.errors import AlreadyExists, NotFound, UnexpectedStatus
-from twintrack.store.pagination import Page, newest_first, to_page
+from twintrack.store.pagination import (
+    Page,
+    check_limit,
+    decode_tree_cursor,
+    encode_tree_cursor,
+    newest_first,
+    to_page,
+)
 from twintrack.store.tables import ExecutionRow
 
 _S = ExecutionStatus
 _UNIQUE_VIOLATION = "23505"
 _FOREIGN_KEY_VIOLATION = "23503"
+_LOCK_NOT_AVAILABLE = "55P03"
+OWNER_LOCK_WAIT_S = 5.0
 # A lost race re-reads the status and retries; more rounds than this means a livelock bug.
 _MAX_TRANSITION_ROUNDS = 8
+# Transaction-scoped advisory locks (two-key form, so they never meet the one-key leader locks).
+_TREE_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('twintrack_tree'), hashtext(:root_id))")
+_OWNER_LOCK = text(
+    "SELECT pg_advisory_xact_lock(hashtext('twintrack_owner_running'), hashtext(:owner_id))"
+)
 
 
 class ExecutionRecord(BaseModel):
@@ -126,6 +152,7 @@ class ExecutionStore:
         parent_id: str | None = None,
         execution_id: str | None = None,
         next_event_index: int = 0,
+        limits: OwnerLimits | None = None,
     ) -> ExecutionRecord:
         """Insert an execution in status `created`.
 
@@ -133,6 +160,10 @@ class ExecutionStore:
         the same owner. The flow version must exist: the execution pins it (NotFound otherwise).
         AlreadyExists when `execution_id` is given and taken: a caller that retries a spawn with
         a deterministic id can then read the row instead of making a duplicate.
+
+        With `limits`, a child that would make its tree larger than `MAX_EXECUTIONS_PER_TREE` is
+        not inserted (LimitExceeded). Child inserts of one tree take the tree's advisory lock
+        and count after inserting, so concurrent spawns (any worker) can never pass the cap.
         """
         execution_id = execution_id or new_execution_id()
         root_id, depth = execution_id, 0
@@ -148,6 +179,8 @@ class ExecutionStore:
                 if parent is None:
                     raise NotFound("execution", parent_id)
                 root_id, depth = parent.root_id, parent.depth + 1
+                if limits is not None:
+                    await session.execute(_TREE_LOCK, {"root_id": root_id})
             insert_row = (
                 insert(ExecutionRow)
                 .values(
@@ -177,7 +210,38 @@ class ExecutionStore:
                     raise NotFound("flow version", (flow_id, flow_version)) from exc
                 raise
             assert row is not None
+            if parent_id is not None and limits is not None:
+                size = await session.scalar(
+                    select(func.count()).where(ExecutionRow.root_id == root_id)
+                )
+                limits.check_tree(int(size or 0), root_id)  # raising rolls the insert back
             return _record(row)
+
+    async def running_count(
+        self, session: AsyncSession, owner_id: str, *, wait_s: float = OWNER_LOCK_WAIT_S
+    ) -> int:
+        """The owner's started, unfinished executions, counted under the owner's advisory lock.
+
+        The lock is held until `session` commits, so of two concurrent starts the second counts
+        the first: `MAX_RUNNING_EXECUTIONS_PER_OWNER` is exact, whichever API process starts.
+        The wait for it is bounded (TimeoutError, a 503), so starts stuck behind one that hangs
+        on a stalled broker are refused instead of queueing up one after the other.
+        """
+        await session.execute(text(f"SET LOCAL lock_timeout = {int(wait_s * 1000)}"))
+        try:
+            await session.execute(_OWNER_LOCK, {"owner_id": owner_id})
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                raise
+            raise TimeoutError(
+                f"another start of owner {owner_id} has held its running count for {wait_s:g}s"
+            ) from exc
+        count = await session.scalar(
+            select(func.count()).where(
+                ExecutionRow.owner_id == owner_id, ExecutionRow.status.in_(RUNNING_STATUSES)
+            )
+        )
+        return int(count or 0)
 
     async def get(self, execution_id: str, owner_id: str | None = None) -> ExecutionRecord:
         """The execution; NotFound when missing or owned by someone else than `owner_id`."""
@@ -240,6 +304,49 @@ class ExecutionStore:
         if not rows:
             raise NotFound("execution", execution_id)
         return [_record(r) for r in rows]
+
+    async def tree_page(
+        self,
+        execution_id: str,
+        owner_id: str | None = None,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[Page[ExecutionRecord], dict[ExecutionStatus, int]]:
+        """One page of the execution's subtree (by depth, then age) and the whole subtree's
+        member count by status (for the aggregate status); NotFound if not visible.
+
+        Keyset on (depth, created_at, id): a member added while a client pages lands after
+        the page it is on, never inside a page already handed out twice.
+        """
+        start = select(ExecutionRow.id).where(*_owned(ExecutionRow.id == execution_id, owner_id))
+        tree = start.cte("tree", recursive=True)
+        tree = tree.union_all(select(ExecutionRow.id).where(ExecutionRow.parent_id == tree.c.id))
+        key = tuple_(ExecutionRow.depth, ExecutionRow.created_at, ExecutionRow.id)
+        page_query = select(ExecutionRow).join(tree, ExecutionRow.id == tree.c.id)
+        if cursor is not None:
+            page_query = page_query.where(key > tuple_(*decode_tree_cursor(cursor)))
+        page_query = page_query.order_by(
+            ExecutionRow.depth, ExecutionRow.created_at, ExecutionRow.id
+        ).limit(check_limit(limit) + 1)
+        counts_query = (
+            select(ExecutionRow.status, func.count())
+            .join(tree, ExecutionRow.id == tree.c.id)
+            .group_by(ExecutionRow.status)
+        )
+        async with self._sessions.begin() as session:
+            # One snapshot for both, so the page and the aggregate agree.
+            await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+            counts = {status: int(n) for status, n in (await session.execute(counts_query)).all()}
+            rows = (await session.scalars(page_query)).all() if counts else []
+        if not counts:
+            raise NotFound("execution", execution_id)
+        more = len(rows) > limit
+        kept = rows[:limit]
+        next_cursor = (
+            encode_tree_cursor(kept[-1].depth, kept[-1].created_at, kept[-1].id) if more else None
+        )
+        return Page(items=[_record(r) for r in kept], next_cursor=next_cursor), counts
 
     async def transition(
         self,

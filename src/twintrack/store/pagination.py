@@ -82,3 +82,21 @@ def to_page(
     kept = rows[:limit]
     next_cursor = encode_cursor(*key(kept[-1])) if more else None
     return Page(items=[convert(r) for r in kept], next_cursor=next_cursor)
+
+
+def encode_tree_cursor(depth: int, created_at: datetime, row_id: str) -> str:
+    """The cursor of a tree page: the last member's (depth, created_at, id), ascending."""
+    raw = json.dumps([depth, created_at.isoformat(), row_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_tree_cursor(cursor: str) -> tuple[int, datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        depth, created_at, row_id = json.loads(raw)
+        parsed = datetime.fromisoformat(created_at)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise InvalidCursor(f"invalid cursor {cursor!r}") from exc
+    if not isinstance(depth, int) or not isinstance(row_id, str) or parsed.tzinfo is None:
+        raise InvalidCursor(f"invalid cursor {cursor!r}")
+    return depth, parsed, row_id

@@ -172,6 +172,13 @@ class ExecutionRow(Base):
             "created_at",
             postgresql_where=text(NON_TERMINAL_SQL),
         ),
+        # MAX_RUNNING_EXECUTIONS_PER_OWNER: an owner's unfinished executions, counted per start.
+        Index(
+            "ix_executions_owner_unfinished",
+            "owner_id",
+            "status",
+            postgresql_where=text(NON_TERMINAL_SQL),
+        ),
         # Trees: every execution of a root, and the children of one execution.
         Index(None, "root_id"),
         Index(None, "parent_id"),

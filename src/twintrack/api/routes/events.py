@@ -12,13 +12,16 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, Security, status
+from fastapi.security import HTTPAuthorizationCredentials
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
 
-from twintrack.api.auth import Owner, require_owner
+from twintrack.api.auth import Owner, bearer_scheme, require_owner
 from twintrack.api.deps import Service
 from twintrack.api.errors import COMMON_RESPONSES, ApiError, ErrorResponse, issue
 from twintrack.api.ids import checked_id
+from twintrack.api.limits import StreamSlot, StreamSlots
 from twintrack.api.metrics import SSE_EVENTS_SENT, SSE_SUBSCRIBERS, tag_track
 from twintrack.domain.events import Event
 from twintrack.service import ExecutionService
@@ -41,6 +44,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     204: {"description": "The execution has finished and nothing follows the given index"},
     400: {"model": ErrorResponse, "description": "Bad `from_index` or `Last-Event-ID`"},
+    429: {
+        "model": ErrorResponse,
+        "description": "This key already has MAX_SSE_STREAMS_PER_KEY streams open; close one",
+    },
 }
 
 
@@ -61,7 +68,23 @@ async def _finished_before(service: ExecutionService, record: ExecutionRecord, s
     return record.status.is_terminal and start > 0 and start >= record.next_event_index
 
 
-async def _messages(events: AsyncIterator[Event], track: str) -> AsyncIterator[ServerSentEvent]:
+class _HeldStream(EventSourceResponse):
+    """An SSE response that frees its stream slot however it ends (even never iterated)."""
+
+    def __init__(self, content: AsyncIterator[ServerSentEvent], slot: StreamSlot) -> None:
+        super().__init__(content, ping=PING_INTERVAL_S)
+        self._slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slot.release()
+
+
+async def _messages(
+    events: AsyncIterator[Event], track: str, slot: StreamSlot
+) -> AsyncIterator[ServerSentEvent]:
     SSE_SUBSCRIBERS.labels(track).inc()
     try:
         async for event in events:
@@ -72,6 +95,7 @@ async def _messages(events: AsyncIterator[Event], track: str) -> AsyncIterator[S
             if event.type.is_terminal:
                 break
     finally:
+        slot.release()  # at once: the terminal event was sent or the client is gone
         SSE_SUBSCRIBERS.labels(track).dec()
         close = getattr(events, "aclose", None)
         if close is not None:
@@ -89,6 +113,7 @@ async def stream_events(
     request: Request,
     owner: Owner,
     service: Service,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer_scheme)],
     from_index: Annotated[
         int, Query(ge=0, le=MAX_INDEX, description="First event index to send.")
     ] = 0,
@@ -105,5 +130,12 @@ async def stream_events(
     tag_track(request, record.track)
     if await _finished_before(service, record, start):
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    events = await service.subscribe(owner, record.id, start)
-    return EventSourceResponse(_messages(events, record.track.value), ping=PING_INTERVAL_S)
+    assert credentials is not None  # require_owner refused the request otherwise
+    slots: StreamSlots = request.app.state.stream_slots
+    slot = slots.acquire(credentials.credentials)
+    try:
+        events = await service.subscribe(owner, record.id, start)
+    except BaseException:
+        slot.release()
+        raise
+    return _HeldStream(_messages(events, record.track.value, slot), slot)

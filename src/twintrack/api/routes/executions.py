@@ -1,7 +1,10 @@
 """Executions: create, read, list, tree, and the five commands.
 
 Routes stay thin: ExecutionService does the work and its exceptions map to HTTP in
-`api.errors` (NotFound 404, FlowValidationError 422, Conflict 409, TrackUnavailable 503).
+`api.errors` (NotFound 404, FlowValidationError 422, Conflict 409, LimitExceeded 429,
+TrackUnavailable 503). `/tree` pages like the list endpoint, but its default page is the largest
+(1,000, the default MAX_EXECUTIONS_PER_TREE), so a client that never pages still gets a whole
+default-sized tree.
 Choosing the track on create is for admin keys only (403 otherwise): it bypasses the rollout
 settings, which an operator, not an application, should do.
 """
@@ -16,7 +19,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response, status
 from twintrack.api.auth import Caller, Owner, forbidden, require_owner
 from twintrack.api.deps import Service
 from twintrack.api.errors import COMMON_RESPONSES, ErrorResponse
-from twintrack.api.ids import checked_cursor, checked_id
+from twintrack.api.ids import checked_cursor, checked_id, checked_tree_cursor
 from twintrack.api.metrics import COMMANDS, EXECUTIONS_CREATED, tag_track
 from twintrack.api.payloads import ensure_storable
 from twintrack.api.schemas import (
@@ -52,6 +55,11 @@ _CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
 _COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorResponse, "description": "The execution has already finished"},
     422: {"model": ErrorResponse, "description": "Invalid body; `details` names the field"},
+    429: {
+        "model": ErrorResponse,
+        "description": "`start` only: the owner already has MAX_RUNNING_EXECUTIONS_PER_OWNER "
+        "started, unfinished executions; the execution stays `created`, start it later",
+    },
 }
 _COMMAND_SUMMARIES = {
     Command.START: "Start a created execution (queue it for a worker of its track)",
@@ -131,15 +139,30 @@ async def get_execution(
 @router.get(
     "/{execution_id}/tree",
     response_model=ExecutionTreeOut,
-    summary="The execution and all its descendants, with the aggregate status",
+    summary="The execution and its descendants, a page at a time, with the aggregate status",
 )
 async def get_tree(
-    execution_id: str, request: Request, owner: Owner, service: Service
+    execution_id: str,
+    request: Request,
+    owner: Owner,
+    service: Service,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = MAX_PAGE_SIZE,
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
 ) -> ExecutionTreeOut:
-    tree = await service.tree(owner, checked_id("execution", execution_id))
-    tag_track(request, tree.root.track)
+    tree = await service.tree(
+        owner,
+        checked_id("execution", execution_id),
+        limit=limit,
+        cursor=checked_tree_cursor(cursor),
+    )
+    if tree.executions:
+        tag_track(request, tree.executions[0].track)
     return ExecutionTreeOut(
-        root_id=tree.root.id, tree_status=tree.tree_status, executions=tree.executions
+        root_id=tree.root_id,
+        tree_status=tree.tree_status,
+        size=tree.size,
+        executions=tree.executions,
+        next_cursor=tree.next_cursor,
     )
 
 
