@@ -125,7 +125,9 @@ class ServiceFactory:
         }
         buses: dict[EventsBackend, EventBus] = {
             EventsBackend.KAFKA: KafkaEventBus(kafka, sessions),
-            EventsBackend.DBOS: DbosStreamEventBus(dbos, sessions),
+            EventsBackend.DBOS: DbosStreamEventBus(
+                dbos, sessions, max_event_bytes=s.max_event_bytes
+            ),
         }
         commands = PostgresCommandChannel(s.database_url, sessions)
         service = ExecutionService(

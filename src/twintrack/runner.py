@@ -72,7 +72,9 @@ class _RunSink:
         self._bus = bus
         self._lease = lease
         self._status = status
-        self.sequencer = EventSequencer(record.id, self._publish, next_index=at)
+        self.sequencer = EventSequencer(
+            record.id, self._publish, next_index=at, max_event_bytes=bus.max_event_bytes
+        )
 
     async def _publish(self, event: Event) -> None:
         self._lease.check()
@@ -131,7 +133,7 @@ async def run_execution(
         start_data={"attempt": record.attempt, "worker_id": worker_id, "track": record.track},
     )
     lease.check()
-    await bus.flush()
+    await bus.flush(record.id)
     await status.finished(result, sink.sequencer.next_index)
     log.info(
         "execution finished",
