@@ -12,17 +12,20 @@ import re
 import time
 from typing import Any
 
+from tests.e2e import conftest as e2e
 from tests.e2e import flows
-from tests.e2e.conftest import (  # noqa: F401  (fixtures)
-    Mode,
-    api,
-    base_env,
-    env,
-    logs,
-    mode,
-    stack,
-)
+from tests.e2e.conftest import Mode
 from tests.e2e.stack import Api, assert_contiguous
+
+# The e2e deployment fixtures, run in each mode.
+mode, base_env, env, logs, stack, api = (
+    e2e.mode,
+    e2e.base_env,
+    e2e.env,
+    e2e.logs,
+    e2e.stack,
+    e2e.api,
+)
 
 # 20,000 copies of a 100-character input: a 2 MB text, twice the default MAX_EVENT_BYTES.
 _COPIES = 20_000
@@ -49,7 +52,8 @@ def _names_node_and_size(message: str) -> None:
     assert "node 'big'" in message, message
     assert "MAX_EVENT_BYTES" in message, message
     sizes = [int(s.replace(",", "")) for s in re.findall(r"\d[\d,]*(?= bytes)", message)]
-    assert sizes and sizes[0] > _COPIES * len(_PIECE), message
+    assert sizes, message
+    assert sizes[0] > _COPIES * len(_PIECE), message
 
 
 async def _run(api: Api, error_branch: bool) -> tuple[list[dict[str, Any]], dict[str, Any], float]:
@@ -64,7 +68,9 @@ async def _run(api: Api, error_branch: bool) -> tuple[list[dict[str, Any]], dict
 
 
 def _failure_of_big(events: list[dict[str, Any]]) -> dict[str, Any]:
-    assert not [e for e in events if e["type"] == "node.completed" and e["data"]["node_id"] == "big"]
+    assert not [
+        e for e in events if e["type"] == "node.completed" and e["data"]["node_id"] == "big"
+    ]
     failed = [e for e in events if e["type"] == "node.failed"]
     assert [e["data"]["node_id"] for e in failed] == ["big"], failed
     _names_node_and_size(failed[0]["data"]["error"])

@@ -77,7 +77,8 @@ async def test_outputs_too_large_together_fail_the_execution_with_its_terminal_e
         edges.append((f"c{i}.value", f"o{i}.value"))
     result, events = await _run(_flow(nodes, edges))
     assert result.status is ExecutionStatus.FAILED
-    assert result.error is not None and "the outputs are too large" in result.error.message
+    assert result.error is not None
+    assert "the outputs are too large" in result.error.message
     assert events[-1].type is EventType.EXECUTION_FAILED
     assert events[-1].data["outputs"] == {}
     assert sum(e.type.is_terminal for e in events) == 1

@@ -26,6 +26,8 @@ class KafkaConfig:
     max_event_bytes: int = 1_000_000
     call_timeout_s: float = 3.0
     events_retry_s: float = 120.0
+    #: aiokafka's own bound on one produce request (and on a batch waiting to be sent).
+    request_timeout_ms: int = 15_000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KafkaConfig:
@@ -96,7 +98,7 @@ def make_producer(config: KafkaConfig, **overrides: Any) -> AIOKafkaProducer:
         "linger_ms": config.linger_ms,
         "max_batch_size": config.batch_size,
         "max_request_size": max(1024 * 1024, config.max_event_bytes + _RECORD_OVERHEAD_BYTES),
-        "request_timeout_ms": 15_000,
+        "request_timeout_ms": config.request_timeout_ms,
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -50,6 +51,12 @@ _BACKOFF_FIRST_S = 0.2
 _BACKOFF_MAX_S = 5.0
 
 
+@dataclass(frozen=True)
+class _Lost:
+    index: int
+    error: BaseException
+
+
 class EventPublishError(RuntimeError):
     """Events published without waiting were not acknowledged; raised by `flush` or `close`."""
 
@@ -77,8 +84,10 @@ class KafkaEventBus:
         # pay that linger on every call, so they go through a second, linger-0 producer.
         self._batched: AIOKafkaProducer | None = None
         self._urgent: AIOKafkaProducer | None = None
-        self._open: dict[str, set[Delivery]] = {}  # per execution: deliveries not yet settled
-        self._failed: dict[str, BaseException] = {}  # per execution: its first lost event
+        # Per execution: deliveries not yet settled (with their event's index), and the lowest
+        # index it lost with the error, until reported by its flush (or its next publish).
+        self._open: dict[str, dict[Delivery, int]] = {}
+        self._failed: dict[str, _Lost] = {}
         self._retries: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -125,10 +134,11 @@ class KafkaEventBus:
         if self._batched is None or self._urgent is None or self._closed:
             raise EventBusClosed("publish on an event bus that is not started (or closed)")
         execution_id = event.execution_id
+        self._refuse_gap(event)
         message = self._message(event)
         if not wait and event.index != 0:
             delivery: Delivery = asyncio.get_running_loop().create_future()
-            self._watch(execution_id, delivery)
+            self._watch(execution_id, event.index, delivery)
             ack = await self._send_batched(message, delivery)
             self._follow(ack, message, delivery, self._retry_deadline())
             return
@@ -136,6 +146,7 @@ class KafkaEventBus:
         try:
             async with asyncio.timeout(limit):
                 await self._settle(self._open.get(execution_id, ()))
+                self._refuse_gap(event)  # an earlier event may have been lost meanwhile
                 ack = await self._urgent.send(self._config.events_topic, **message)
                 metadata = await asyncio.shield(ack)
         except TimeoutError:
@@ -148,7 +159,7 @@ class KafkaEventBus:
 
     async def flush(self, execution_id: str | None = None) -> None:
         """Return once the execution's events published so far (everyone's, without one) are
-        acknowledged; raise if any of them could not be delivered."""
+        acknowledged; raise if any of them could not be delivered (each loss reported once)."""
         if execution_id is None:
             await self._settle([d for open_ in self._open.values() for d in open_])
             self._raise_failures(list(self._failed))
@@ -201,24 +212,46 @@ class KafkaEventBus:
             else:
                 return ack
 
-    def _watch(self, execution_id: str, delivery: Delivery) -> None:
-        self._open.setdefault(execution_id, set()).add(delivery)
+    def _refuse_gap(self, event: Event) -> None:
+        """After a lost event, nothing later of that execution is written (it would leave a
+        gap no reader gets past): the run hears of the loss and ends, and its re-run, which
+        continues from what is really there (at or below the hole), starts clean."""
+        lost = self._failed.get(event.execution_id)
+        if lost is None:
+            return
+        if event.index > lost.index:
+            self._raise_failures([event.execution_id])
+        del self._failed[event.execution_id]
+
+    def _watch(self, execution_id: str, index: int, delivery: Delivery) -> None:
+        self._open.setdefault(execution_id, {})[delivery] = index
 
         def settled(done: Delivery) -> None:
-            open_ = self._open.get(execution_id)
-            if open_ is not None:
-                open_.discard(done)
-                if not open_:
-                    del self._open[execution_id]
+            open_ = self._open.get(execution_id, {})
+            open_.pop(done, None)
+            if not open_:
+                self._open.pop(execution_id, None)
             error = (
                 asyncio.CancelledError("event send was cancelled")
                 if done.cancelled()
-                else (done.exception())
+                else done.exception()
             )
             if error is not None:
-                self._failed.setdefault(execution_id, error)
+                self._lost(execution_id, index, error)
 
         delivery.add_done_callback(settled)
+
+    def _lost(self, execution_id: str, index: int, error: BaseException) -> None:
+        """Blame the execution (only it), and stop re-sending its later events."""
+        known = self._failed.get(execution_id)
+        if known is None or index < known.index:
+            self._failed[execution_id] = _Lost(index, known.error if known else error)
+        lowest = self._failed[execution_id].index
+        for delivery, later in list(self._open.get(execution_id, {}).items()):
+            if later > lowest and not delivery.done():
+                delivery.set_exception(
+                    EventPublishError(f"event {lowest} of {execution_id} was lost before it")
+                )
 
     def _follow(
         self, ack: Ack, message: dict[str, Any], delivery: Delivery, deadline: float
@@ -254,6 +287,8 @@ class KafkaEventBus:
             while loop.time() + backoff <= deadline:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                if delivery.done():
+                    return  # an earlier event of the execution was lost: stop here
                 assert self._batched is not None
                 try:
                     ack = await self._batched.send(self._config.events_topic, **message)
@@ -263,7 +298,8 @@ class KafkaEventBus:
                     if not is_transient(exc):
                         break
                 else:
-                    delivery.set_result(None)
+                    if not delivery.done():
+                        delivery.set_result(None)
                     return
             if not delivery.done():
                 delivery.set_exception(error)
@@ -283,8 +319,8 @@ class KafkaEventBus:
             execution_id, first = failures[0]
             raise EventPublishError(
                 f"{len(failures)} execution(s) had events the broker did not acknowledge, "
-                f"{execution_id} first: {first!r}"
-            ) from first
+                f"{execution_id} first (event {first.index}): {first.error!r}"
+            ) from first.error
 
     async def _record_log_start(self, execution_id: str, metadata: Any) -> None:
         """Remember where index 0 landed; a retried create must not move it (first one wins)."""
