@@ -193,6 +193,18 @@ def _http_response(exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers=headers)
 
 
+def _report_outage(request: Request, exc: Exception) -> None:
+    """One line per refused request: during an outage every request fails the same way, and
+    rendering a traceback for each would slow the 503s down (seconds on a busy machine)."""
+    report(
+        "warning",
+        "dependency unavailable",
+        method=request.method,
+        path=request.url.path,
+        error=f"{type(exc).__name__}: {exc}",
+    )
+
+
 def install_error_handlers(app: FastAPI, outage: tuple[type[BaseException], ...]) -> None:
     """Map every foreseen exception to the envelope (unforeseen ones: `UnhandledErrors`)."""
 
@@ -206,7 +218,9 @@ def install_error_handlers(app: FastAPI, outage: tuple[type[BaseException], ...]
 
     async def on_mapped(request: Request, exc: Exception) -> JSONResponse:
         response = to_response(exc, outage)
-        if response.status_code >= 500:
+        if response.status_code == 503:
+            _report_outage(request, exc)
+        elif response.status_code >= 500:
             report(
                 "error",
                 "request failed",
