@@ -106,3 +106,17 @@ async def test_oversized_output_without_error_branch_fails_the_execution(
     assert row["outputs"] == {"independent": 7}  # the independent branch still ran
     assert events[-1]["type"] == "execution.failed"
     assert row["attempt"] == 1
+
+
+async def test_trigger_events_too_large_for_execution_created_are_refused_with_413(
+    api: Api, mode: Mode
+) -> None:
+    flow_id = await api.create_flow(flows.three_nodes())
+    body = {"flow_id": flow_id, "events": [{"name": "go", "payload": "p" * 1_000_000}]}
+    r = await api.client.post("/v1/executions", json=body, headers=api.auth)
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["code"] == "payload_too_large"
+    assert "execution.created" in r.json()["error"]["message"]
+    assert "MAX_EVENT_BYTES" in r.json()["error"]["message"]
+    listed = await api.client.get("/v1/executions", headers=api.auth)
+    assert listed.json()["items"] == []  # refused before any row was written

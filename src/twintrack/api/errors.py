@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from twintrack.domain.execution import IllegalTransition
 from twintrack.domain.flow import FlowValidationError
+from twintrack.engine import EventTooLarge
 from twintrack.service import Conflict, TrackUnavailable
 from twintrack.store.errors import AlreadyExists, InvalidCursor, NotFound
 
@@ -155,6 +156,8 @@ def to_response(exc: BaseException, outage: tuple[type[BaseException], ...] = ()
         return error_response(422, "invalid_request", str(exc), details)
     if isinstance(exc, Conflict | IllegalTransition | AlreadyExists):
         return error_response(409, "conflict", str(exc))
+    if isinstance(exc, EventTooLarge):
+        return error_response(413, "payload_too_large", str(exc))
     if _is_outage(exc, outage):
         message = str(exc) if isinstance(exc, TrackUnavailable) else "a dependency is unavailable"
         return error_response(503, "unavailable", f"{message}; retry later")
@@ -240,6 +243,7 @@ def install_error_handlers(app: FastAPI, outage: tuple[type[BaseException], ...]
         Conflict,
         IllegalTransition,
         AlreadyExists,
+        EventTooLarge,
         TrackUnavailable,
         sa_exc.DBAPIError,
         sa_exc.TimeoutError,

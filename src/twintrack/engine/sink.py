@@ -28,11 +28,13 @@ class EventTooLarge(ValueError):
         )
 
 
-def check_event_size(event: Event, limit: int | None) -> None:
-    """The one size rule for every event: its JSON encoding must fit `limit` (None: no limit)."""
+def check_event_size(event: Event, limit: int | None, *, extra_bytes: int = 0) -> None:
+    """The one size rule for every event: its JSON encoding must fit `limit` (None: no limit).
+
+    `extra_bytes` accounts for fields a provisional event does not carry yet."""
     if limit is None:
         return
-    size = len(event.model_dump_json().encode())
+    size = len(event.model_dump_json().encode()) + extra_bytes
     if size > limit:
         node_id = event.data.get("node_id")
         raise EventTooLarge(event.type, node_id if isinstance(node_id, str) else None, size, limit)
