@@ -49,7 +49,11 @@ async def stalled_stack(
 ) -> AsyncIterator[Stack]:
     """The API and one worker on a broker of the test's own (so it can be stalled)."""
     env = stack_env(database_url, own_broker.bootstrap_servers, unique_name("stall"), False)
-    env |= mode.env | {"BROKER_CALL_TIMEOUT_S": str(CALL_TIMEOUT_S)}
+    env |= mode.env | {"BROKER_CALL_TIMEOUT_S": str(CALL_TIMEOUT_S), "WORKER_CONCURRENCY": "10"}
+    env |= {"DBOS_WORKER_CONCURRENCY": "10"}  # every run at once, so all are mid-run
+    # Leases live in Postgres and are renewed through the stall; a longer TTL than the e2e
+    # suite's 3 s only keeps a loaded CI machine's late heartbeat from looking like a crash.
+    env |= {"CLAIM_TTL_S": "10"}
     async with open_stack(env, logs) as stack:
         await stack.add_worker()
         yield stack
@@ -72,8 +76,19 @@ async def test_broker_stall_mid_run(
     stalled_stack: Stack, own_broker: EmbeddedBroker, mode: Mode, stall_s: float
 ) -> None:
     stack, api = stalled_stack, stalled_stack.api
-    flow_id = await api.create_flow(flows.crashable(ms=1500))
-    running = [(await api.create(flow_id))["id"] for _ in range(RUNS)]
+    flow_id = await api.create_flow(flows.crashable(ms=3000))
+    # A parent that spawns a `crashable` child 1.5 s in, during the stall.
+    parent_flow = flows.flow(
+        "parent",
+        [
+            ("seed", "const", {"value": 0}),
+            ("wait", "delay", {"ms": 1500}),
+            ("spawn", "emit", {"event": "go", "flow_id": flow_id}),
+        ],
+        [("seed.value", "wait.value"), ("wait.value", "spawn.payload")],
+    )
+    parent = (await api.create(await api.create_flow(parent_flow)))["id"]
+    running = [(await api.create(flow_id))["id"] for _ in range(RUNS)] + [parent]
     waiting = (await api.create(flow_id))["id"]  # created, started during the stall
     watching = [api.watch(ex) for ex in running]
     for ex in running:
@@ -104,15 +119,22 @@ async def test_broker_stall_mid_run(
     if start_status != 202:  # the 503 said "retry later": now it goes through
         assert await api.command(waiting, "start") == 202
     rows = [await api.wait_status(ex, {"completed", "failed"}, timeout=45) for ex in running]
-    assert [r["status"] for r in rows] == ["completed"] * RUNS, rows
-    assert [r["attempt"] for r in rows] == [1] * RUNS
+    assert [r["status"] for r in rows] == ["completed"] * len(running), rows
+    assert [r["attempt"] for r in rows] == [1] * len(running)
     for events in await asyncio.gather(*watching):
         assert_contiguous(events)
         assert [e["type"] for e in events].count("execution.retrying") == 0
     late = await api.wait_status(waiting, {"completed", "failed"}, timeout=45)
     assert late["status"] == "completed", late
+    members = (await api.tree(parent))["executions"]
+    assert len(members) == 2, members  # the spawn waited the stall out: one child, no failure
+    child = next(m["id"] for m in members if m["id"] != parent)
+    child_row = await api.wait_status(child, {"completed", "failed"}, timeout=45)
+    assert (child_row["status"], child_row["attempt"]) == ("completed", 1), child_row
+    assert_contiguous(await api.events(child))
     counters = stack.container.counters
-    assert await counters.get("before") == RUNS + 1  # every execution ran once, none twice
+    # every execution ran once, none twice (the child's nodes are outside its event's scope)
+    assert await counters.get("before") == RUNS + 1
     assert await counters.get("after") == RUNS + 1
     if create_status == 201:  # the create that went through during the stall is a normal one
         return

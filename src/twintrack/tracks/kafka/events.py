@@ -143,13 +143,16 @@ class KafkaEventBus:
             self._follow(ack, message, delivery, self._retry_deadline())
             return
         limit = self._config.call_timeout_s
+        waited: Ack | None = None
         try:
             async with asyncio.timeout(limit):
                 await self._settle(self._open.get(execution_id, ()))
                 self._refuse_gap(event)  # an earlier event may have been lost meanwhile
-                ack = await self._urgent.send(self._config.events_topic, **message)
-                metadata = await asyncio.shield(ack)
+                waited = await self._urgent.send(self._config.events_topic, **message)
+                metadata = await asyncio.shield(waited)
         except TimeoutError:
+            if waited is not None and event.index == 0:
+                self._record_late_start(execution_id, waited)
             raise BrokerUnavailable(
                 f"the broker did not acknowledge {event.type.value} of {execution_id} "
                 f"within {limit:g}s"
@@ -321,6 +324,20 @@ class KafkaEventBus:
                 f"{len(failures)} execution(s) had events the broker did not acknowledge, "
                 f"{execution_id} first (event {first.index}): {first.error!r}"
             ) from first.error
+
+    def _record_late_start(self, execution_id: str, ack: Ack) -> None:
+        """An `execution.created` the broker acknowledges after its caller gave up is still
+        where the stream starts: record it then, so a retry that finds the row (a child's
+        deterministic id) finds a readable stream too."""
+
+        def landed(done: Ack) -> None:
+            if done.cancelled() or done.exception() is not None or self._closed:
+                return
+            task = asyncio.create_task(self._record_log_start(execution_id, done.result()))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+
+        ack.add_done_callback(landed)
 
     async def _record_log_start(self, execution_id: str, metadata: Any) -> None:
         """Remember where index 0 landed; a retried create must not move it (first one wins)."""
