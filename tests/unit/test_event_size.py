@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from twintrack.config import load_settings
 from twintrack.domain.events import Event, EventType
 from twintrack.domain.execution import ExecutionStatus
 from twintrack.domain.flow import validate_flow
@@ -82,3 +83,9 @@ async def test_outputs_too_large_together_fail_the_execution_with_its_terminal_e
     assert events[-1].type is EventType.EXECUTION_FAILED
     assert events[-1].data["outputs"] == {}
     assert sum(e.type.is_terminal for e in events) == 1
+
+
+def test_the_default_limit_fits_kafkas_default_message_size_with_room_for_framing() -> None:
+    settings = load_settings()
+    # Apache Kafka's default message.max.bytes is 1,048,588; a record adds key, headers, framing.
+    assert settings.max_event_bytes + 16 * 1024 <= 1_048_588
