@@ -101,6 +101,10 @@ async def test_broker_stall_mid_run(
     create_status, create_took = await _post(api, "/v1/executions", {"flow_id": flow_id})
     start_status, start_took = await _post(api, f"/v1/executions/{waiting}/start")
     get = await api.client.get(f"/v1/executions/{running[0]}", headers=api.auth)
+    print(
+        f"stall {mode.name}: create {create_status} in {create_took:.2f}s, "
+        f"start {start_status} in {start_took:.2f}s"
+    )
     if _needs_broker(mode):
         assert (create_status, start_status) == (503, 503)
     else:  # DBOS streams: tasks and events in Postgres, nothing here needs the broker
@@ -115,12 +119,16 @@ async def test_broker_stall_mid_run(
         assert not [r for r in rows if r["status"] == "failed"]
         await asyncio.sleep(0.5)
     own_broker.resume()
+    resumed_at = time.monotonic()
 
     if start_status != 202:  # the 503 said "retry later": now it goes through
         assert await api.command(waiting, "start") == 202
     rows = [await api.wait_status(ex, {"completed", "failed"}, timeout=45) for ex in running]
     assert [r["status"] for r in rows] == ["completed"] * len(running), rows
     assert [r["attempt"] for r in rows] == [1] * len(running)
+    print(
+        f"stall {mode.name}: all runs completed {time.monotonic() - resumed_at:.2f}s after resume"
+    )
     for events in await asyncio.gather(*watching):
         assert_contiguous(events)
         assert [e["type"] for e in events].count("execution.retrying") == 0
