@@ -275,22 +275,30 @@ class ExecutionService:
                 await self._stop_one(member.id, why)
 
     async def _stop_one(self, execution_id: str, reason: str) -> None:
-        async with self.executions.locked(execution_id) as (session, record):
-            if record.status.is_terminal:
-                return
-            if record.status in (_S.CREATED, _S.QUEUED):
-                # No worker holds it: end it here. A worker that gets its task later skips it;
-                # the track drops what it prepared once the ending is in the stream.
-                await self._write_locked(
-                    session,
-                    record,
-                    _S.STOPPED,
-                    EventType.EXECUTION_STOPPED,
-                    {"reason": reason, "cancelled_nodes": [], "outputs": {}},
-                    error_message=reason,
-                )
-                await self.queues[record.track].cancel(execution_id)
-                return
+        try:
+            async with self.executions.locked(execution_id) as (session, record):
+                if record.status.is_terminal:
+                    return
+                if record.status in (_S.CREATED, _S.QUEUED):
+                    # No worker holds it: end it here. A worker that gets its task later
+                    # skips it; the track drops what it prepared once the ending is in the
+                    # stream.
+                    await self._write_locked(
+                        session,
+                        record,
+                        _S.STOPPED,
+                        EventType.EXECUTION_STOPPED,
+                        {"reason": reason, "cancelled_nodes": [], "outputs": {}},
+                        error_message=reason,
+                    )
+                    await self.queues[record.track].cancel(execution_id)
+                    return
+        except TimeoutError:
+            # A stalled events backend (the caller gets a 503): the event may still land
+            # later, so store the stop too. Whoever runs the execution next stops it at once,
+            # and the row ends `stopped` like the stream.
+            await self.commands.send(execution_id, Command.STOP, reason)
+            raise
         await self.commands.send(execution_id, Command.STOP, reason)
 
     async def fail_unclaimed(

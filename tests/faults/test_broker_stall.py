@@ -39,25 +39,38 @@ CALL_TIMEOUT_S = 3.0
 STALL_S = float(os.environ.get("FAULT_STALL_S", "8"))
 
 
-@pytest_asyncio.fixture
-async def stalled_stack(
-    database_url: str,
-    own_broker: EmbeddedBroker,
-    unique_name: UniqueName,
-    mode: Mode,
-    logs: Path,
-) -> AsyncIterator[Stack]:
-    """The API and one worker on a broker of the test's own (so it can be stalled)."""
+@pytest.fixture
+def stall_env(
+    database_url: str, own_broker: EmbeddedBroker, unique_name: UniqueName, mode: Mode
+) -> dict[str, str]:
     env = stack_env(database_url, own_broker.bootstrap_servers, unique_name("stall"), False)
     env |= mode.env | {"BROKER_CALL_TIMEOUT_S": str(CALL_TIMEOUT_S), "WORKER_CONCURRENCY": "10"}
     env |= {"DBOS_WORKER_CONCURRENCY": "10"}  # every run at once, so all are mid-run
     # Leases live in Postgres and are renewed through the stall; a longer TTL than the e2e
     # suite's 3 s only keeps a loaded CI machine's late heartbeat from looking like a crash.
     env |= {"CLAIM_TTL_S": "10"}
-    async with open_stack(env, logs) as stack:
+    return env
+
+
+@pytest_asyncio.fixture
+async def stalled_stack(
+    stall_env: dict[str, str], own_broker: EmbeddedBroker, logs: Path
+) -> AsyncIterator[Stack]:
+    """The API and one worker on a broker of the test's own (so it can be stalled)."""
+    async with open_stack(stall_env, logs) as stack:
         await stack.add_worker()
         yield stack
         own_broker.resume()  # never tear down against a frozen broker
+
+
+@pytest_asyncio.fixture
+async def stalled_bare_stack(
+    stall_env: dict[str, str], own_broker: EmbeddedBroker, logs: Path
+) -> AsyncIterator[Stack]:
+    """The same with no worker yet: executions stay queued until the test adds one."""
+    async with open_stack(stall_env, logs) as stack:
+        yield stack
+        own_broker.resume()
 
 
 async def _post(api: Api, path: str, body: dict[str, Any] | None = None) -> tuple[int, float]:
@@ -152,3 +165,26 @@ async def test_broker_stall_mid_run(
     assert (await api.wait_status(retried, {"completed", "failed"}, timeout=30))[
         "status"
     ] == "completed"
+
+
+@pytest.mark.timeout(120)
+async def test_a_stop_refused_during_a_stall_still_ends_the_execution_stopped(
+    stalled_bare_stack: Stack, own_broker: EmbeddedBroker, mode: Mode
+) -> None:
+    """The refused stop's event may still land after the stall: the stored stop makes the run
+    that follows end the same way, so the row and the stream agree."""
+    stack, api = stalled_bare_stack, stalled_bare_stack.api
+    flow_id = await api.create_flow(flows.three_nodes())
+    ex = (await api.create(flow_id))["id"]
+    assert await api.command(ex, "start") == 202  # queued: no worker yet
+    own_broker.pause()
+    status, took = await _post(api, f"/v1/executions/{ex}/stop", {"reason": "enough"})
+    assert took < CALL_TIMEOUT_S + 2
+    assert status == (503 if _needs_broker(mode) else 202)
+    own_broker.resume()
+    await stack.add_worker()
+    row = await api.wait_status(ex, {"completed", "failed", "stopped"}, timeout=45)
+    assert row["status"] == "stopped", row
+    events = await api.events(ex)
+    assert_contiguous(events)
+    assert events[-1]["type"] == "execution.stopped"
