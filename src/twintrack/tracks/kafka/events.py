@@ -285,7 +285,11 @@ class KafkaEventBus:
         """Send one event again with backoff until acknowledged, a lasting error, or deadline."""
         loop = asyncio.get_running_loop()
         backoff = _BACKOFF_FIRST_S
-        log.warning("event not acknowledged; sending it again", error=repr(error))
+        log.warning(
+            "event not acknowledged; sending it again",
+            execution_id=message["key"].decode(),
+            error=repr(error),
+        )
         try:
             while loop.time() + backoff <= deadline:
                 await asyncio.sleep(backoff)
