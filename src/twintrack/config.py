@@ -90,6 +90,25 @@ class Settings(BaseSettings):
     kafka_events_batch_size: int = Field(default=65536, ge=1024, le=16 * 1024 * 1024)
     kafka_fetch_max_wait_ms: int = Field(default=10, ge=1, le=10_000)
     kafka_session_timeout_ms: int = Field(default=6_000, ge=1000, le=300_000)
+    broker_call_timeout_s: PositiveSeconds = Field(
+        default=3,
+        description="How long an API request waits on the broker before answering 503.",
+    )
+    kafka_events_retry_s: PositiveSeconds = Field(
+        default=120,
+        description="How long a worker re-sends an event the broker did not acknowledge "
+        "(a stall, a partition) before the run gives up and recovery re-runs it.",
+    )
+
+    # -- events ------------------------------------------------------------------------------
+    max_event_bytes: int = Field(
+        default=1_000_000,
+        ge=4096,
+        le=64 * 1024 * 1024,
+        description="Largest event (JSON-encoded) any events backend is asked to store. The "
+        "default fits Kafka's default message.max.bytes (1 MiB) with room for the record's "
+        "framing; raise it only with the broker's limit. It bounds DBOS streams rows too.",
+    )
 
     # -- the DBOS track --------------------------------------------------------------------------
     dbos_app_name: str = "twintrack"

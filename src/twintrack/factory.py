@@ -126,7 +126,9 @@ class ServiceFactory:
         }
         buses: dict[EventsBackend, EventBus] = {
             EventsBackend.KAFKA: KafkaEventBus(kafka, sessions),
-            EventsBackend.DBOS: DbosStreamEventBus(dbos, sessions),
+            EventsBackend.DBOS: DbosStreamEventBus(
+                dbos, sessions, max_event_bytes=s.max_event_bytes
+            ),
         }
         commands = PostgresCommandChannel(s.database_url, sessions)
         service = ExecutionService(
@@ -167,9 +169,15 @@ class ServiceFactory:
     @staticmethod
     def outage_errors() -> tuple[type[BaseException], ...]:
         """Errors meaning a dependency is down: the API answers 503, not 500."""
-        from aiokafka.errors import KafkaConnectionError, KafkaTimeoutError
+        from aiokafka.errors import (
+            KafkaConnectionError,
+            KafkaTimeoutError,
+            NodeNotReadyError,
+            RequestTimedOutError,
+        )
 
-        return (KafkaConnectionError, KafkaTimeoutError)
+        # BrokerUnavailable (a bounded broker call ran out) is a TimeoutError: 503 already.
+        return (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError)
 
     def run_host(self, container: Container, worker_id: str | None = None) -> RunHost:
         """What every worker process runs claimed executions with, whatever their track.

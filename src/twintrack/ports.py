@@ -53,6 +53,9 @@ class EventBus(Protocol):
     """
 
     backend: EventsBackend
+    #: The largest JSON-encoded event this backend stores. Writers check it before publishing
+    #: (engine.sink.check_event_size), so an adapter never has to discover an event too large.
+    max_event_bytes: int
 
     async def start(self) -> None: ...
 
@@ -62,7 +65,10 @@ class EventBus(Protocol):
         """Append the event; with `wait`, return only once this event is durable."""
         ...
 
-    async def flush(self) -> None: ...
+    async def flush(self, execution_id: str | None = None) -> None:
+        """Return once the execution's events so far (everyone's, without one) are durable;
+        raise if any of them was lost. One execution's loss is never reported to another."""
+        ...
 
     def subscribe(self, execution_id: str, from_index: int = 0) -> AsyncIterator[Event]:
         """Every event with index >= from_index, in order, ending after the terminal event."""

@@ -8,6 +8,7 @@ children through the service.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, Protocol
 
 import structlog
@@ -28,6 +29,8 @@ from twintrack.service import ExecutionService
 from twintrack.store.executions import ExecutionRecord
 
 log = structlog.get_logger()
+_SPAWN_BACKOFF_S = 0.2
+_SPAWN_BACKOFF_MAX_S = 5.0
 
 
 class LeaseLost(Exception):
@@ -57,10 +60,20 @@ class _ServiceSpawner:
     async def spawn(
         self, *, node_id: str, event: str, payload: Any, flow_id: str | None
     ) -> SpawnedChild:
-        self._lease.check()
-        return await self._service.spawn_child(
-            self._parent, node_id=node_id, event=event, payload=payload, flow_id=flow_id
-        )
+        """Spawn (idempotent: the child's id is deterministic); a stalled dependency (a
+        TimeoutError, as BrokerUnavailable is) is waited out under the lease, within the
+        node's own timeout, instead of failing the node for an infrastructure fault."""
+        backoff = _SPAWN_BACKOFF_S
+        while True:
+            self._lease.check()
+            try:
+                return await self._service.spawn_child(
+                    self._parent, node_id=node_id, event=event, payload=payload, flow_id=flow_id
+                )
+            except TimeoutError:
+                log.warning("child spawn timed out; trying again", parent_id=self._parent.id)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _SPAWN_BACKOFF_MAX_S)
 
 
 class _RunSink:
@@ -72,7 +85,9 @@ class _RunSink:
         self._bus = bus
         self._lease = lease
         self._status = status
-        self.sequencer = EventSequencer(record.id, self._publish, next_index=at)
+        self.sequencer = EventSequencer(
+            record.id, self._publish, next_index=at, max_event_bytes=bus.max_event_bytes
+        )
 
     async def _publish(self, event: Event) -> None:
         self._lease.check()
@@ -131,7 +146,7 @@ async def run_execution(
         start_data={"attempt": record.attempt, "worker_id": worker_id, "track": record.track},
     )
     lease.check()
-    await bus.flush()
+    await bus.flush(record.id)
     await status.finished(result, sink.sequencer.next_index)
     log.info(
         "execution finished",

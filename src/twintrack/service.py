@@ -28,7 +28,7 @@ from twintrack.domain.execution import (
 from twintrack.domain.flow import Flow, check_options, validate_flow
 from twintrack.domain.ids import EXECUTION_PREFIX, new_execution_id
 from twintrack.domain.rollout import choose_track, events_backend_for
-from twintrack.engine import result_from_terminal_event
+from twintrack.engine import check_event_size, result_from_terminal_event
 from twintrack.limits import LimitExceeded, OwnerLimits
 from twintrack.nodes.base import NodeError, SpawnedChild
 from twintrack.nodes.registry import NodeRegistry
@@ -40,6 +40,8 @@ from twintrack.store.pagination import MAX_PAGE_SIZE, Page
 
 _S = ExecutionStatus
 _FLOW_CACHE_SIZE = 512
+# What `execution.created` carries besides the trigger events (ids, names, depth), at most.
+_CREATED_FIELDS_BYTES = 1024
 
 
 class Conflict(Exception):
@@ -173,6 +175,7 @@ class ExecutionService:
             raise TrackUnavailable(f"the {track} track is not available in this deployment")
         if backend not in self.buses:
             raise TrackUnavailable(f"the {backend} events backend is not available here")
+        self._check_created_fits(events, self.buses[backend].max_event_bytes)
         record = await self.executions.create(
             owner_id=owner_id,
             flow_id=flow_record.id,
@@ -202,6 +205,18 @@ class ExecutionService:
         )
         await self.buses[backend].publish(event, wait=True)
         return record
+
+    @staticmethod
+    def _check_created_fits(events: Sequence[TriggerEvent], limit: int) -> None:
+        """Refuse trigger events too large for `execution.created` before any row exists
+        (EventTooLarge: a 413 for the API, the node's failure for a child)."""
+        provisional = Event(
+            execution_id="",
+            index=0,
+            type=EventType.EXECUTION_CREATED,
+            data={"events": [e.model_dump(mode="json") for e in events]},
+        )
+        check_event_size(provisional, limit, extra_bytes=_CREATED_FIELDS_BYTES)
 
     async def start(self, owner_id: str | None, execution_id: str) -> ExecutionRecord:
         """Queue a created execution for a worker. Starting twice is harmless; finished: 409.
@@ -273,22 +288,30 @@ class ExecutionService:
                 await self._stop_one(member.id, why)
 
     async def _stop_one(self, execution_id: str, reason: str) -> None:
-        async with self.executions.locked(execution_id) as (session, record):
-            if record.status.is_terminal:
-                return
-            if record.status in (_S.CREATED, _S.QUEUED):
-                # No worker holds it: end it here. A worker that gets its task later skips it;
-                # the track drops what it prepared once the ending is in the stream.
-                await self._write_locked(
-                    session,
-                    record,
-                    _S.STOPPED,
-                    EventType.EXECUTION_STOPPED,
-                    {"reason": reason, "cancelled_nodes": [], "outputs": {}},
-                    error_message=reason,
-                )
-                await self.queues[record.track].cancel(execution_id)
-                return
+        try:
+            async with self.executions.locked(execution_id) as (session, record):
+                if record.status.is_terminal:
+                    return
+                if record.status in (_S.CREATED, _S.QUEUED):
+                    # No worker holds it: end it here. A worker that gets its task later
+                    # skips it; the track drops what it prepared once the ending is in the
+                    # stream.
+                    await self._write_locked(
+                        session,
+                        record,
+                        _S.STOPPED,
+                        EventType.EXECUTION_STOPPED,
+                        {"reason": reason, "cancelled_nodes": [], "outputs": {}},
+                        error_message=reason,
+                    )
+                    await self.queues[record.track].cancel(execution_id)
+                    return
+        except TimeoutError:
+            # A stalled events backend (the caller gets a 503): the event may still land
+            # later, so store the stop too. Whoever runs the execution next stops it at once,
+            # and the row ends `stopped` like the stream.
+            await self.commands.send(execution_id, Command.STOP, reason)
+            raise
         await self.commands.send(execution_id, Command.STOP, reason)
 
     async def fail_unclaimed(

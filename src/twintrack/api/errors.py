@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from twintrack.domain.execution import IllegalTransition
 from twintrack.domain.flow import FlowValidationError
+from twintrack.engine import EventTooLarge
 from twintrack.limits import LimitExceeded
 from twintrack.service import Conflict, TrackUnavailable
 from twintrack.store.errors import AlreadyExists, InvalidCursor, NotFound
@@ -159,6 +160,8 @@ def to_response(exc: BaseException, outage: tuple[type[BaseException], ...] = ()
         return error_response(429, "limit_exceeded", str(exc), exc.details)
     if isinstance(exc, Conflict | IllegalTransition | AlreadyExists):
         return error_response(409, "conflict", str(exc))
+    if isinstance(exc, EventTooLarge):
+        return error_response(413, "payload_too_large", str(exc))
     if _is_outage(exc, outage):
         message = str(exc) if isinstance(exc, TrackUnavailable) else "a dependency is unavailable"
         return error_response(503, "unavailable", f"{message}; retry later")
@@ -197,6 +200,18 @@ def _http_response(exc: StarletteHTTPException) -> JSONResponse:
     return error_response(exc.status_code, code, message, headers=headers)
 
 
+def _report_outage(request: Request, exc: Exception) -> None:
+    """One line per refused request: during an outage every request fails the same way, and
+    rendering a traceback for each would slow the 503s down (seconds on a busy machine)."""
+    report(
+        "warning",
+        "dependency unavailable",
+        method=request.method,
+        path=request.url.path,
+        error=f"{type(exc).__name__}: {exc}",
+    )
+
+
 def install_error_handlers(app: FastAPI, outage: tuple[type[BaseException], ...]) -> None:
     """Map every foreseen exception to the envelope (unforeseen ones: `UnhandledErrors`)."""
 
@@ -210,7 +225,9 @@ def install_error_handlers(app: FastAPI, outage: tuple[type[BaseException], ...]
 
     async def on_mapped(request: Request, exc: Exception) -> JSONResponse:
         response = to_response(exc, outage)
-        if response.status_code >= 500:
+        if response.status_code == 503:
+            _report_outage(request, exc)
+        elif response.status_code >= 500:
             report(
                 "error",
                 "request failed",
@@ -231,6 +248,7 @@ def install_error_handlers(app: FastAPI, outage: tuple[type[BaseException], ...]
         IllegalTransition,
         AlreadyExists,
         LimitExceeded,
+        EventTooLarge,
         TrackUnavailable,
         sa_exc.DBAPIError,
         sa_exc.TimeoutError,

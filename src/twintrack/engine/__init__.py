@@ -12,16 +12,18 @@ from twintrack.engine.engine import (
     run_flow,
 )
 from twintrack.engine.services import EngineServices, InMemoryCounters
-from twintrack.engine.sink import EventSequencer, EventSink
+from twintrack.engine.sink import EventSequencer, EventSink, EventTooLarge, check_event_size
 
 __all__ = [
     "EngineServices",
     "EventSequencer",
     "EventSink",
+    "EventTooLarge",
     "ExecutionControl",
     "ExecutionError",
     "ExecutionResult",
     "InMemoryCounters",
+    "check_event_size",
     "result_from_terminal_event",
     "run_flow",
 ]

@@ -25,7 +25,7 @@ from twintrack.domain.flow import ERROR_PORT, Flow, FlowNode
 from twintrack.engine.control import ControlMessage, ExecutionControl
 from twintrack.engine.scope import scope_skips
 from twintrack.engine.services import EngineServices
-from twintrack.engine.sink import EventSink
+from twintrack.engine.sink import EventSink, EventTooLarge
 from twintrack.nodes.base import Counters, NodeError
 
 
@@ -233,7 +233,7 @@ class _Run:
         try:
             async with asyncio.timeout(timeout) as scope:
                 outputs = await node.node_type.run(_NodeContext(self, node), node.config, inputs)
-        except NodeError as exc:
+        except (NodeError, EventTooLarge) as exc:
             error = str(exc)
         except TimeoutError as exc:
             error = (
@@ -252,14 +252,19 @@ class _Run:
         node = self.flow.nodes[outcome.node_id]
         self.finished.add(node.id)
         if outcome.outputs is not None:
-            await self.sink.emit(
-                EventType.NODE_COMPLETED,
-                {
-                    "node_id": node.id,
-                    "outputs": dict(outcome.outputs),
-                    "duration_ms": outcome.duration_ms,
-                },
-            )
+            try:
+                await self.sink.emit(
+                    EventType.NODE_COMPLETED,
+                    {
+                        "node_id": node.id,
+                        "outputs": dict(outcome.outputs),
+                        "duration_ms": outcome.duration_ms,
+                    },
+                )
+            except EventTooLarge as exc:
+                # Outputs no backend can store fail the node: its error branch decides.
+                outcome = _Outcome(node.id, None, str(exc), outcome.duration_ms)
+        if outcome.outputs is not None:
             produced = dict(outcome.outputs)
         else:
             handled = any(e.source_port == ERROR_PORT for e in self.flow.outgoing(node.id))
@@ -315,14 +320,25 @@ class _Run:
     async def _finished(self) -> ExecutionResult:
         if self.first_failure is not None:
             return await self._fail(self.first_failure)
-        await self.sink.emit(EventType.EXECUTION_COMPLETED, {"outputs": self.outputs})
+        try:
+            await self.sink.emit(EventType.EXECUTION_COMPLETED, {"outputs": self.outputs})
+        except EventTooLarge as exc:
+            self.outputs = {}  # they cannot be stored: the execution fails without them
+            return await self._fail(ExecutionError(f"the outputs are too large: {exc}"))
         return ExecutionResult(ExecutionStatus.COMPLETED, dict(self.outputs))
 
     async def _fail(self, error: ExecutionError) -> ExecutionResult:
-        await self.sink.emit(
-            EventType.EXECUTION_FAILED, {"error": error.as_dict(), "outputs": self.outputs}
-        )
+        await self._emit_ending(EventType.EXECUTION_FAILED, {"error": error.as_dict()})
         return ExecutionResult(ExecutionStatus.FAILED, dict(self.outputs), error)
+
+    async def _emit_ending(self, type: EventType, data: dict[str, Any]) -> None:
+        """A failed or stopped ending with the outputs so far, or without them if they are too
+        large to store: an execution always ends with its terminal event."""
+        try:
+            await self.sink.emit(type, {**data, "outputs": self.outputs})
+        except EventTooLarge:
+            self.outputs = {}
+            await self.sink.emit(type, {**data, "outputs": {}})
 
     async def _flow_timed_out(self) -> ExecutionResult:
         await self._cancel_running()
@@ -333,9 +349,8 @@ class _Run:
     async def _stopped(self) -> ExecutionResult:
         cancelled = await self._cancel_running()
         reason = self.stop_reason or "stopped"
-        await self.sink.emit(
-            EventType.EXECUTION_STOPPED,
-            {"reason": reason, "cancelled_nodes": cancelled, "outputs": self.outputs},
+        await self._emit_ending(
+            EventType.EXECUTION_STOPPED, {"reason": reason, "cancelled_nodes": cancelled}
         )
         return ExecutionResult(ExecutionStatus.STOPPED, dict(self.outputs), ExecutionError(reason))
 

@@ -94,6 +94,7 @@ class EmbeddedBroker(ManagedServer):
         self._dir: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._port: int | None = None
+        self._paused = False
 
     @property
     def bootstrap_servers(self) -> str:
@@ -118,12 +119,36 @@ class EmbeddedBroker(ManagedServer):
     def address(self) -> str:
         return self.bootstrap_servers
 
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP), as a network partition looks to its clients.
+
+        Connections stay open and nothing is answered: requests hang until the clients' own
+        timeouts, which is the fault that fault tests and the soak bench inject. `resume()` (or
+        `stop()`) ends it.
+        """
+        if self._proc is None or not self.is_running():
+            raise EmbeddedServerError("embedded broker is not running")
+        os.killpg(self._proc.pid, signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        """Let a paused broker go on (SIGCONT); harmless when it is not paused."""
+        if self._proc is not None and self.is_running():
+            os.killpg(self._proc.pid, signal.SIGCONT)
+        self._paused = False
+
     def stop(self) -> None:
         """SIGINT (Tansu exits in ~ms), escalating to SIGKILL; removes the log directory.
 
         Stop Kafka clients first: aiokafka's consumer.stop() can hang on a broker that is gone.
         """
         atexit.unregister(self.stop)
+        if self._paused:
+            self.resume()  # a stopped process cannot act on SIGINT
         proc, self._proc = self._proc, None
         if proc is not None:
             terminate(proc.pid, STOP_PLAN, proc)

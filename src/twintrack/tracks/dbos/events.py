@@ -37,13 +37,21 @@ _Item = tuple[Event, "asyncio.Future[None] | None"]
 class DbosStreamEventBus:
     backend = EventsBackend.DBOS
 
-    def __init__(self, config: DbosConfig, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        config: DbosConfig,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        max_event_bytes: int = 1_000_000,
+    ) -> None:
         self.config = config
         self._sessions = sessions
+        # Checked by the writers (engine sink, service) before anything reaches a stream.
+        self.max_event_bytes = max_event_bytes
         self._client: DBOSClient | None = None
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
-        self._failures: list[BaseException] = []
+        self._failed: dict[str, BaseException] = {}  # per execution: its first lost event
 
     async def start(self) -> None:
         if self._client is None:
@@ -74,13 +82,18 @@ class DbosStreamEventBus:
         if done is not None:
             await done
 
-    async def flush(self) -> None:
+    async def flush(self, execution_id: str | None = None) -> None:
+        """Wait for every write queued so far; raise for the execution's lost events (for any
+        execution's, without one): one execution's failure is never blamed on another."""
         await self._queue.join()
-        if self._failures:
-            failures, self._failures = self._failures, []
+        ids = list(self._failed) if execution_id is None else [execution_id]
+        failures = [(i, self._failed.pop(i)) for i in ids if i in self._failed]
+        if failures:
+            first_id, first = failures[0]
             raise RuntimeError(
-                f"{len(failures)} event(s) were not written to DBOS streams: {failures[0]!r}"
-            ) from failures[0]
+                f"{len(failures)} execution(s) had events not written to DBOS streams, "
+                f"{first_id} first: {first!r}"
+            ) from first
 
     async def _write_forever(self) -> None:
         while True:
@@ -92,7 +105,7 @@ class DbosStreamEventBus:
                 if done is not None:
                     done.set_exception(exc)  # its caller hears of it ...
                 else:
-                    self._failures.append(exc)  # ... or the next flush does
+                    self._failed.setdefault(event.execution_id, exc)  # ... or its flush does
             else:
                 if done is not None:
                     done.set_result(None)

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from twintrack.config import Settings
 
@@ -22,6 +23,11 @@ class KafkaConfig:
     batch_size: int = 65536
     fetch_max_wait_ms: int = 10
     session_timeout_ms: int = 6_000
+    max_event_bytes: int = 1_000_000
+    call_timeout_s: float = 3.0
+    events_retry_s: float = 120.0
+    #: aiokafka's own bound on one produce request (and on a batch waiting to be sent).
+    request_timeout_ms: int = 15_000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KafkaConfig:
@@ -36,6 +42,9 @@ class KafkaConfig:
             batch_size=settings.kafka_events_batch_size,
             fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             session_timeout_ms=settings.kafka_session_timeout_ms,
+            max_event_bytes=settings.max_event_bytes,
+            call_timeout_s=settings.broker_call_timeout_s,
+            events_retry_s=settings.kafka_events_retry_s,
         )
 
     @property
@@ -58,15 +67,38 @@ class KafkaConfig:
         return [self.tasks_topic, self.events_topic, self.dead_letter_topic]
 
 
+#: Record framing, key and headers on top of an event's JSON, well within this margin.
+_RECORD_OVERHEAD_BYTES = 16 * 1024
+
+
+class BrokerUnavailable(TimeoutError):
+    """The broker did not answer a call within its bound (a stall, a partition): retry later.
+
+    A TimeoutError, so the API answers 503 like any other dependency outage.
+    """
+
+
+def is_transient(error: BaseException) -> bool:
+    """A send failure that another try may cure (timeouts, lost connections, leader moves)."""
+    if isinstance(error, BrokerUnavailable | KafkaTimeoutError):
+        return True
+    return isinstance(error, KafkaError) and bool(error.retriable)
+
+
 def make_producer(config: KafkaConfig, **overrides: Any) -> AIOKafkaProducer:
-    """acks=all always; idempotence as configured (the embedded broker cannot do it)."""
+    """acks=all always; idempotence as configured (the embedded broker cannot do it).
+
+    Requests may be as large as the largest event (MAX_EVENT_BYTES, checked before any send),
+    so the producer never is the one to discover an event is too large.
+    """
     options: dict[str, Any] = {
         "bootstrap_servers": config.bootstrap_servers,
         "acks": "all",
         "enable_idempotence": config.enable_idempotence,
         "linger_ms": config.linger_ms,
         "max_batch_size": config.batch_size,
-        "request_timeout_ms": 15_000,
+        "max_request_size": max(1024 * 1024, config.max_event_bytes + _RECORD_OVERHEAD_BYTES),
+        "request_timeout_ms": config.request_timeout_ms,
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)
@@ -81,7 +113,9 @@ def make_consumer(config: KafkaConfig, *topics: str, **overrides: Any) -> AIOKaf
         "fetch_max_wait_ms": config.fetch_max_wait_ms,
         "session_timeout_ms": config.session_timeout_ms,
         "heartbeat_interval_ms": max(config.session_timeout_ms // 3, 100),
-        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        "max_partition_fetch_bytes": max(
+            4 * 1024 * 1024, config.max_event_bytes + _RECORD_OVERHEAD_BYTES
+        ),
     }
     options.update(overrides)
     return AIOKafkaConsumer(*topics, **options)

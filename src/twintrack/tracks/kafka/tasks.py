@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel, ConfigDict, Field
 
 from twintrack.domain.execution import EventsBackend, Track
-from twintrack.tracks.kafka.clients import KafkaConfig, make_producer
+from twintrack.tracks.kafka.clients import BrokerUnavailable, KafkaConfig, make_producer
 
 
 class TaskMessage(BaseModel):
@@ -51,8 +53,18 @@ class KafkaTaskQueue:
         if self._producer is None:
             raise RuntimeError("KafkaTaskQueue.start() was not called")
         message = TaskMessage(execution_id=execution_id, attempt=attempt)
-        await self._producer.send_and_wait(
-            self.config.tasks_topic,
-            key=execution_id.encode(),
-            value=message.model_dump_json().encode(),
-        )
+        # Bounded, so a request never hangs on a stalled broker (503 instead). A task that
+        # still goes out later is harmless (workers claim first); one that never does is
+        # re-sent by the recovery sweeper, as any lost task.
+        try:
+            async with asyncio.timeout(self.config.call_timeout_s):
+                await self._producer.send_and_wait(
+                    self.config.tasks_topic,
+                    key=execution_id.encode(),
+                    value=message.model_dump_json().encode(),
+                )
+        except TimeoutError:
+            raise BrokerUnavailable(
+                f"the broker did not acknowledge the task of {execution_id} within "
+                f"{self.config.call_timeout_s:g}s"
+            ) from None
