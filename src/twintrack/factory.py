@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from twintrack.children_sweep import ChildSweeper
 from twintrack.config import ConfigError, Settings
 from twintrack.domain.execution import EventsBackend, Track
 from twintrack.nodes.registry import NodeRegistry, default_registry
@@ -141,6 +142,7 @@ class ServiceFactory:
                 events_backend=s.execution_events_backend,
                 max_depth=s.execution_max_depth,
             ),
+            terminal_row_wait_s=s.terminal_row_wait_s,
         )
         return Container(
             settings=s,
@@ -219,4 +221,9 @@ class ServiceFactory:
                 start_timeout_s=s.start_signal_timeout_s,
             ),
             worker_id=worker_id,
+            children=ChildSweeper(
+                sessions=container.sessions,
+                service=container.service,
+                grace_s=s.child_sweep_grace_s,
+            ),
         )

@@ -8,12 +8,16 @@ never interleave with each other and a worker always continues numbering after t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twintrack.domain.commands import Command
@@ -32,10 +36,13 @@ from twintrack.engine import result_from_terminal_event
 from twintrack.nodes.base import NodeError, SpawnedChild
 from twintrack.nodes.registry import NodeRegistry
 from twintrack.ports import CommandChannel, EventBus, TaskQueue
+from twintrack.stops import stop_reason
 from twintrack.store.errors import AlreadyExists, NotFound
 from twintrack.store.executions import ExecutionRecord, ExecutionStore
 from twintrack.store.flows import FlowRecord, FlowStore
 from twintrack.store.pagination import Page
+
+log = structlog.get_logger()
 
 _S = ExecutionStatus
 _FLOW_CACHE_SIZE = 512
@@ -47,6 +54,14 @@ class Conflict(Exception):
 
 class TrackUnavailable(Exception):
     """No task queue for the track this execution must go to is configured in this process."""
+
+
+class ParentStopping(Exception):
+    """A child was not started: its parent is being stopped (the child ended `stopped`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -92,6 +107,7 @@ class ExecutionService:
         buses: Mapping[EventsBackend, EventBus],
         commands: CommandChannel,
         policy: RoutingPolicy,
+        terminal_row_wait_s: float = 60.0,
     ) -> None:
         self.flows = flows
         self.executions = executions
@@ -100,6 +116,7 @@ class ExecutionService:
         self.buses = dict(buses)
         self.commands = commands
         self.policy = policy
+        self.terminal_row_wait_s = terminal_row_wait_s
         self._flow_cache: OrderedDict[tuple[str, int], Flow] = OrderedDict()
 
     # -- flows -----------------------------------------------------------------------------
@@ -179,7 +196,13 @@ class ExecutionService:
             execution_id=execution_id or new_execution_id(),
             next_event_index=1,
         )
-        await self.queues[track].prepare(record.id, backend)
+        await self._announce_created(record)
+        return record
+
+    async def _announce_created(self, record: ExecutionRecord) -> None:
+        """What the track needs first, then `execution.created` (index 0): both idempotent, so
+        a re-run of a parent can redo them for a child a crash left without them."""
+        await self.queues[record.track].prepare(record.id, record.events_backend)
         created = {
             "flow_id": record.flow_id,
             "flow_version": record.flow_version,
@@ -193,8 +216,7 @@ class ExecutionService:
         event = Event(
             execution_id=record.id, index=0, type=EventType.EXECUTION_CREATED, data=created
         )
-        await self.buses[backend].publish(event, wait=True)
-        return record
+        await self.buses[record.events_backend].publish(event, wait=True)
 
     async def start(self, owner_id: str | None, execution_id: str) -> ExecutionRecord:
         """Queue a created execution for a worker. Starting twice is harmless; finished: 409."""
@@ -252,12 +274,24 @@ class ExecutionService:
         return record
 
     async def stop_tree(self, record: ExecutionRecord, reason: str) -> None:
-        """Stop an execution and every unfinished descendant."""
-        tree = await self.executions.tree(record.id)
-        for member in tree:
-            if not member.status.is_terminal:
-                why = reason if member.id == record.id else f"ancestor {record.id} was stopped"
-                await self._stop_one(member.id, why)
+        """Stop an execution and every unfinished descendant, including children spawned while
+        the stop runs: each member's stop is stored before the tree is read again, and a spawn
+        under a member whose stop is stored ends its child itself (see `spawn_child`), so
+        re-reading until nothing new appears leaves no child behind."""
+        handled: set[str] = set()
+        await self._stop_one(record.id, reason)
+        handled.add(record.id)
+        while True:
+            fresh = [
+                m
+                for m in await self.executions.tree(record.id)
+                if m.id not in handled and not m.status.is_terminal
+            ]
+            if not fresh:
+                return
+            for member in fresh:
+                await self._stop_one(member.id, f"ancestor {record.id} was stopped")
+                handled.add(member.id)
 
     async def _stop_one(self, execution_id: str, reason: str) -> None:
         async with self.executions.locked(execution_id) as (session, record):
@@ -266,35 +300,40 @@ class ExecutionService:
             if record.status in (_S.CREATED, _S.QUEUED):
                 # No worker holds it: end it here. A worker that gets its task later skips it;
                 # the track drops what it prepared once the ending is in the stream.
-                await self._write_locked(
+                await self._end_unclaimed(
                     session,
                     record,
                     _S.STOPPED,
                     EventType.EXECUTION_STOPPED,
-                    {"reason": reason, "cancelled_nodes": [], "outputs": {}},
-                    error_message=reason,
+                    {"reason": reason, "cancelled_nodes": [], "outputs": record.outputs},
+                    reason,
                 )
                 await self.queues[record.track].cancel(execution_id)
                 return
         await self.commands.send(execution_id, Command.STOP, reason)
 
-    async def fail_unclaimed(
-        self, execution_id: str, reason: str, *, from_statuses: Sequence[ExecutionStatus]
-    ) -> bool:
-        """End an execution no worker holds as failed (start timeout, attempts exhausted).
+    async def _end_unclaimed(
+        self,
+        session: AsyncSession,
+        record: ExecutionRecord,
+        target: ExecutionStatus,
+        event_type: EventType,
+        data: dict[str, Any],
+        reason: str,
+    ) -> None:
+        """End an execution no worker holds, under its row lock.
 
-        The event index comes from the bus itself, because a crashed worker may have written
-        events past the row's counter. Returns False when the execution had moved on.
+        The row learns how far the stream goes only when a run ends, so after a crashed run
+        (attempt > 0: re-queued, or abandoned) the index comes from the bus itself; an ending
+        that run already wrote stands instead of a second one.
         """
-        async with self.executions.locked(execution_id) as (session, record):
-            if record.status not in from_statuses:
-                return False
-            last = await self.buses[record.events_backend].last_event(execution_id)
+        index = record.next_event_index
+        if record.attempt > 0:
+            last = await self.buses[record.events_backend].last_event(record.id)
             if last is not None and last.type.is_terminal:
-                # A worker wrote the ending but died before recording it: the ending stands.
                 ended = result_from_terminal_event(last)
                 await self.executions.transition(
-                    execution_id,
+                    record.id,
                     ended.status,
                     session=session,
                     outputs=ended.outputs,
@@ -302,16 +341,30 @@ class ExecutionService:
                     error_node_id=ended.error.node_id if ended.error else None,
                     next_event_index=last.index + 1,
                 )
-                return True
-            index = 0 if last is None else last.index + 1
-            await self._write_locked(
+                return
+            if last is not None:
+                index = max(index, last.index + 1)
+        await self._write_locked(
+            session, record, target, event_type, data, index=index, error_message=reason
+        )
+
+    async def fail_unclaimed(
+        self, execution_id: str, reason: str, *, from_statuses: Sequence[ExecutionStatus]
+    ) -> bool:
+        """End an execution no worker holds as failed (start timeout, attempts exhausted).
+
+        Returns False when the execution had moved on.
+        """
+        async with self.executions.locked(execution_id) as (session, record):
+            if record.status not in from_statuses:
+                return False
+            await self._end_unclaimed(
                 session,
                 record,
                 _S.FAILED,
                 EventType.EXECUTION_FAILED,
                 {"error": {"message": reason, "node_id": None}, "outputs": record.outputs},
-                index=max(index, record.next_event_index),
-                error_message=reason,
+                reason,
             )
             if record.status is _S.CREATED:
                 await self.queues[record.track].cancel(execution_id)
@@ -353,11 +406,31 @@ class ExecutionService:
                 execution_id=child_id,
             )
         except AlreadyExists:
-            child = await self.executions.get(child_id)
+            child = await self._found_child(child_id)
         except NotFound:
             raise NodeError(f"flow '{flow_id}' does not exist for this owner") from None
-        await self.start(None, child.id)
+        # Asked only now that the child row is committed: a stop stored before this read is
+        # seen here, and one stored after it re-reads the tree and finds the child.
+        stopping = await stop_reason(self.executions.sessions, parent.id)
+        if stopping is not None:
+            await self._stop_one(child.id, f"ancestor {parent.id} was stopped")
+            raise ParentStopping(stopping)
+        if child.status is _S.CREATED:
+            # Conflict: a stop of the tree ended it between create and start.
+            with contextlib.suppress(Conflict):
+                await self.start(None, child.id)
         return SpawnedChild(execution_id=child.id, flow_id=child.flow_id, depth=child.depth)
+
+    async def _found_child(self, child_id: str) -> ExecutionRecord:
+        """A child an earlier attempt of its parent made. One it started (or that has ended)
+        is left alone: it is not run twice. One a crash left in `created` before its
+        `execution.created` was written gets it now, so its stream starts at index 0."""
+        child = await self.executions.get(child_id)
+        if child.status is _S.CREATED:
+            bus = self.buses[child.events_backend]
+            if await bus.last_event(child.id) is None:
+                await self._announce_created(child)
+        return child
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -389,4 +462,39 @@ class ExecutionService:
     ) -> AsyncIterator[Event]:
         """The execution's events from `from_index`, ending after the terminal event."""
         record = await self.executions.get(execution_id, owner_id)
-        return self.buses[record.events_backend].subscribe(record.id, from_index)
+        events = self.buses[record.events_backend].subscribe(record.id, from_index)
+        if record.status.is_terminal:
+            return events
+        return self._row_before_ending(record.id, events)
+
+    async def _row_before_ending(
+        self, execution_id: str, events: AsyncIterator[Event]
+    ) -> AsyncIterator[Event]:
+        """Hold the terminal event until the row shows the ending: whoever writes an ending
+        writes the event first (so a crash in between is repaired from the stream), and a
+        subscriber that got it must find the row already terminal."""
+        try:
+            async for event in events:
+                if event.type.is_terminal:
+                    await self._await_terminal_row(execution_id)
+                yield event
+        finally:
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def _await_terminal_row(self, execution_id: str) -> None:
+        deadline = time.monotonic() + self.terminal_row_wait_s
+        pause = 0.002
+        while not (await self.executions.get(execution_id)).status.is_terminal:
+            if time.monotonic() > deadline:
+                # The writer died between the event and the row: recovery records the ending
+                # from the stream later; the stream itself must not hang meanwhile.
+                log.warning(
+                    "terminal event delivered before the row recorded it",
+                    execution_id=execution_id,
+                    waited_s=self.terminal_row_wait_s,
+                )
+                return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
