@@ -7,6 +7,8 @@ written at the row's stale index it would be a duplicate, dropped, and the strea
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.e2e import flows
@@ -18,7 +20,7 @@ from tests.faults.lifecycle import kill_holder, lease_ran_out, spawn_worker
 @pytest.mark.timeout(90)
 async def test_stop_of_a_requeued_execution_ends_its_stream_contiguously(
     env: dict[str, str],  # noqa: F811
-    logs,  # noqa: F811
+    logs: Path,  # noqa: F811
     mode: Mode,  # noqa: F811
 ) -> None:
     async with open_stack(env, logs) as stack:
