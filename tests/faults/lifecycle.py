@@ -76,15 +76,65 @@ async def children_of(stack: Stack, parent_id: str) -> list[tuple[str, str]]:
         return [(r.id, r.status.value) for r in rows]
 
 
-def spawning(emits: int, child_ms: int) -> dict[str, Any]:
-    """The root runs `emits` emit nodes; each child (listen region only) holds for `child_ms`."""
+def spawning(emits: int, child_ms: int, root_ms: int | None = None) -> dict[str, Any]:
+    """The root runs `emits` emit nodes (and, with `root_ms`, a delay that keeps it running);
+    each child runs only its listen region, holding for `child_ms`."""
+    park = [("park", "delay", {"ms": root_ms})] if root_ms is not None else []
     return flow(
         "fan-out",
         [
             *[(f"e{i}", "emit", {"event": "go"}) for i in range(emits)],
+            *park,
             ("on_go", "listen", {"event": "go"}),
             ("hold", "delay", {"ms": child_ms}),
             ("got", "output", {"name": "payload"}),
         ],
         [("on_go.payload", "hold.value"), ("hold.value", "got.value")],
+    )
+
+
+def spawn_then_wait(wait_ms: int) -> dict[str, Any]:
+    """The root spawns one child at once and waits `wait_ms` (the crash point); the child
+    (listen region only) finishes at once."""
+    return flow(
+        "spawn-then-wait",
+        [
+            ("seed", "const", {"value": 1}),
+            ("first", "emit", {"event": "go"}),
+            ("wait", "delay", {"ms": wait_ms}),
+            ("out", "output", {"name": "done"}),
+            ("on_go", "listen", {"event": "go"}),
+            ("got", "output", {"name": "payload"}),
+        ],
+        [
+            ("seed.value", "first.payload"),
+            ("seed.value", "wait.value"),
+            ("wait.value", "out.value"),
+            ("on_go.payload", "got.value"),
+        ],
+    )
+
+
+def spawn_on_first_attempt_only(wait_ms: int) -> dict[str, Any]:
+    """Attempt 1 waits `wait_ms`, then spawns; attempt 2 fails before the spawn: 1 / (2 - runs)
+    divides by zero once the durable `runs` tally reaches 2. So a crash during attempt 1's spawn
+    leaves a child its parent will never start."""
+    return flow(
+        "first-attempt-spawns",
+        [
+            ("runs", "tally", {"name": "runs"}),
+            ("gate", "math", {"op": "sub", "a": 2}),
+            ("div", "math", {"op": "div", "a": 1}),
+            ("wait", "delay", {"ms": wait_ms}),
+            ("spawn", "emit", {"event": "go"}),
+            ("on_go", "listen", {"event": "go"}),
+            ("got", "output", {"name": "payload"}),
+        ],
+        [
+            ("runs.count", "gate.b"),
+            ("gate.result", "div.b"),
+            ("div.result", "wait.value"),
+            ("wait.value", "spawn.payload"),
+            ("on_go.payload", "got.value"),
+        ],
     )
