@@ -75,7 +75,8 @@ async def test_stop_while_children_are_spawned_leaves_no_child_behind(
     env: dict[str, str],  # noqa: F811
     logs: Path,  # noqa: F811
 ) -> None:
-    async with open_stack(env, logs) as stack:
+    # The sweeper would repair a child the stop missed, later: keep it out of this test.
+    async with open_stack(env, logs, CHILD_SWEEP_GRACE_S="600") as stack:
         api = stack.api
         await stack.add_worker()
         flow_id = await api.create_flow(spawning(emits=60, child_ms=60_000))
@@ -88,7 +89,7 @@ async def test_stop_while_children_are_spawned_leaves_no_child_behind(
         assert root["status"] == "stopped"
         # Every child made, including those made while the stop ran, ends stopped: none is
         # left `created`, queued or running (each would hold for a minute).
-        children = await eventually(lambda: _all_children_finished(stack, ex), timeout=20)
+        children = await eventually(lambda: _all_children_finished(stack, ex), timeout=15)
         assert 1 <= len(children) <= 60
         assert {s for _, s in children} == {"stopped"}, children
         assert_contiguous(await api.events(ex))
