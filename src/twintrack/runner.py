@@ -30,6 +30,8 @@ from twintrack.service import ExecutionService, ParentStopping
 from twintrack.store.executions import ExecutionRecord
 
 log = structlog.get_logger()
+# How long a re-run may spend reading what the earlier attempt announced (normally milliseconds).
+_ANNOUNCED_READ_S = 10.0
 
 
 class LeaseLost(Exception):
@@ -103,11 +105,16 @@ async def _announced_children(bus: EventBus, execution_id: str, last: Event) -> 
     found: set[str] = set()
     events = bus.subscribe(execution_id, 0)
     try:
-        async for event in events:
-            if event.type is EventType.CHILD_SPAWNED:
-                found.add(str(event.data["child_execution_id"]))
-            if event.index >= last.index:
-                break
+        async with asyncio.timeout(_ANNOUNCED_READ_S):
+            async for event in events:
+                if event.type is EventType.CHILD_SPAWNED:
+                    found.add(str(event.data["child_execution_id"]))
+                if event.index >= last.index:
+                    break
+    except TimeoutError:
+        # A stream that cannot be read to its end must not hold the re-run up: at worst a
+        # child is announced twice.
+        log.warning("could not read the earlier attempt's events", execution_id=execution_id)
     finally:
         close = getattr(events, "aclose", None)
         if close is not None:
