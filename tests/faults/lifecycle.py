@@ -138,3 +138,17 @@ def spawn_on_first_attempt_only(wait_ms: int) -> dict[str, Any]:
             ("on_go.payload", "got.value"),
         ],
     )
+
+
+def wait_then_spawn(wait_ms: int) -> dict[str, Any]:
+    """The root waits `wait_ms`, then spawns one child, which finishes at once."""
+    return flow(
+        "wait-then-spawn",
+        [
+            ("wait", "delay", {"ms": wait_ms}),
+            ("spawn", "emit", {"event": "go"}),
+            ("on_go", "listen", {"event": "go"}),
+            ("got", "output", {"name": "payload"}),
+        ],
+        [("wait.value", "spawn.payload"), ("on_go.payload", "got.value")],
+    )

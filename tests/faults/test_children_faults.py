@@ -20,6 +20,7 @@ from tests.faults.lifecycle import (
     spawn_then_wait,
     spawn_worker,
     spawning,
+    wait_then_spawn,
 )
 from twintrack.domain.commands import Command
 
@@ -97,6 +98,36 @@ async def test_stop_while_children_are_spawned_leaves_no_child_behind(
             events = await api.events(child, timeout=10)
             assert_contiguous(events)
             assert events[-1]["type"] == "execution.stopped"
+
+
+@pytest.mark.timeout(60)
+async def test_emit_cancelled_between_child_create_and_start_still_starts_its_child(
+    env: dict[str, str],  # noqa: F811
+    logs: Path,  # noqa: F811
+) -> None:
+    async with open_stack(env, logs, CHILD_SWEEP_GRACE_S="600") as stack:
+        api = stack.api
+        await stack.add_worker()
+        flow_id = await api.create_flow(wait_then_spawn(300))
+        ex = (await api.create(flow_id, options={"flow_timeout_s": 1}))["id"]
+        await api.command(ex, "start")
+        await api.node_event(ex, "node.started", "wait")
+        # Hold the spawn between its create and its start (see the crash test below) until the
+        # flow timeout has cancelled the emitting node.
+        async with stack.container.db_engine.connect() as blocker:
+            await blocker.execute(text("LOCK TABLE execution_commands IN ACCESS EXCLUSIVE MODE"))
+            created = await eventually(lambda: children_of(stack, ex), timeout=20)
+            assert [s for _, s in created] == ["created"]
+            root = await api.wait_status(ex, FINISHED)
+            assert (root["status"], root["error_message"]) == ("failed", "flow timed out after 1s")
+            await blocker.rollback()
+        # The spawn was not cut in half: the child starts and runs, as any child of a parent
+        # that ended on its own does.
+        child = created[0][0]
+        assert (await api.wait_status(child, FINISHED, timeout=20))["status"] == "completed"
+        events = await api.events(child)
+        assert_contiguous(events)
+        assert [e["type"] for e in events][:2] == ["execution.created", "execution.queued"]
 
 
 @pytest.mark.timeout(90)
