@@ -52,6 +52,7 @@ class ChildSweeper:
     async def sweep(self) -> ChildSweepReport:
         report = ChildSweepReport()
         for child_id, parent_id, parent_status in await self._orphans():
+            await self._service.announce_if_missing(child_id)
             if parent_status is _S.STOPPED:
                 await self._service.stop_tree(
                     await self._service.executions.get(child_id),

@@ -406,7 +406,7 @@ class ExecutionService:
                 execution_id=child_id,
             )
         except AlreadyExists:
-            child = await self._found_child(child_id)
+            child = await self.announce_if_missing(child_id)
         except NotFound:
             raise NodeError(f"flow '{flow_id}' does not exist for this owner") from None
         # Asked only now that the child row is committed: a stop stored before this read is
@@ -421,10 +421,11 @@ class ExecutionService:
                 await self.start(None, child.id)
         return SpawnedChild(execution_id=child.id, flow_id=child.flow_id, depth=child.depth)
 
-    async def _found_child(self, child_id: str) -> ExecutionRecord:
-        """A child an earlier attempt of its parent made. One it started (or that has ended)
-        is left alone: it is not run twice. One a crash left in `created` before its
-        `execution.created` was written gets it now, so its stream starts at index 0."""
+    async def announce_if_missing(self, child_id: str) -> ExecutionRecord:
+        """A child an earlier attempt of its parent made (found by a re-run, or by the child
+        sweeper). One it started (or that has ended) is left alone: it is not run twice. One a
+        crash left in `created` before its `execution.created` was written gets it now, so its
+        stream starts at index 0 whatever happens to it next."""
         child = await self.executions.get(child_id)
         if child.status is _S.CREATED:
             bus = self.buses[child.events_backend]
