@@ -23,6 +23,8 @@ from tests.faults.lifecycle import (
     wait_then_spawn,
 )
 from twintrack.domain.commands import Command
+from twintrack.domain.execution import ExecutionStatus
+from twintrack.service import ParentStopping, child_execution_id
 
 FINISHED = {"completed", "failed", "stopped"}
 
@@ -98,6 +100,30 @@ async def test_stop_while_children_are_spawned_leaves_no_child_behind(
             events = await api.events(child, timeout=10)
             assert_contiguous(events)
             assert events[-1]["type"] == "execution.stopped"
+
+
+async def test_a_spawn_under_a_parent_whose_stop_is_stored_ends_its_child_itself(
+    env: dict[str, str],  # noqa: F811
+    logs: Path,  # noqa: F811
+) -> None:
+    """The stop's re-read of the tree may come before this child's row exists: the spawn, which
+    checks once its row is committed, must then end the child itself."""
+    async with open_stack(env, logs) as stack:
+        api, service = stack.api, stack.container.service
+        ex = (await api.create(await api.create_flow(spawning(emits=1, child_ms=60_000))))["id"]
+        await api.command(ex, "start")
+        # As a worker that claimed it would (no worker runs here): the root is running ...
+        parent = await stack.container.executions.transition(ex, ExecutionStatus.RUNNING)
+        # ... and its stop is stored, not yet obeyed, when its emit spawns.
+        await stack.container.commands.send(ex, Command.STOP, "enough")
+        with pytest.raises(ParentStopping, match="enough"):
+            await service.spawn_child(parent, node_id="e0", event="go", payload=1, flow_id=None)
+        child = child_execution_id(ex, "e0")
+        row = await api.get(child)
+        assert (row["status"], row["error_message"]) == ("stopped", f"ancestor {ex} was stopped")
+        events = await api.events(child)
+        assert_contiguous(events)
+        assert [e["type"] for e in events] == ["execution.created", "execution.stopped"]
 
 
 @pytest.mark.timeout(60)
