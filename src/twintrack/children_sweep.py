@@ -20,7 +20,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
-from twintrack.domain.execution import TERMINAL_STATUSES, ExecutionStatus
+from twintrack.domain.execution import TERMINAL_STATUSES, ExecutionStatus, Track
+from twintrack.metrics import RECOVERIES
 from twintrack.service import ExecutionService
 from twintrack.stops import stop_command_exists
 from twintrack.store.tables import ExecutionRow
@@ -51,22 +52,14 @@ class ChildSweeper:
 
     async def sweep(self) -> ChildSweepReport:
         report = ChildSweepReport()
-        for child_id, parent_id, parent_status in await self._orphans():
-            await self._service.announce_if_missing(child_id)
-            if parent_status is _S.STOPPED:
-                await self._service.stop_tree(
-                    await self._service.executions.get(child_id),
-                    f"parent {parent_id} was stopped",
-                )
-                report.stopped.append(child_id)
+        for child_id, track, parent_id, parent_status in await self._orphans():
+            try:
+                await self._repair(child_id, parent_id, parent_status, report)
+            except Exception:
+                # One child that cannot be repaired now must not hold up the others.
+                log.exception("child sweep could not repair a child", execution_id=child_id)
                 continue
-            ended = "is gone" if parent_status is None else f"ended {parent_status}"
-            reason = (
-                f"never started: parent {parent_id} {ended} before starting it "
-                "(its run stopped between creating and starting the child)"
-            )
-            if await self._service.fail_unclaimed(child_id, reason, from_statuses=[_S.CREATED]):
-                report.failed.append(child_id)
+            RECOVERIES.labels(track.value, "orphan_child").inc()
         if report.stopped or report.failed:
             log.warning(
                 "child sweep repaired children",
@@ -75,8 +68,31 @@ class ChildSweeper:
             )
         return report
 
-    async def _orphans(self) -> list[tuple[str, str, ExecutionStatus | None]]:
-        """(child id, parent id, parent status or None when gone) of every child to repair."""
+    async def _repair(
+        self,
+        child_id: str,
+        parent_id: str,
+        parent_status: ExecutionStatus | None,
+        report: ChildSweepReport,
+    ) -> None:
+        await self._service.announce_if_missing(child_id)
+        if parent_status is _S.STOPPED:
+            await self._service.stop_tree(
+                await self._service.executions.get(child_id), f"parent {parent_id} was stopped"
+            )
+            report.stopped.append(child_id)
+            return
+        ended = "is gone" if parent_status is None else f"ended {parent_status}"
+        reason = (
+            f"never started: parent {parent_id} {ended} before starting it "
+            "(its run stopped between creating and starting the child)"
+        )
+        if await self._service.fail_unclaimed(child_id, reason, from_statuses=[_S.CREATED]):
+            report.failed.append(child_id)
+
+    async def _orphans(self) -> list[tuple[str, Track, str, ExecutionStatus | None]]:
+        """(child id, its track, parent id, parent status or None when gone) of each child to
+        repair."""
         parent = aliased(ExecutionRow)
         grace = text("make_interval(secs => :grace)").bindparams(grace=self.grace_s)
         settled = parent.finished_at < func.now() - grace
@@ -91,7 +107,7 @@ class ChildSweeper:
             & ~stop_command_exists()
         )
         query = (
-            select(child.id, child.parent_id, parent.status)
+            select(child.id, child.track, child.parent_id, parent.status)
             .outerjoin(parent, parent.id == child.parent_id)
             .where(child.parent_id.is_not(None), never_started | not_told)
             .order_by(child.created_at)
@@ -99,4 +115,4 @@ class ChildSweeper:
         )
         async with self._sessions() as session:
             rows = await session.execute(query)
-            return [(r[0], str(r[1]), r[2]) for r in rows]
+            return [(r[0], r[1], str(r[2]), r[3]) for r in rows]

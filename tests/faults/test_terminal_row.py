@@ -38,7 +38,7 @@ async def _row_when_ending_arrives(api: Api, ex: str, subscribed: asyncio.Event)
     raise AssertionError(f"the stream of {ex} ended without a terminal event")
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 async def test_the_row_shows_the_ending_once_the_stream_delivered_it(
     env: dict[str, str],  # noqa: F811
     logs: Path,  # noqa: F811
