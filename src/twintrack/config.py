@@ -51,6 +51,16 @@ class Settings(BaseSettings):
     # -- executions ----------------------------------------------------------------------------
     start_signal_timeout_s: PositiveSeconds = 300
     execution_max_depth: int = Field(default=100, ge=1, le=10_000)
+    child_sweep_grace_s: PositiveSeconds = Field(
+        default=10,
+        description="A child left unstarted (or not stopped) by a crash is repaired once its "
+        "parent has been over this long.",
+    )
+    terminal_row_wait_s: PositiveSeconds = Field(
+        default=60,
+        description="How long an event stream holds its terminal event until the row shows "
+        "the ending (a writer that died in between is repaired by recovery).",
+    )
 
     # -- per-owner limits (twintrack.limits) -------------------------------------------------
     max_executions_per_tree: int = Field(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from twintrack.children_sweep import ChildSweeper
 from twintrack.config import ConfigError, Settings
 from twintrack.domain.execution import EventsBackend, Track
 from twintrack.limits import OwnerLimits
@@ -148,6 +149,7 @@ class ServiceFactory:
                 max_executions_per_tree=s.max_executions_per_tree,
                 max_running_executions_per_owner=s.max_running_executions_per_owner,
             ),
+            terminal_row_wait_s=s.terminal_row_wait_s,
         )
         return Container(
             settings=s,
@@ -232,4 +234,9 @@ class ServiceFactory:
                 start_timeout_s=s.start_signal_timeout_s,
             ),
             worker_id=worker_id,
+            children=ChildSweeper(
+                sessions=container.sessions,
+                service=container.service,
+                grace_s=s.child_sweep_grace_s,
+            ),
         )

@@ -20,6 +20,7 @@ import structlog
 from sqlalchemy import exists, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from twintrack.children_sweep import ChildSweeper
 from twintrack.domain.execution import ExecutionStatus, Track
 from twintrack.metrics import RECOVERIES
 from twintrack.ports import TaskQueue
@@ -67,6 +68,7 @@ class RecoverySweeper:
         kafka_queue: TaskQueue | None,
         policy: SweepPolicy,
         worker_id: str,
+        children: ChildSweeper | None = None,
     ) -> None:
         self._sessions = sessions
         self._service = service
@@ -76,6 +78,7 @@ class RecoverySweeper:
         self.policy = policy
         self.worker_id = worker_id
         self._leader = AdvisoryLeader(db_engine, LOCK_KEY, "recovery sweeper")
+        self._children = children
 
     async def is_leader(self) -> bool:
         return await self._leader.lead()
@@ -101,6 +104,8 @@ class RecoverySweeper:
             await self._recover(expired, report)
         await self._resend_stale_queued(report)
         await self._start_timeouts(report)
+        if self._children is not None:
+            await self._children.sweep()
         if report.requeued or report.gave_up or report.resent or report.timed_out:
             log.info("recovery sweep", **{k: len(v) for k, v in vars(report).items()})
         return report

@@ -9,6 +9,7 @@ children through the service.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any, Protocol
 
 import structlog
@@ -25,12 +26,14 @@ from twintrack.engine import (
 )
 from twintrack.nodes.base import Counters, SpawnedChild
 from twintrack.ports import EventBus
-from twintrack.service import ExecutionService
+from twintrack.service import ExecutionService, ParentStopping
 from twintrack.store.executions import ExecutionRecord
 
 log = structlog.get_logger()
 _SPAWN_BACKOFF_S = 0.2
 _SPAWN_BACKOFF_MAX_S = 5.0
+# How long a re-run may spend reading what the earlier attempt announced (normally milliseconds).
+_ANNOUNCED_READ_S = 10.0
 
 
 class LeaseLost(Exception):
@@ -52,28 +55,84 @@ class StatusWriter(Protocol):
 
 
 class _ServiceSpawner:
-    def __init__(self, service: ExecutionService, parent: ExecutionRecord, lease: Lease) -> None:
+    """Spawns children for one run: each spawn runs to its end even if the emitting node is
+    cancelled meanwhile (a stop, a timeout), so no child is left half made in `created`."""
+
+    def __init__(
+        self,
+        service: ExecutionService,
+        parent: ExecutionRecord,
+        lease: Lease,
+        control: ExecutionControl,
+        announced: frozenset[str],
+    ) -> None:
         self._service = service
         self._parent = parent
         self._lease = lease
+        self._control = control
+        self._announced = announced
 
     async def spawn(
         self, *, node_id: str, event: str, payload: Any, flow_id: str | None
     ) -> SpawnedChild:
-        """Spawn (idempotent: the child's id is deterministic); a stalled dependency (a
-        TimeoutError, as BrokerUnavailable is) is waited out under the lease, within the
-        node's own timeout, instead of failing the node for an infrastructure fault."""
         backoff = _SPAWN_BACKOFF_S
         while True:
             self._lease.check()
-            try:
-                return await self._service.spawn_child(
+            spawning = asyncio.ensure_future(
+                self._service.spawn_child(
                     self._parent, node_id=node_id, event=event, payload=payload, flow_id=flow_id
                 )
+            )
+            spawning.add_done_callback(_retrieve)
+            try:
+                child = await asyncio.shield(spawning)
             except TimeoutError:
+                # A stalled dependency (BrokerUnavailable is a TimeoutError) is waited out
+                # under the lease, within the node's own timeout: an infrastructure fault must
+                # not fail the node. The spawn is idempotent (the child's id is deterministic).
                 log.warning("child spawn timed out; trying again", parent_id=self._parent.id)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, _SPAWN_BACKOFF_MAX_S)
+                continue
+            except ParentStopping as stopping:
+                # The parent's stop is on its way to this engine; obey it now and let the engine
+                # cancel this node, rather than fail it.
+                self._control.stop(stopping.reason)
+                await asyncio.Event().wait()
+                raise  # not reached: the engine cancels the node
+            break
+        if child.execution_id in self._announced:
+            return dataclasses.replace(child, announced=True)
+        return child
+
+
+def _retrieve(task: asyncio.Future[SpawnedChild]) -> None:
+    """A spawn whose node was cancelled finishes alone: its outcome must not go unread."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _announced_children(bus: EventBus, execution_id: str, last: Event) -> frozenset[str]:
+    """Children an earlier attempt already announced (`child.spawned` up to `last`): a re-run
+    finds them again and must not announce them twice."""
+    found: set[str] = set()
+    events = bus.subscribe(execution_id, 0)
+    try:
+        async with asyncio.timeout(_ANNOUNCED_READ_S):
+            async for event in events:
+                if event.type is EventType.CHILD_SPAWNED:
+                    found.add(str(event.data["child_execution_id"]))
+                if event.index >= last.index:
+                    break
+    except TimeoutError:
+        # A stream that cannot be read to its end must not hold the re-run up: at worst a
+        # child is announced twice.
+        log.warning("could not read the earlier attempt's events", execution_id=execution_id)
+    finally:
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            await close()
+    return frozenset(found)
 
 
 class _RunSink:
@@ -121,6 +180,7 @@ async def run_execution(
     from there, so nothing already delivered is repeated or renumbered.
     """
     start_index = record.next_event_index
+    announced: frozenset[str] = frozenset()
     if record.attempt > 1:
         last = await bus.last_event(record.id)
         if last is not None and last.type.is_terminal:
@@ -130,6 +190,7 @@ async def run_execution(
             return ended
         if last is not None:
             start_index = max(start_index, last.index + 1)
+            announced = await _announced_children(bus, record.id, last)
     sink = _RunSink(record, bus, lease, status, start_index)
     if record.attempt > 1:
         await sink.emit(EventType.EXECUTION_RETRYING, {"attempt": record.attempt})
@@ -140,7 +201,8 @@ async def run_execution(
         control=control,
         options=record.options,
         services=EngineServices(
-            counters=counters, children=_ServiceSpawner(service, record, lease)
+            counters=counters,
+            children=_ServiceSpawner(service, record, lease, control, announced),
         ),
         trigger_events=record.trigger_events,
         start_data={"attempt": record.attempt, "worker_id": worker_id, "track": record.track},

@@ -8,12 +8,15 @@ never interleave with each other and a worker always continues numbering after t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from twintrack.domain.commands import Command
@@ -33,10 +36,13 @@ from twintrack.limits import LimitExceeded, OwnerLimits
 from twintrack.nodes.base import NodeError, SpawnedChild
 from twintrack.nodes.registry import NodeRegistry
 from twintrack.ports import CommandChannel, EventBus, TaskQueue
+from twintrack.stops import stop_reason
 from twintrack.store.errors import AlreadyExists, NotFound
 from twintrack.store.executions import ExecutionRecord, ExecutionStore
 from twintrack.store.flows import FlowRecord, FlowStore
 from twintrack.store.pagination import MAX_PAGE_SIZE, Page
+
+log = structlog.get_logger()
 
 _S = ExecutionStatus
 _FLOW_CACHE_SIZE = 512
@@ -50,6 +56,14 @@ class Conflict(Exception):
 
 class TrackUnavailable(Exception):
     """No task queue for the track this execution must go to is configured in this process."""
+
+
+class ParentStopping(Exception):
+    """A child was not started: its parent is being stopped (the child ended `stopped`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,7 @@ class ExecutionService:
         commands: CommandChannel,
         policy: RoutingPolicy,
         limits: OwnerLimits | None = None,
+        terminal_row_wait_s: float = 60.0,
     ) -> None:
         self.flows = flows
         self.executions = executions
@@ -108,6 +123,7 @@ class ExecutionService:
         self.commands = commands
         self.policy = policy
         self.limits = limits or OwnerLimits()
+        self.terminal_row_wait_s = terminal_row_wait_s
         self._flow_cache: OrderedDict[tuple[str, int], Flow] = OrderedDict()
 
     # -- flows -----------------------------------------------------------------------------
@@ -189,7 +205,13 @@ class ExecutionService:
             next_event_index=1,
             limits=self.limits,
         )
-        await self.queues[track].prepare(record.id, backend)
+        await self._announce_created(record)
+        return record
+
+    async def _announce_created(self, record: ExecutionRecord) -> None:
+        """What the track needs first, then `execution.created` (index 0): both idempotent, so
+        a re-run of a parent can redo them for a child a crash left without them."""
+        await self.queues[record.track].prepare(record.id, record.events_backend)
         created = {
             "flow_id": record.flow_id,
             "flow_version": record.flow_version,
@@ -203,8 +225,7 @@ class ExecutionService:
         event = Event(
             execution_id=record.id, index=0, type=EventType.EXECUTION_CREATED, data=created
         )
-        await self.buses[backend].publish(event, wait=True)
-        return record
+        await self.buses[record.events_backend].publish(event, wait=True)
 
     @staticmethod
     def _check_created_fits(events: Sequence[TriggerEvent], limit: int) -> None:
@@ -280,12 +301,24 @@ class ExecutionService:
         return record
 
     async def stop_tree(self, record: ExecutionRecord, reason: str) -> None:
-        """Stop an execution and every unfinished descendant."""
-        tree = await self.executions.tree(record.id)
-        for member in tree:
-            if not member.status.is_terminal:
-                why = reason if member.id == record.id else f"ancestor {record.id} was stopped"
-                await self._stop_one(member.id, why)
+        """Stop an execution and every unfinished descendant, including children spawned while
+        the stop runs: each member's stop is stored before the tree is read again, and a spawn
+        under a member whose stop is stored ends its child itself (see `spawn_child`), so
+        re-reading until nothing new appears leaves no child behind."""
+        handled: set[str] = set()
+        await self._stop_one(record.id, reason)
+        handled.add(record.id)
+        while True:
+            fresh = [
+                m
+                for m in await self.executions.tree(record.id)
+                if m.id not in handled and not m.status.is_terminal
+            ]
+            if not fresh:
+                return
+            for member in fresh:
+                await self._stop_one(member.id, f"ancestor {record.id} was stopped")
+                handled.add(member.id)
 
     async def _stop_one(self, execution_id: str, reason: str) -> None:
         try:
@@ -293,16 +326,15 @@ class ExecutionService:
                 if record.status.is_terminal:
                     return
                 if record.status in (_S.CREATED, _S.QUEUED):
-                    # No worker holds it: end it here. A worker that gets its task later
-                    # skips it; the track drops what it prepared once the ending is in the
-                    # stream.
-                    await self._write_locked(
+                    # No worker holds it: end it here. A worker that gets its task later skips it;
+                    # the track drops what it prepared once the ending is in the stream.
+                    await self._end_unclaimed(
                         session,
                         record,
                         _S.STOPPED,
                         EventType.EXECUTION_STOPPED,
-                        {"reason": reason, "cancelled_nodes": [], "outputs": {}},
-                        error_message=reason,
+                        {"reason": reason, "cancelled_nodes": [], "outputs": record.outputs},
+                        reason,
                     )
                     await self.queues[record.track].cancel(execution_id)
                     return
@@ -314,23 +346,28 @@ class ExecutionService:
             raise
         await self.commands.send(execution_id, Command.STOP, reason)
 
-    async def fail_unclaimed(
-        self, execution_id: str, reason: str, *, from_statuses: Sequence[ExecutionStatus]
-    ) -> bool:
-        """End an execution no worker holds as failed (start timeout, attempts exhausted).
+    async def _end_unclaimed(
+        self,
+        session: AsyncSession,
+        record: ExecutionRecord,
+        target: ExecutionStatus,
+        event_type: EventType,
+        data: dict[str, Any],
+        reason: str,
+    ) -> None:
+        """End an execution no worker holds, under its row lock.
 
-        The event index comes from the bus itself, because a crashed worker may have written
-        events past the row's counter. Returns False when the execution had moved on.
+        The row learns how far the stream goes only when a run ends, so after a crashed run
+        (attempt > 0: re-queued, or abandoned) the index comes from the bus itself; an ending
+        that run already wrote stands instead of a second one.
         """
-        async with self.executions.locked(execution_id) as (session, record):
-            if record.status not in from_statuses:
-                return False
-            last = await self.buses[record.events_backend].last_event(execution_id)
+        index = record.next_event_index
+        if record.attempt > 0:
+            last = await self.buses[record.events_backend].last_event(record.id)
             if last is not None and last.type.is_terminal:
-                # A worker wrote the ending but died before recording it: the ending stands.
                 ended = result_from_terminal_event(last)
                 await self.executions.transition(
-                    execution_id,
+                    record.id,
                     ended.status,
                     session=session,
                     outputs=ended.outputs,
@@ -338,16 +375,30 @@ class ExecutionService:
                     error_node_id=ended.error.node_id if ended.error else None,
                     next_event_index=last.index + 1,
                 )
-                return True
-            index = 0 if last is None else last.index + 1
-            await self._write_locked(
+                return
+            if last is not None:
+                index = max(index, last.index + 1)
+        await self._write_locked(
+            session, record, target, event_type, data, index=index, error_message=reason
+        )
+
+    async def fail_unclaimed(
+        self, execution_id: str, reason: str, *, from_statuses: Sequence[ExecutionStatus]
+    ) -> bool:
+        """End an execution no worker holds as failed (start timeout, attempts exhausted).
+
+        Returns False when the execution had moved on.
+        """
+        async with self.executions.locked(execution_id) as (session, record):
+            if record.status not in from_statuses:
+                return False
+            await self._end_unclaimed(
                 session,
                 record,
                 _S.FAILED,
                 EventType.EXECUTION_FAILED,
                 {"error": {"message": reason, "node_id": None}, "outputs": record.outputs},
-                index=max(index, record.next_event_index),
-                error_message=reason,
+                reason,
             )
             if record.status is _S.CREATED:
                 await self.queues[record.track].cancel(execution_id)
@@ -389,19 +440,40 @@ class ExecutionService:
                 execution_id=child_id,
             )
         except AlreadyExists:
-            child = await self.executions.get(child_id)
+            child = await self.announce_if_missing(child_id)
         except NotFound:
             raise NodeError(f"flow '{flow_id}' does not exist for this owner") from None
         except LimitExceeded as exc:
             raise NodeError(f"cannot spawn a child: {exc}") from None
-        try:
-            await self.start(None, child.id)
-        except LimitExceeded as exc:
-            # Nobody would ever start this child: end it, so no child is left `created`.
-            reason = f"not started: {exc}"
-            await self.fail_unclaimed(child.id, reason, from_statuses=[_S.CREATED])
-            raise NodeError(f"cannot start child {child.id}: {exc}") from None
+        # Asked only now that the child row is committed: a stop stored before this read is
+        # seen here, and one stored after it re-reads the tree and finds the child.
+        stopping = await stop_reason(self.executions.sessions, parent.id)
+        if stopping is not None:
+            await self._stop_one(child.id, f"ancestor {parent.id} was stopped")
+            raise ParentStopping(stopping)
+        if child.status is _S.CREATED:
+            try:
+                await self.start(None, child.id)
+            except Conflict:
+                pass  # a stop of the tree ended it between create and start
+            except LimitExceeded as exc:
+                # Nobody would ever start this child: end it, so no child is left `created`.
+                reason = f"not started: {exc}"
+                await self.fail_unclaimed(child.id, reason, from_statuses=[_S.CREATED])
+                raise NodeError(f"cannot start child {child.id}: {exc}") from None
         return SpawnedChild(execution_id=child.id, flow_id=child.flow_id, depth=child.depth)
+
+    async def announce_if_missing(self, child_id: str) -> ExecutionRecord:
+        """A child an earlier attempt of its parent made (found by a re-run, or by the child
+        sweeper). One it started (or that has ended) is left alone: it is not run twice. One a
+        crash left in `created` before its `execution.created` was written gets it now, so its
+        stream starts at index 0 whatever happens to it next."""
+        child = await self.executions.get(child_id)
+        if child.status is _S.CREATED:
+            bus = self.buses[child.events_backend]
+            if await bus.last_event(child.id) is None:
+                await self._announce_created(child)
+        return child
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -447,4 +519,39 @@ class ExecutionService:
     ) -> AsyncIterator[Event]:
         """The execution's events from `from_index`, ending after the terminal event."""
         record = await self.executions.get(execution_id, owner_id)
-        return self.buses[record.events_backend].subscribe(record.id, from_index)
+        events = self.buses[record.events_backend].subscribe(record.id, from_index)
+        if record.status.is_terminal:
+            return events
+        return self._row_before_ending(record.id, events)
+
+    async def _row_before_ending(
+        self, execution_id: str, events: AsyncIterator[Event]
+    ) -> AsyncIterator[Event]:
+        """Hold the terminal event until the row shows the ending: whoever writes an ending
+        writes the event first (so a crash in between is repaired from the stream), and a
+        subscriber that got it must find the row already terminal."""
+        try:
+            async for event in events:
+                if event.type.is_terminal:
+                    await self._await_terminal_row(execution_id)
+                yield event
+        finally:
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def _await_terminal_row(self, execution_id: str) -> None:
+        deadline = time.monotonic() + self.terminal_row_wait_s
+        pause = 0.002
+        while not (await self.executions.get(execution_id)).status.is_terminal:
+            if time.monotonic() > deadline:
+                # The writer died between the event and the row: recovery records the ending
+                # from the stream later; the stream itself must not hang meanwhile.
+                log.warning(
+                    "terminal event delivered before the row recorded it",
+                    execution_id=execution_id,
+                    waited_s=self.terminal_row_wait_s,
+                )
+                return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)

@@ -699,7 +699,8 @@ async def test_bad_command_requests(client: httpx.AsyncClient, alice: Headers) -
 
 
 async def _run_to_completion(container: Container, execution_id: str, start_at: int) -> None:
-    """Publish what a worker would, after the service's own events."""
+    """Publish what a worker would, after the service's own events, and record the ending in
+    the row as it would (a subscriber gets the terminal event once the row shows it)."""
     bus = container.ports.buses[EventsBackend.KAFKA]
     steps = [
         (EventType.EXECUTION_STARTED, {}),
@@ -707,10 +708,17 @@ async def _run_to_completion(container: Container, execution_id: str, start_at: 
         (EventType.NODE_COMPLETED, {"node_id": "x"}),
         (EventType.EXECUTION_COMPLETED, {"outputs": {"result": 5}}),
     ]
+    await container.executions.transition(execution_id, ExecutionStatus.RUNNING)
     for offset, (event_type, data) in enumerate(steps):
         await bus.publish(
             Event(execution_id=execution_id, index=start_at + offset, type=event_type, data=data)
         )
+    await container.executions.transition(
+        execution_id,
+        ExecutionStatus.COMPLETED,
+        outputs={"result": 5},
+        next_event_index=start_at + len(steps),
+    )
 
 
 async def _started_execution(client: httpx.AsyncClient, headers: Headers) -> str:
@@ -786,8 +794,7 @@ async def test_sse_after_the_end_is_204_and_errors_are_json(
     client: httpx.AsyncClient, container: Container, alice: Headers, bob: Headers
 ) -> None:
     execution_id = await _started_execution(client, alice)
-    await _run_to_completion(container, execution_id, 2)
-    await finish(container.executions, execution_id, next_event_index=6)
+    await _run_to_completion(container, execution_id, 2)  # the row records the end at 6
     url = f"/v1/executions/{execution_id}/events"
 
     after_end = await client.get(url, headers={**alice, "Last-Event-ID": "5"})

@@ -96,6 +96,8 @@ class _NodeContext:
         child = await spawner.spawn(
             node_id=self._node.id, event=event, payload=payload, flow_id=flow_id
         )
+        if child.announced:
+            return child.execution_id
         await self._run.sink.emit(
             EventType.CHILD_SPAWNED,
             {

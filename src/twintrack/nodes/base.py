@@ -40,6 +40,8 @@ class SpawnedChild:
     execution_id: str
     flow_id: str
     depth: int
+    #: an earlier attempt of the parent already announced it (`child.spawned` is in the stream)
+    announced: bool = False
 
 
 class ChildSpawner(Protocol):
