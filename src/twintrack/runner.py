@@ -26,6 +26,7 @@ from twintrack.nodes.base import Counters, SpawnedChild
 from twintrack.ports import EventBus
 from twintrack.service import ExecutionService
 from twintrack.store.executions import ExecutionRecord
+from twintrack.store.retry import retry_or_abandon
 
 log = structlog.get_logger()
 
@@ -57,10 +58,14 @@ class _ServiceSpawner:
     async def spawn(
         self, *, node_id: str, event: str, payload: Any, flow_id: str | None
     ) -> SpawnedChild:
-        self._lease.check()
-        return await self._service.spawn_child(
-            self._parent, node_id=node_id, event=event, payload=payload, flow_id=flow_id
-        )
+        async def spawn() -> SpawnedChild:
+            self._lease.check()
+            return await self._service.spawn_child(
+                self._parent, node_id=node_id, event=event, payload=payload, flow_id=flow_id
+            )
+
+        # Safe to repeat: the child's id is deterministic and starting it twice is harmless.
+        return await retry_or_abandon(spawn, what=f"spawn child of {self._parent.id}")
 
 
 class _RunSink:
@@ -125,7 +130,9 @@ async def run_execution(
         control=control,
         options=record.options,
         services=EngineServices(
-            counters=counters, children=_ServiceSpawner(service, record, lease)
+            counters=counters,
+            children=_ServiceSpawner(service, record, lease),
+            attempt=record.attempt,
         ),
         trigger_events=record.trigger_events,
         start_data={"attempt": record.attempt, "worker_id": worker_id, "track": record.track},

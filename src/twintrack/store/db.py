@@ -71,9 +71,14 @@ def with_database(url: str | URL, database: str) -> str:
 
 
 def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
-    """An AsyncEngine on asyncpg for any PostgreSQL URL form; `kwargs` go to SQLAlchemy."""
+    """An AsyncEngine on asyncpg for any PostgreSQL URL form; `kwargs` go to SQLAlchemy.
+
+    Pooled connections are pinged before use, so after a database restart the pool replaces
+    the dead ones instead of handing them out (one failed request each).
+    """
     async_url, connect_args = split_libpq_params(url)
     connect_args.update(kwargs.pop("connect_args", {}))
+    kwargs.setdefault("pool_pre_ping", True)
     return _create_async_engine(async_url, connect_args=connect_args, **kwargs)
 
 
