@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
+import structlog
 from sqlalchemy import text
 
 from twintrack.infra.postgres import EmbeddedPostgres
+from twintrack.logs import processors
 from twintrack.store.db import create_engine, with_database
 from twintrack.store.migrations import upgrade_all
 
@@ -46,3 +48,13 @@ async def own_database_url(own_postgres: EmbeddedPostgres) -> AsyncIterator[str]
             await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         await admin.dispose()
+
+
+@pytest.fixture
+def production_logging() -> Iterator[None]:
+    """Log as deployed processes do (plain tracebacks): structlog's test-time default renders
+    rich tracebacks with locals, seconds each, which an outage's retries would make a stall."""
+    saved = structlog.get_config()
+    structlog.configure(processors=processors("console"))
+    yield
+    structlog.configure(**saved)

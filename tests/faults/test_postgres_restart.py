@@ -28,7 +28,11 @@ from tests.e2e.stack import (
     open_stack,
     stack_env,
 )
-from tests.faults.own_postgres import own_database_url, own_postgres  # noqa: F401 (fixtures)
+from tests.faults.own_postgres import (  # noqa: F401 (fixtures)
+    own_database_url,
+    own_postgres,
+    production_logging,
+)
 from twintrack.infra.discovery import ProvidedBroker
 from twintrack.infra.postgres import EmbeddedPostgres
 
@@ -75,6 +79,7 @@ async def _all_finished(api: Api, ids: list[str]) -> list[dict[str, Any]] | None
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.usefixtures("production_logging")
 @pytest.mark.parametrize("mode", list(MODES.values()), ids=list(MODES))
 async def test_postgres_restart_mid_run_loses_nothing_and_blames_no_flow(
     mode: Mode,
@@ -120,7 +125,7 @@ async def _run_through_restart(stack: Stack, server: EmbeddedPostgres) -> None:
 
     rows = await eventually(lambda: _all_finished(api, ids), timeout=60, every=0.5)
     assert [r["status"] for r in rows] == ["completed"] * EXECUTIONS, [
-        (r["id"], r["status"], r.get("error")) for r in rows if r["status"] != "completed"
+        (r["id"], r["status"], r.get("error_message")) for r in rows if r["status"] != "completed"
     ]
     assert [r["attempt"] for r in rows] == [1] * EXECUTIONS
     assert await counters.get("before") == EXECUTIONS
