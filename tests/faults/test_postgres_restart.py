@@ -33,6 +33,8 @@ from tests.faults.own_postgres import (  # noqa: F401 (fixtures)
     own_postgres,
     production_logging,
 )
+from twintrack.domain.events import EventType
+from twintrack.domain.execution import ExecutionStatus, Track
 from twintrack.infra.discovery import ProvidedBroker
 from twintrack.infra.postgres import EmbeddedPostgres
 
@@ -104,6 +106,64 @@ async def test_postgres_restart_mid_run_loses_nothing_and_blames_no_flow(
     async with open_stack(env, tmp_path) as stack:
         await stack.add_worker()  # one per process: DBOS is a process-wide singleton
         await _run_through_restart(stack, own_postgres)
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.usefixtures("production_logging")
+@pytest.mark.parametrize("mode", list(MODES.values()), ids=list(MODES))
+async def test_work_delivered_during_the_outage_runs_once_the_database_is_back(
+    mode: Mode,
+    own_postgres: EmbeddedPostgres,  # noqa: F811
+    own_database_url: str,  # noqa: F811
+    kafka_broker: ProvidedBroker,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+) -> None:
+    """The worker gets an execution while the database is down (a Kafka task still arrives; a
+    DBOS step dequeued just before runs): its claim waits the outage out instead of killing
+    the consume loop or ending the workflow in error with the execution `queued` for good."""
+    env = {
+        **stack_env(
+            own_database_url,
+            kafka_broker.bootstrap_servers,
+            unique_name("tt"),
+            kafka_broker.capabilities.idempotence,
+        ),
+        **mode.env,
+        "CLAIM_TTL_S": CLAIM_TTL_S,
+    }
+    async with open_stack(env, tmp_path) as stack:
+        worker = await stack.add_worker()
+        api, service = stack.api, stack.container.service
+        flow_id = await api.create_flow(flows.crashable(ms=50))
+        ex = (await api.create(flow_id))["id"]
+        # Queued as `start` does it, with its delivery still to come.
+        async with service.executions.locked(ex) as (session, record):
+            record = await service._write_locked(
+                session, record, ExecutionStatus.QUEUED, EventType.EXECUTION_QUEUED, {}
+            )
+
+        own_postgres.stop_keeping_data()
+        try:
+            if record.track is Track.KAFKA:
+                await service.queues[Track.KAFKA].enqueue(ex, 1, record.events_backend)
+                stepping = None
+            else:
+                assert worker.dbos is not None
+                stepping = asyncio.create_task(worker.dbos.execute(ex))
+            await asyncio.sleep(OUTAGE_S)  # the outage's length, not synchronisation
+            assert stepping is None or not stepping.done(), stepping
+        finally:
+            own_postgres.start_again()
+
+        row = await api.wait_status(ex, FINISHED, timeout=30)
+        assert (row["status"], row["attempt"]) == ("completed", 1), row
+        if stepping is not None:
+            assert await stepping == "completed"
+        assert await stack.container.counters.get("after") == 1
+        events = await api.events(ex)
+        assert_contiguous(events)
+        await _workers_and_listener_are_back(api)
 
 
 async def _run_through_restart(stack: Stack, server: EmbeddedPostgres) -> None:

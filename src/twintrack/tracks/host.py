@@ -172,7 +172,9 @@ class RunHost:
         try:
             unwatch = await self.commands.replay_and_watch(record.id, obey)
             replaying = False
-            flow = await self.service.flow_of(record)
+            flow = await retry_transient(
+                lambda: self.service.flow_of(record), what=f"flow of {record.id}"
+            )
             result = await run_execution(
                 service=self.service,
                 record=record,
