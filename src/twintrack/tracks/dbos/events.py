@@ -24,7 +24,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from twintrack.domain.events import Event
 from twintrack.domain.execution import EventsBackend
-from twintrack.store.retry import retry_transient
 from twintrack.tracks.dbos.runtime import DbosConfig, blocking, make_client
 from twintrack.tracks.dbos.system_db import STREAM_KEY, close_stream, write_stream
 from twintrack.tracks.sequencing import Sequencer
@@ -101,19 +100,12 @@ class DbosStreamEventBus:
                 self._queue.task_done()
 
     async def _write(self, event: Event) -> None:
-        """Retried through a database outage: a write is at-least-once anyway (the reader
-        dedupes by index), and a lost terminal event would leave the stream open forever."""
         client = self._client
         assert client is not None
         value = event.model_dump(mode="json")
-        what = f"{event.type} of {event.execution_id}"
-        await retry_transient(
-            lambda: blocking(write_stream, client, event.execution_id, value), what=what
-        )
+        await blocking(write_stream, client, event.execution_id, value)
         if event.type.is_terminal:
-            await retry_transient(
-                lambda: blocking(close_stream, client, event.execution_id), what=what
-            )
+            await blocking(close_stream, client, event.execution_id)
 
     # -- reading ---------------------------------------------------------------------------
 

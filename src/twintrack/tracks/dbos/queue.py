@@ -47,11 +47,7 @@ class DbosTaskQueue:
         }
         if delay_s is not None:
             options["delay_seconds"] = delay_s
-        client = self._client_or_fail()
-        # The workflow id makes a repeat the same workflow, so an outage is retried through.
-        await retry_transient(
-            lambda: client.enqueue_async(options, execution_id), what=f"enqueue {execution_id}"
-        )
+        await self._client_or_fail().enqueue_async(options, execution_id)
 
     async def prepare(self, execution_id: str, events_backend: EventsBackend) -> None:
         """With DBOS streams, the workflow must exist before its first event: it is made now,
@@ -71,12 +67,11 @@ class DbosTaskQueue:
         `prepare` parked is released at once (DBOS's own job would take up to a second)."""
         if events_backend is EventsBackend.DBOS:
             client = self._client_or_fail()
-
-            async def release() -> None:
-                await client.set_workflow_delay_async(execution_id, delay_seconds=0)
-                await blocking(promote_delayed, client)
-
-            await retry_transient(release, what=f"release {execution_id}")
+            await client.set_workflow_delay_async(execution_id, delay_seconds=0)
+            # DBOS retries its own statements through an outage; this internal one it does not.
+            await retry_transient(
+                lambda: blocking(promote_delayed, client), what=f"release {execution_id}"
+            )
         await self._enqueue(execution_id)
 
     async def cancel(self, execution_id: str) -> None:

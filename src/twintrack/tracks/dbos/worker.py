@@ -8,6 +8,7 @@ over once the old lease has run out, as a new attempt.
 from __future__ import annotations
 
 import asyncio
+import math
 
 import structlog
 
@@ -44,8 +45,9 @@ class DbosWorker:
         """The workflow step: claim, run to the end (again if the run was lost), report."""
         host = self.host
         while True:
-            # Retried through a database outage: a step that raised would end the workflow in
-            # DBOS's ERROR state and leave the execution `queued` for good.
+            # Retried however long the database is down (as DBOS does its own statements): a
+            # step that raised would end the workflow in DBOS's ERROR state and leave the
+            # execution `queued` (or `running` with no terminal event) for good.
             taken = await retry_transient(
                 lambda: host.claims.claim(
                     execution_id,
@@ -55,11 +57,13 @@ class DbosWorker:
                     takeover=True,
                 ),
                 what=f"claim {execution_id}",
+                deadline_s=math.inf,
             )
             if taken is None:
                 record = await retry_transient(
                     lambda: host.service.executions.get(execution_id),
                     what=f"read {execution_id}",
+                    deadline_s=math.inf,
                 )
                 if (
                     record.status.is_terminal
