@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     claim_ttl_s: PositiveSeconds = 15
     max_attempts: int = Field(default=3, ge=1, le=100)
     recovery_sweep_interval_s: PositiveSeconds = 2
+    db_retry_deadline_s: PositiveSeconds = Field(
+        default=30,
+        description="How long a worker retries a write through a database outage before it "
+        "gives the run up to recovery (never reported as a flow failure).",
+    )
     kafka_topic_prefix: str = Field(default="twintrack", pattern=r"^[A-Za-z0-9._-]{1,100}$")
     kafka_partitions: int = Field(default=6, ge=1, le=1000)
     kafka_enable_idempotence: bool = Field(

@@ -20,6 +20,7 @@ from twintrack.nodes.registry import NodeRegistry, default_registry
 from twintrack.ports import CommandChannel, EventBus, TaskQueue
 from twintrack.recovery import RecoverySweeper, SweepPolicy
 from twintrack.service import ExecutionService, RoutingPolicy
+from twintrack.store import retry
 from twintrack.store.counters import CounterStore
 from twintrack.store.db import create_engine, create_session_factory
 from twintrack.store.executions import ExecutionStore
@@ -113,6 +114,7 @@ class ServiceFactory:
         self._check()
         s = self.settings
         assert s.database_url is not None
+        retry.set_default_deadline(s.db_retry_deadline_s)
         db_engine = create_engine(s.database_url, pool_size=20, max_overflow=20)
         sessions = create_session_factory(db_engine)
         flows, executions = FlowStore(sessions), ExecutionStore(sessions)

@@ -28,6 +28,7 @@ from twintrack.nodes.base import Counters, SpawnedChild
 from twintrack.ports import EventBus
 from twintrack.service import ExecutionService, ParentStopping
 from twintrack.store.executions import ExecutionRecord
+from twintrack.store.retry import retry_or_abandon
 
 log = structlog.get_logger()
 _SPAWN_BACKOFF_S = 0.2
@@ -75,13 +76,19 @@ class _ServiceSpawner:
     async def spawn(
         self, *, node_id: str, event: str, payload: Any, flow_id: str | None
     ) -> SpawnedChild:
+        async def spawn_once() -> SpawnedChild:
+            return await self._service.spawn_child(
+                self._parent, node_id=node_id, event=event, payload=payload, flow_id=flow_id
+            )
+
         backoff = _SPAWN_BACKOFF_S
         while True:
             self._lease.check()
+            # Safe to repeat: the child's id is deterministic and starting it twice is harmless.
+            # A database outage is retried, then abandons the run to recovery (never a node
+            # failure).
             spawning = asyncio.ensure_future(
-                self._service.spawn_child(
-                    self._parent, node_id=node_id, event=event, payload=payload, flow_id=flow_id
-                )
+                retry_or_abandon(spawn_once, what=f"spawn child of {self._parent.id}")
             )
             spawning.add_done_callback(_retrieve)
             try:
@@ -203,6 +210,7 @@ async def run_execution(
         services=EngineServices(
             counters=counters,
             children=_ServiceSpawner(service, record, lease, control, announced),
+            attempt=record.attempt,
         ),
         trigger_events=record.trigger_events,
         start_data={"attempt": record.attempt, "worker_id": worker_id, "track": record.track},

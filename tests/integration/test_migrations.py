@@ -30,6 +30,7 @@ EXPECTED_TABLES = {
     "execution_recoveries",
     "api_keys",
     "tally_counters",
+    "tally_increments",
     "execution_commands",
     "kafka_event_logs",
 }

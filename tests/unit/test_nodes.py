@@ -363,8 +363,13 @@ async def test_tally_increments_counters() -> None:
     assert outs["t3"] == {"count": 1}
     assert counters.values["hits"] == 2
     assert counters.values["other"] == 1
-    _, again = await run(f, services=EngineServices(counters=counters))
+    # A re-run is a new attempt: it counts again. The same attempt repeated (an increment
+    # retried after a lost connection) counts once and sees the counts it produced.
+    _, again = await run(f, services=EngineServices(counters=counters, attempt=2))
     assert sorted(node_outputs(again)[t]["count"] for t in ("t1", "t2")) == [3, 4]
+    _, repeated = await run(f, services=EngineServices(counters=counters, attempt=2))
+    assert node_outputs(repeated) == node_outputs(again)
+    assert counters.values["hits"] == 4
 
 
 # -- emit ------------------------------------------------------------------------------

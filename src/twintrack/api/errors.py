@@ -26,6 +26,7 @@ from twintrack.engine import EventTooLarge
 from twintrack.limits import LimitExceeded
 from twintrack.service import Conflict, TrackUnavailable
 from twintrack.store.errors import AlreadyExists, InvalidCursor, NotFound
+from twintrack.store.retry import is_transient
 
 
 def report(level: str, event: str, **fields: Any) -> None:
@@ -134,15 +135,9 @@ def _is_outage(exc: BaseException, extra: tuple[type[BaseException], ...]) -> bo
     """A dependency (database, broker) is down or overloaded: the caller may retry later."""
     if isinstance(exc, (TrackUnavailable, OSError, TimeoutError, *extra)):
         return True
-    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
         return True
-    return isinstance(
-        exc,
-        sa_exc.OperationalError
-        | sa_exc.InterfaceError
-        | sa_exc.TimeoutError
-        | sa_exc.DisconnectionError,
-    )
+    return is_transient(exc)  # a lost or refused database connection, however it is wrapped
 
 
 def to_response(exc: BaseException, outage: tuple[type[BaseException], ...] = ()) -> JSONResponse:

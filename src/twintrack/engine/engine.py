@@ -26,7 +26,7 @@ from twintrack.engine.control import ControlMessage, ExecutionControl
 from twintrack.engine.scope import scope_skips
 from twintrack.engine.services import EngineServices
 from twintrack.engine.sink import EventSink, EventTooLarge
-from twintrack.nodes.base import Counters, NodeError
+from twintrack.nodes.base import Counters, InfrastructureError, NodeError
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,10 @@ class _NodeContext:
     @property
     def node_id(self) -> str:
         return self._node.id
+
+    @property
+    def attempt(self) -> int:
+        return self._run.services.attempt
 
     @property
     def trigger_events(self) -> Sequence[TriggerEvent]:
@@ -237,6 +241,8 @@ class _Run:
                 outputs = await node.node_type.run(_NodeContext(self, node), node.config, inputs)
         except (NodeError, EventTooLarge) as exc:
             error = str(exc)
+        except InfrastructureError:
+            raise  # not the flow's failure: the run is abandoned, and recovery runs it again
         except TimeoutError as exc:
             error = (
                 f"node timed out after {timeout:g}s" if scope.expired() else f"TimeoutError: {exc}"

@@ -14,11 +14,16 @@ class InMemoryCounters:
 
     def __init__(self) -> None:
         self.values: Counter[str] = Counter()
+        self._done: dict[str, int] = {}
         self._lock = asyncio.Lock()
 
-    async def increment(self, name: str) -> int:
+    async def increment(self, name: str, *, key: str | None = None) -> int:
         async with self._lock:
+            if key is not None and key in self._done:
+                return self._done[key]
             self.values[name] += 1
+            if key is not None:
+                self._done[key] = self.values[name]
             return self.values[name]
 
 
@@ -26,3 +31,5 @@ class InMemoryCounters:
 class EngineServices:
     counters: Counters = field(default_factory=InMemoryCounters)
     children: ChildSpawner | None = None
+    #: which run of the execution this is (1 unless recovery re-runs it)
+    attempt: int = 1

@@ -233,6 +233,42 @@ class EmbeddedPostgres(ManagedServer):
             self._temp_base = None
         self._port = None
 
+    def stop_keeping_data(self) -> None:
+        """Fast-shutdown the server but keep its cluster and port: a database outage.
+
+        Clients see what a real restart shows them (open connections terminated, new ones
+        refused); `start_again()` brings the same cluster back on the same port.
+        """
+        if self._pgdata is None or self._port is None:
+            raise EmbeddedServerError("embedded PostgreSQL was never started")
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            terminate(proc.pid, STOP_PLAN, proc)
+
+    def start_again(self) -> str:
+        """Start the cluster `stop_keeping_data()` stopped, on the same port; returns the URL."""
+        if self.is_running():
+            return self.url
+        pgdata, port = self._pgdata, self._port
+        if pgdata is None or port is None:
+            raise EmbeddedServerError("embedded PostgreSQL was never started")
+        bin_dir = postgres_bin_dir(int((pgdata / "PG_VERSION").read_text().strip()))
+        proc = self._spawn(bin_dir, pgdata, port, _server_account(pgdata))
+        self._proc = proc
+        if not self._await_ready(proc, pgdata):
+            self._proc = None
+            raise EmbeddedServerError(
+                f"PostgreSQL exited with code {proc.returncode} while restarting on port {port}; "
+                f"log {self.log_path}:\n{log_tail(self.log_path)}"
+            )
+        write_state(self._temp_base or pgdata, ServerState(os.getpid(), proc.pid, str(pgdata)))
+        return self.url
+
+    def restart(self) -> str:
+        """Stop and start again on the same port and data: every client connection breaks."""
+        self.stop_keeping_data()
+        return self.start_again()
+
     # -- internals --------------------------------------------------------------------------
 
     def _start(self) -> None:

@@ -23,6 +23,14 @@ class NodeError(Exception):
     """A node failed in a way the flow author should see; the message is shown as is."""
 
 
+class InfrastructureError(Exception):
+    """A service the node needs stayed unavailable past its retries: not the flow's fault.
+
+    The engine does not report it as a node failure: it abandons the run, so the worker's claim
+    lapses and recovery runs the execution again.
+    """
+
+
 class NodeConfig(BaseModel):
     """Base for config schemas: unknown keys are errors, so typos surface at validation."""
 
@@ -30,9 +38,13 @@ class NodeConfig(BaseModel):
 
 
 class Counters(Protocol):
-    """Durable counters, incremented in their own transaction (the `tally` node)."""
+    """Durable counters, incremented in their own transaction (the `tally` node).
 
-    async def increment(self, name: str) -> int: ...
+    `key` makes an increment idempotent: repeating it with the same key (a retry after a lost
+    connection) counts once and returns the count the first one produced.
+    """
+
+    async def increment(self, name: str, *, key: str | None = None) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,11 @@ class NodeContext(Protocol):
 
     @property
     def node_id(self) -> str: ...
+
+    @property
+    def attempt(self) -> int:
+        """Which run of the execution this is: 1, then one more per recovery re-run."""
+        ...
 
     @property
     def trigger_events(self) -> Sequence[TriggerEvent]: ...

@@ -258,7 +258,9 @@ class TallyNode(NodeType):
         self, ctx: NodeContext, config: NodeConfig, inputs: Mapping[str, Any]
     ) -> Mapping[str, Any]:
         assert isinstance(config, TallyConfig)
-        return {"count": await ctx.counters.increment(config.name)}
+        # Exactly once per attempt: an increment retried after a lost connection counts once.
+        key = f"{ctx.execution_id}/{ctx.attempt}/{ctx.node_id}"
+        return {"count": await ctx.counters.increment(config.name, key=key)}
 
 
 BUILTIN_NODE_TYPES: Sequence[type[NodeType]] = (

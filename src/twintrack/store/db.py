@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
@@ -71,10 +73,25 @@ def with_database(url: str | URL, database: str) -> str:
 
 
 def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
-    """An AsyncEngine on asyncpg for any PostgreSQL URL form; `kwargs` go to SQLAlchemy."""
+    """An AsyncEngine on asyncpg for any PostgreSQL URL form; `kwargs` go to SQLAlchemy.
+
+    A pooled connection the server has closed (a restart, a failover, an idle timeout) is
+    replaced at checkout instead of being handed out to fail one request: the equivalent of
+    `pool_pre_ping` without its round trip on every checkout. A connection that died without
+    the client noticing (a half-open socket) fails once; SQLAlchemy then recycles the pool.
+    """
     async_url, connect_args = split_libpq_params(url)
     connect_args.update(kwargs.pop("connect_args", {}))
-    return _create_async_engine(async_url, connect_args=connect_args, **kwargs)
+    engine = _create_async_engine(async_url, connect_args=connect_args, **kwargs)
+    event.listen(engine.sync_engine.pool, "checkout", _refuse_closed)
+    return engine
+
+
+def _refuse_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Pool checkout hook: DisconnectionError makes the pool try a fresh connection."""
+    driver = getattr(dbapi_connection, "driver_connection", None)
+    if driver is not None and driver.is_closed():
+        raise sa_exc.DisconnectionError("the server closed this pooled connection")
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -268,6 +268,18 @@ class TallyCounterRow(Base):
     updated_at: Mapped[datetime] = _now()
 
 
+class TallyIncrementRow(Base):
+    """One row per keyed `tally` increment (execution/attempt/node): a retried increment finds
+    its row and returns the count it produced instead of counting again."""
+
+    __tablename__ = "tally_increments"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, nullable=False)
+    count: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = _now()
+
+
 class ExecutionCommandRow(Base):
     """Commands sent to an execution, durable so a worker that claims it later still obeys."""
 

@@ -31,6 +31,7 @@ from twintrack.ports import CommandChannel, CommandMessage
 from twintrack.runner import LeaseLost, run_execution
 from twintrack.service import ExecutionService
 from twintrack.store.executions import ExecutionRecord
+from twintrack.store.retry import retry_transient
 from twintrack.store.workers import WorkerRegistry
 from twintrack.tracks.claims import Claim, ClaimStore
 
@@ -70,7 +71,13 @@ class ClaimStatus:
         self._claim = claim
 
     async def _move(self, target: ExecutionStatus, **kw: Any) -> None:
-        if await self._claims.transition(self._claim, target, **kw) is None:
+        # Fenced by the claim's generation, so a repeat whose first try committed is refused
+        # (and reads as a lost lease) rather than applied twice.
+        moved = await retry_transient(
+            lambda: self._claims.transition(self._claim, target, **kw),
+            what=f"{target} of {self._claim.execution_id}",
+        )
+        if moved is None:
             raise LeaseLost(f"lease on {self._claim.execution_id} is lost")
 
     async def paused(self) -> None:
@@ -165,7 +172,9 @@ class RunHost:
         try:
             unwatch = await self.commands.replay_and_watch(record.id, obey)
             replaying = False
-            flow = await self.service.flow_of(record)
+            flow = await retry_transient(
+                lambda: self.service.flow_of(record), what=f"flow of {record.id}"
+            )
             result = await run_execution(
                 service=self.service,
                 record=record,

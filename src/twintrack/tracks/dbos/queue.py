@@ -5,6 +5,7 @@ from __future__ import annotations
 from dbos import DBOSClient, EnqueueOptions
 
 from twintrack.domain.execution import EventsBackend, Track
+from twintrack.store.retry import retry_transient
 from twintrack.tracks.dbos.runtime import (
     QUEUE_NAME,
     WORKFLOW_NAME,
@@ -67,7 +68,10 @@ class DbosTaskQueue:
         if events_backend is EventsBackend.DBOS:
             client = self._client_or_fail()
             await client.set_workflow_delay_async(execution_id, delay_seconds=0)
-            await blocking(promote_delayed, client)
+            # DBOS retries its own statements through an outage; this internal one it does not.
+            await retry_transient(
+                lambda: blocking(promote_delayed, client), what=f"release {execution_id}"
+            )
         await self._enqueue(execution_id)
 
     async def cancel(self, execution_id: str) -> None:

@@ -8,10 +8,12 @@ over once the old lease has run out, as a new attempt.
 from __future__ import annotations
 
 import asyncio
+import math
 
 import structlog
 
 from twintrack.domain.execution import ExecutionStatus, Track
+from twintrack.store.retry import retry_transient
 from twintrack.tracks.claims import ACTIVE
 from twintrack.tracks.dbos import workflow
 from twintrack.tracks.dbos.runtime import DbosRuntime
@@ -43,11 +45,26 @@ class DbosWorker:
         """The workflow step: claim, run to the end (again if the run was lost), report."""
         host = self.host
         while True:
-            taken = await host.claims.claim(
-                execution_id, host.worker_id, host.claim_ttl_s, track=Track.DBOS, takeover=True
+            # Retried however long the database is down (as DBOS does its own statements): a
+            # step that raised would end the workflow in DBOS's ERROR state and leave the
+            # execution `queued` (or `running` with no terminal event) for good.
+            taken = await retry_transient(
+                lambda: host.claims.claim(
+                    execution_id,
+                    host.worker_id,
+                    host.claim_ttl_s,
+                    track=Track.DBOS,
+                    takeover=True,
+                ),
+                what=f"claim {execution_id}",
+                deadline_s=math.inf,
             )
             if taken is None:
-                record = await host.service.executions.get(execution_id)
+                record = await retry_transient(
+                    lambda: host.service.executions.get(execution_id),
+                    what=f"read {execution_id}",
+                    deadline_s=math.inf,
+                )
                 if (
                     record.status.is_terminal
                     or record.status is ExecutionStatus.CREATED

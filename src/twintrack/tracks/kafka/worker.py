@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from twintrack.domain.execution import Track
 from twintrack.metrics import DEAD_LETTERS
 from twintrack.store.errors import NotFound
+from twintrack.store.retry import retry_transient
 from twintrack.tracks.host import RunHost
 from twintrack.tracks.kafka.clients import KafkaConfig, make_consumer, make_producer
 from twintrack.tracks.kafka.tasks import TaskMessage
@@ -91,8 +92,17 @@ class KafkaWorker:
                 continue
             for tp, records in batch.items():
                 for record in records:
-                    await self._take(record)
+                    await self._take_safely(record)
                 await self._commit(consumer, tp, records[-1].offset + 1)
+
+    async def _take_safely(self, message: ConsumerRecord[bytes, bytes]) -> None:
+        """`_take`, never raising: the consume loop must outlive any one task (and any
+        outage). A task that could not be taken is not lost: its execution stays `queued`,
+        and the sweeper re-sends queued executions nobody took."""
+        try:
+            await self._take(message)
+        except Exception:
+            log.exception("task not taken; the sweeper re-sends it", offset=message.offset)
 
     async def _commit(self, consumer: AIOKafkaConsumer, tp: TopicPartition, offset: int) -> None:
         try:
@@ -112,8 +122,11 @@ class KafkaWorker:
             await self._dead_letter(message, reason)
             return
         try:
-            taken = await self.host.claims.claim(
-                task.execution_id, self.worker_id, self.host.claim_ttl_s, track=Track.KAFKA
+            taken = await retry_transient(
+                lambda: self.host.claims.claim(
+                    task.execution_id, self.worker_id, self.host.claim_ttl_s, track=Track.KAFKA
+                ),
+                what=f"claim {task.execution_id}",
             )
         except NotFound:
             await self._dead_letter(message, f"unknown execution '{task.execution_id}'")
