@@ -289,33 +289,41 @@ class ExecutionService:
         async with self.executions.locked(execution_id) as (session, record):
             if record.status not in from_statuses:
                 return False
-            last = await self.buses[record.events_backend].last_event(execution_id)
-            if last is not None and last.type.is_terminal:
-                # A worker wrote the ending but died before recording it: the ending stands.
-                ended = result_from_terminal_event(last)
-                await self.executions.transition(
-                    execution_id,
-                    ended.status,
-                    session=session,
-                    outputs=ended.outputs,
-                    error_message=ended.error.message if ended.error else None,
-                    error_node_id=ended.error.node_id if ended.error else None,
-                    next_event_index=last.index + 1,
-                )
-                return True
-            index = 0 if last is None else last.index + 1
-            await self._write_locked(
-                session,
-                record,
-                _S.FAILED,
-                EventType.EXECUTION_FAILED,
-                {"error": {"message": reason, "node_id": None}, "outputs": record.outputs},
-                index=max(index, record.next_event_index),
-                error_message=reason,
-            )
-            if record.status is _S.CREATED:
-                await self.queues[record.track].cancel(execution_id)
+            await self.fail_locked(session, record, reason)
         return True
+
+    async def fail_locked(
+        self, session: AsyncSession, record: ExecutionRecord, reason: str
+    ) -> None:
+        """`fail_unclaimed` within the caller's transaction (holding the row lock), so a caller
+        can end the claim in the same commit (giving up after MAX_ATTEMPTS)."""
+        execution_id = record.id
+        last = await self.buses[record.events_backend].last_event(execution_id)
+        if last is not None and last.type.is_terminal:
+            # A worker wrote the ending but died before recording it: the ending stands.
+            ended = result_from_terminal_event(last)
+            await self.executions.transition(
+                execution_id,
+                ended.status,
+                session=session,
+                outputs=ended.outputs,
+                error_message=ended.error.message if ended.error else None,
+                error_node_id=ended.error.node_id if ended.error else None,
+                next_event_index=last.index + 1,
+            )
+            return
+        index = 0 if last is None else last.index + 1
+        await self._write_locked(
+            session,
+            record,
+            _S.FAILED,
+            EventType.EXECUTION_FAILED,
+            {"error": {"message": reason, "node_id": None}, "outputs": record.outputs},
+            index=max(index, record.next_event_index),
+            error_message=reason,
+        )
+        if record.status is _S.CREATED:
+            await self.queues[record.track].cancel(execution_id)
 
     # -- children --------------------------------------------------------------------------
 
