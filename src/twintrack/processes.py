@@ -70,6 +70,7 @@ class WorkerProcess:
         self.host.draining = True
         intake = [w.stop_taking_work() for w in (self.worker, self.dbos) if w is not None]
         await asyncio.gather(*intake)
+        log.info("stopped taking work", grace_s=grace, running=len(self.host.runs))
         for sweep in self._sweeps:
             sweep.cancel()
         await asyncio.gather(*self._sweeps, return_exceptions=True)
