@@ -158,13 +158,13 @@ class RecoverySweeper:
             .order_by(ExecutionRow.updated_at)
             .limit(self.policy.batch)
             .with_for_update(skip_locked=True)
-            .scalar_subquery()
+            .cte("stale")  # a CTE runs once: a LIMIT in `IN (subquery)` may not hold
         )
         async with self._sessions.begin() as session:
             rows = (
                 await session.execute(
                     update(ExecutionRow)
-                    .where(ExecutionRow.id.in_(stale))
+                    .where(ExecutionRow.id == stale.c.id)
                     .values(updated_at=func.now())
                     .returning(ExecutionRow.id, ExecutionRow.attempt)
                     .execution_options(synchronize_session=False)
