@@ -16,7 +16,7 @@ from sqlalchemy import text
 from tests.e2e import flows
 from tests.e2e.conftest import MODES
 from tests.e2e.stack import Stack, assert_contiguous, open_stack
-from tests.faults.helpers import audits, env_for
+from tests.faults.recovery_helpers import audits, env_for
 from twintrack.infra.discovery import ProvidedBroker
 
 

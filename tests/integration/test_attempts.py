@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from tests.e2e import flows
 from tests.e2e.conftest import MODES
 from tests.e2e.stack import Stack, open_stack
-from tests.faults.helpers import audits, claim_holder, env_for
+from tests.faults.recovery_helpers import audits, claim_holder, env_for
 from twintrack.domain.attempts import exhausted, failed_runs
 from twintrack.domain.events import EventType
 from twintrack.domain.execution import ExecutionStatus, Track
