@@ -15,6 +15,7 @@ import asyncio
 import os
 import signal
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from tests.faults.recovery_helpers import audits, claim_holder, env_for, holder,
 from twintrack.infra.discovery import ProvidedBroker
 
 GRACE_S = 4
+HANDOVER_S = 10  # from the end of the grace period to the run going on elsewhere, at most
 
 
 @pytest.fixture(params=list(MODES))
@@ -75,6 +77,7 @@ async def test_sigterm_finishes_short_runs_and_hands_long_ones_over_without_an_a
             assert (await holder(stack, ex)) == (leaving_id, leaving.pid)
         staying_id = (await stack.add_worker()).host.worker_id
 
+        signalled = datetime.now(UTC)
         os.kill(leaving.pid, signal.SIGTERM)
         log = tmp_path / "leaving.log"
         await eventually(lambda: _true("stopped taking work" in log.read_text()), timeout=10)
@@ -97,8 +100,13 @@ async def test_sigterm_finishes_short_runs_and_hands_long_ones_over_without_an_a
             events = await watching[ex]
             assert await _started_on(watching[ex]) == [leaving_id, staying_id]
             assert [e["type"] for e in events].count("execution.completed") == 1
-            retrying = [e["data"]["attempt"] for e in events if e["type"] == "execution.retrying"]
-            assert retrying == [2]
+            retrying = [e for e in events if e["type"] == "execution.retrying"]
+            assert [e["data"]["attempt"] for e in retrying] == [2]
+            # handed over at the end of the grace period, running elsewhere seconds later
+            handover_s = (
+                datetime.fromisoformat(retrying[0]["timestamp"]) - signalled
+            ).total_seconds()
+            assert GRACE_S <= handover_s <= GRACE_S + HANDOVER_S, handover_s
             handovers = await audits(stack, ex)
             assert [(a.reason, a.previous_worker_id, a.attempt) for a in handovers] == [
                 ("handover", leaving_id, 1)
