@@ -5,8 +5,8 @@ lets runs finish within WORKER_SHUTDOWN_GRACE_S, and hands the rest over: each i
 again with a `handover` audit row, and another worker runs it, exactly once. How the attempt is
 counted for a handover: `attempt` counts runs started, so the run after the handover is attempt
 2 (its stream continues with `execution.retrying {attempt: 2}`), but the handover is not a failed
-run: failed runs = attempt - handovers = 1, so the MAX_ATTEMPTS budget is untouched (with
-MAX_ATTEMPTS=1 here, a counted handover would have ended the execution `failed`).
+run: failed runs = attempt - handovers = 0 after it, so the MAX_ATTEMPTS budget is untouched
+(tests/integration/test_attempts.py proves a later failure is then not the last attempt).
 """
 
 from __future__ import annotations
