@@ -6,10 +6,12 @@ workers elect one of them (an advisory lock) to watch the worker registry: a DBO
 that stopped heartbeating, or stopped without finishing its workflows, has its PENDING
 workflows re-enqueued through DBOS, and any live worker runs them.
 
-The same leader repairs DBOS-track executions left `queued` with no workflow on its way (the
-enqueue after the start's commit failed, or the process died between the two): after
-DBOS_REPAIR_QUEUED_S their workflow is enqueued, released or rewound (DbosTaskQueue.redeliver),
-at most `batch` per sweep, each with an audit row. So a start is never `queued` forever.
+The same leader repairs DBOS-track executions that no workflow will run: left `queued` (the
+enqueue after the start's commit failed, or the process died between the two), or `running`
+with no live claim while their workflow ended (its step raised before the run began, e.g. on
+a database error). After DBOS_REPAIR_QUEUED_S the workflow is enqueued, released or rewound
+(DbosTaskQueue.redeliver), at most `batch` per sweep, each with an audit row: a start is never
+`queued` forever, and a run whose workflow died is taken over like any other.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from twintrack.tracks.dbos.queue import DbosTaskQueue
 from twintrack.tracks.dbos.runtime import DbosRuntime
 
 log = structlog.get_logger()
+_UNFINISHED_STARTED = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, ExecutionStatus.PAUSED)
 LOCK_KEY = 0x7477696E64626F73  # "twindbos"
 
 
@@ -98,8 +101,8 @@ class DeadExecutorSweeper:
         RECOVERIES.labels("dbos", "dead_executor").inc(len(execution_ids))
 
     async def repair_queued(self) -> list[str]:
-        """Redeliver DBOS-track executions queued for `repair_queued_s` with no live claim
-        whose workflow is not on its way; the ids repaired."""
+        """Redeliver DBOS-track executions unfinished for `repair_queued_s` with no live claim
+        whose workflow is not on its way (see the module docstring); the ids repaired."""
         live_claim = exists().where(
             ExecutionClaimRow.execution_id == ExecutionRow.id,
             ExecutionClaimRow.worker_id != RELEASED,
@@ -111,7 +114,7 @@ class DeadExecutorSweeper:
         stale = (
             select(ExecutionRow.id)
             .where(
-                ExecutionRow.status == ExecutionStatus.QUEUED,
+                ExecutionRow.status.in_(_UNFINISHED_STARTED),
                 ExecutionRow.track == Track.DBOS,
                 ExecutionRow.updated_at < older,
                 ~live_claim,
@@ -148,7 +151,7 @@ class DeadExecutorSweeper:
                             detail=done[row.id],
                         )
             RECOVERIES.labels("dbos", "repair_queued").inc(len(done))
-            log.warning("repaired queued executions with no workflow on its way", done=done)
+            log.warning("repaired executions no workflow would run", done=done)
         return list(done)
 
     async def run(self) -> None:
