@@ -96,6 +96,16 @@ class Settings(BaseSettings):
         description="How long a worker retries a write through a database outage before it "
         "gives the run up to recovery (never reported as a flow failure).",
     )
+    worker_shutdown_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=3600,
+        description="On SIGTERM, how long runs may go on before they are handed over.",
+    )
+    dbos_repair_queued_s: PositiveSeconds = Field(
+        default=30,
+        description="A DBOS-track execution queued this long with no workflow is enqueued again.",
+    )
     kafka_topic_prefix: str = Field(default="twintrack", pattern=r"^[A-Za-z0-9._-]{1,100}$")
     kafka_partitions: int = Field(default=6, ge=1, le=1000)
     kafka_enable_idempotence: bool = Field(

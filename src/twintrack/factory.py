@@ -197,6 +197,7 @@ class ServiceFactory:
             registry=container.workers,
             worker_id=worker_id,
             claim_ttl_s=self.settings.claim_ttl_s,
+            max_attempts=self.settings.max_attempts,
         )
 
     def kafka_worker(self, container: Container, host: RunHost) -> KafkaWorker:
@@ -206,20 +207,24 @@ class ServiceFactory:
 
     def dbos_worker(self, container: Container, host: RunHost) -> DbosWorker:
         runtime = DbosRuntime(DbosConfig.from_settings(self.settings), executor_id=host.worker_id)
-        return DbosWorker(runtime=runtime, host=host, max_attempts=self.settings.max_attempts)
+        return DbosWorker(runtime=runtime, host=host)
 
     def dead_executor_sweeper(
         self, container: Container, worker: DbosWorker
     ) -> DeadExecutorSweeper:
         s = self.settings
+        queue = container.queues[Track.DBOS]
+        assert isinstance(queue, DbosTaskQueue)  # the container's, started with it
         return DeadExecutorSweeper(
             db_engine=container.db_engine,
             sessions=container.sessions,
             registry=container.workers,
             runtime=worker.runtime,
+            queue=queue,
             # two missed heartbeats (one every third of CLAIM_TTL_S), plus a second of slack
             silence_s=2 * s.claim_ttl_s / 3 + 1,
             interval_s=s.recovery_sweep_interval_s,
+            repair_queued_s=s.dbos_repair_queued_s,
         )
 
     def sweeper(self, container: Container, worker_id: str) -> RecoverySweeper:

@@ -125,3 +125,18 @@ class CommandChannel(Protocol):
         """Stored commands, then live ones, each exactly once in order: what a worker that
         just took an execution needs. Returns an unsubscribe."""
         ...
+
+
+class EventsExpired(LookupError):
+    """`subscribe` from an index whose events the bus no longer holds (Kafka retention, a lost
+    log): raised before any event, so a subscriber never waits forever or misses events."""
+
+    def __init__(self, execution_id: str, from_index: int, earliest: int | None, why: str) -> None:
+        self.execution_id = execution_id
+        self.from_index = from_index
+        self.earliest_index = earliest
+        still = "none is retained" if earliest is None else f"the earliest retained is {earliest}"
+        super().__init__(
+            f"events of {execution_id} from index {from_index} are no longer in Kafka ({why}); "
+            f"{still}"
+        )

@@ -61,15 +61,24 @@ class WorkerProcess:
         if self.worker is not None:
             await self.worker.start()
 
-    async def stop(self, grace_s: float = 10.0) -> None:
+    async def stop(self, grace_s: float | None = None) -> None:
+        """A rolling deploy's shutdown: stop taking work on every track first (the Kafka
+        consumer leaves its group, DBOS stops dequeuing), let runs finish within the grace
+        period (WORKER_SHUTDOWN_GRACE_S), hand the rest to the other workers without spending
+        an attempt, then close."""
+        grace = self.settings.worker_shutdown_grace_s if grace_s is None else grace_s
+        self.host.draining = True
+        intake = [w.stop_taking_work() for w in (self.worker, self.dbos) if w is not None]
+        await asyncio.gather(*intake)
+        log.info("stopped taking work", grace_s=grace, running=len(self.host.runs))
         for sweep in self._sweeps:
             sweep.cancel()
         await asyncio.gather(*self._sweeps, return_exceptions=True)
-        if self.worker is not None:
-            await self.worker.stop()
-        await self.host.stop(grace_s)
+        await self.host.stop(grace)
         if self.dbos is not None:
             await self.dbos.stop()
+        if self.worker is not None:
+            await self.worker.stop()
         await self.registry.stopped(self.host.worker_id)
 
 

@@ -5,9 +5,10 @@ wait to take over. Each sweep:
 
 - re-delivers Kafka-track executions whose claim expired (the worker died or hung): the
   claim is taken back (fencing the old holder out), the execution goes back to `queued`, an
-  audit row is written, and a new task is sent; after MAX_ATTEMPTS runs it ends `failed`;
+  audit row is written, and a new task is sent; once its failed runs reach MAX_ATTEMPTS it
+  ends `failed` instead, naming the last run's real failure (tracks/attempts.py);
 - re-sends the task of an execution that has sat in `queued` with no claim for a long time
-  (a task lost between the status change and the send);
+  (a task lost between the status change and the send), at most `batch` per sweep;
 - ends root executions never started within START_SIGNAL_TIMEOUT_S as `failed`.
 """
 
@@ -27,7 +28,8 @@ from twintrack.ports import TaskQueue
 from twintrack.service import ExecutionService
 from twintrack.store.executions import ExecutionStore
 from twintrack.store.leader import AdvisoryLeader
-from twintrack.store.tables import ExecutionClaimRow, ExecutionRecoveryRow, ExecutionRow
+from twintrack.store.tables import ExecutionClaimRow, ExecutionRow
+from twintrack.tracks.attempts import Attempts, audit, stopped_renewing
 from twintrack.tracks.claims import ACTIVE, RELEASED, ClaimStore, ExpiredClaim
 
 log = structlog.get_logger()
@@ -77,6 +79,7 @@ class RecoverySweeper:
         self._kafka_queue = kafka_queue
         self.policy = policy
         self.worker_id = worker_id
+        self._attempts = Attempts(service, policy.max_attempts)
         self._leader = AdvisoryLeader(db_engine, LOCK_KEY, "recovery sweeper")
         self._children = children
 
@@ -110,44 +113,25 @@ class RecoverySweeper:
             log.info("recovery sweep", **{k: len(v) for k, v in vars(report).items()})
         return report
 
-    async def _audit(
-        self,
-        session: AsyncSession,
-        execution_id: str,
-        reason: str,
-        worker: str | None,
-        attempt: int,
-    ) -> None:
-        RECOVERIES.labels(Track.KAFKA.value, reason).inc()
-        session.add(
-            ExecutionRecoveryRow(
-                execution_id=execution_id,
-                track=Track.KAFKA,
-                reason=reason,
-                previous_worker_id=worker or None,
-                attempt=attempt,
-            )
-        )
-
     async def _recover(self, expired: ExpiredClaim, report: SweepReport) -> None:
         eid = expired.execution_id
-        if expired.attempt >= self.policy.max_attempts:
-            reason = (
-                f"gave up after {expired.attempt} attempts: worker {expired.worker_id} "
-                "stopped renewing its claim"
-            )
-            async with self._sessions.begin() as session:
-                if not await self._claims.take_back(session, expired):
-                    return
-                await self._audit(session, eid, "max_attempts", expired.worker_id, expired.attempt)
-            if await self._service.fail_unclaimed(eid, reason, from_statuses=ACTIVE):
-                report.gave_up.append(eid)
+        if await self._attempts.give_up_if_exhausted(eid):
+            report.gave_up.append(eid)
             return
         async with self._sessions.begin() as session:
             if not await self._claims.take_back(session, expired):
                 return
             await self._executions.transition(eid, _S.QUEUED, expected=ACTIVE, session=session)
-            await self._audit(session, eid, "expired_claim", expired.worker_id, expired.attempt)
+            audit(
+                session,
+                execution_id=eid,
+                track=Track.KAFKA,
+                reason="expired_claim",
+                worker_id=expired.worker_id,
+                attempt=expired.attempt,
+                detail=stopped_renewing(expired.attempt, expired.worker_id),
+            )
+        RECOVERIES.labels(Track.KAFKA.value, "expired_claim").inc()
         if self._kafka_queue is not None:
             await self._kafka_queue.enqueue(eid, expired.attempt + 1)
         report.requeued.append(eid)
@@ -159,6 +143,8 @@ class RecoverySweeper:
         )
 
     async def _resend_stale_queued(self, report: SweepReport) -> None:
+        """At most `batch` per sweep, oldest first; rows another sweeper is touching are
+        skipped, not waited for."""
         if self._kafka_queue is None:
             return
         live_claim = exists().where(
@@ -166,23 +152,39 @@ class RecoverySweeper:
             ExecutionClaimRow.worker_id != RELEASED,
             ExecutionClaimRow.expires_at > func.now(),
         )
+        stale = (
+            select(ExecutionRow.id)
+            .where(
+                ExecutionRow.status == _S.QUEUED,
+                ExecutionRow.track == Track.KAFKA,
+                ExecutionRow.updated_at < _seconds_ago(self.policy.stale_queued_s),
+                ~live_claim,
+            )
+            .order_by(ExecutionRow.updated_at)
+            .limit(self.policy.batch)
+            .with_for_update(skip_locked=True)
+            .cte("stale")  # a CTE runs once: a LIMIT in `IN (subquery)` may not hold
+        )
         async with self._sessions.begin() as session:
             rows = (
                 await session.execute(
                     update(ExecutionRow)
-                    .where(
-                        ExecutionRow.status == _S.QUEUED,
-                        ExecutionRow.track == Track.KAFKA,
-                        ExecutionRow.updated_at < _seconds_ago(self.policy.stale_queued_s),
-                        ~live_claim,
-                    )
+                    .where(ExecutionRow.id == stale.c.id)
                     .values(updated_at=func.now())
                     .returning(ExecutionRow.id, ExecutionRow.attempt)
                     .execution_options(synchronize_session=False)
                 )
             ).all()
             for row in rows:
-                await self._audit(session, row.id, "stale_queued", None, row.attempt)
+                audit(
+                    session,
+                    execution_id=row.id,
+                    track=Track.KAFKA,
+                    reason="stale_queued",
+                    worker_id=None,
+                    attempt=row.attempt,
+                )
+        RECOVERIES.labels(Track.KAFKA.value, "stale_queued").inc(len(rows))
         for row in rows:
             await self._kafka_queue.enqueue(row.id, row.attempt + 1)
             report.resent.append(row.id)

@@ -392,17 +392,24 @@ class ExecutionService:
         async with self.executions.locked(execution_id) as (session, record):
             if record.status not in from_statuses:
                 return False
-            await self._end_unclaimed(
-                session,
-                record,
-                _S.FAILED,
-                EventType.EXECUTION_FAILED,
-                {"error": {"message": reason, "node_id": None}, "outputs": record.outputs},
-                reason,
-            )
-            if record.status is _S.CREATED:
-                await self.queues[record.track].cancel(execution_id)
+            await self.fail_locked(session, record, reason)
         return True
+
+    async def fail_locked(
+        self, session: AsyncSession, record: ExecutionRecord, reason: str
+    ) -> None:
+        """`fail_unclaimed` within the caller's transaction (holding the row lock), so a caller
+        can end the claim in the same commit (giving up after MAX_ATTEMPTS)."""
+        await self._end_unclaimed(
+            session,
+            record,
+            _S.FAILED,
+            EventType.EXECUTION_FAILED,
+            {"error": {"message": reason, "node_id": None}, "outputs": record.outputs},
+            reason,
+        )
+        if record.status is _S.CREATED:
+            await self.queues[record.track].cancel(record.id)
 
     # -- children --------------------------------------------------------------------------
 

@@ -221,7 +221,8 @@ class WorkerRow(Base):
 
 
 class ExecutionRecoveryRow(Base):
-    """Audit trail: every time recovery re-delivered an execution, and why."""
+    """Audit trail: every attempt that ended without an outcome (a crash, a lost lease, a
+    handover at shutdown), every re-delivery, and why."""
 
     __tablename__ = "execution_recoveries"
 
@@ -234,6 +235,8 @@ class ExecutionRecoveryRow(Base):
     reason: Mapped[str] = mapped_column(Text, nullable=False)
     previous_worker_id: Mapped[str | None] = mapped_column(Text)
     attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    #: what happened, in words (the text a give-up after MAX_ATTEMPTS quotes)
+    detail: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         CheckConstraint(_in_list("track", Track), name="track"),

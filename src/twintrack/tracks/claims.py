@@ -1,4 +1,4 @@
-"""Claims: which worker runs a Kafka-track execution, until when, under which generation.
+"""Claims: which worker runs an execution (either track), until when, under which generation.
 
 A claim is a lease in Postgres. Every claim of an execution bumps its `generation`, and every
 write a worker makes for that execution (status, outputs) is conditional on still holding
@@ -17,10 +17,11 @@ from sqlalchemy import and_, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from twintrack.domain.attempts import HANDOVER
 from twintrack.domain.execution import ExecutionStatus, Track
 from twintrack.store.errors import NotFound
 from twintrack.store.executions import ExecutionRecord, ExecutionStore
-from twintrack.store.tables import ExecutionClaimRow, ExecutionRow
+from twintrack.store.tables import ExecutionClaimRow, ExecutionRecoveryRow, ExecutionRow
 
 _S = ExecutionStatus
 RELEASED = ""  # worker_id of a claim nobody holds (released, or taken back by recovery)
@@ -176,6 +177,35 @@ class ClaimStore:
                     .where(ExecutionClaimRow.execution_id == claim.execution_id)
                     .values(worker_id=RELEASED, expires_at=func.now())
                 )
+        return record
+
+    async def hand_back(self, claim: Claim) -> ExecutionRecord | None:
+        """Give an unfinished run back (its worker is shutting down), fenced: the execution is
+        `queued` again, the lease released and a `handover` audit row written in one commit, so
+        the next run is not counted as a failed attempt (domain/attempts.py). None when this
+        worker no longer holds the claim (the run ended, or recovery took it)."""
+        async with self._sessions.begin() as session:
+            if not await self._hold(session, claim):
+                return None
+            record = await self._executions.transition(
+                claim.execution_id, _S.QUEUED, expected=ACTIVE, session=session
+            )
+            await session.execute(
+                update(ExecutionClaimRow)
+                .where(ExecutionClaimRow.execution_id == claim.execution_id)
+                .values(worker_id=RELEASED, expires_at=func.now())
+            )
+            session.add(
+                ExecutionRecoveryRow(
+                    execution_id=claim.execution_id,
+                    track=record.track,
+                    reason=HANDOVER,
+                    previous_worker_id=claim.worker_id,
+                    attempt=record.attempt,
+                    detail=f"attempt {record.attempt} handed over by worker {claim.worker_id}, "
+                    "which was shutting down",
+                )
+            )
         return record
 
     async def expired(self, limit: int = 100) -> list[ExpiredClaim]:

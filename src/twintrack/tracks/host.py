@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from twintrack.domain.commands import Command
-from twintrack.domain.execution import ExecutionStatus
+from twintrack.domain.execution import ExecutionStatus, Track
 from twintrack.engine import ExecutionControl, ExecutionResult
 from twintrack.metrics import (
     CLAIMS,
@@ -33,6 +33,7 @@ from twintrack.service import ExecutionService
 from twintrack.store.executions import ExecutionRecord
 from twintrack.store.retry import retry_transient
 from twintrack.store.workers import WorkerRegistry
+from twintrack.tracks.attempts import Attempts
 from twintrack.tracks.claims import Claim, ClaimStore
 
 log = structlog.get_logger()
@@ -111,6 +112,7 @@ class RunHost:
         registry: WorkerRegistry,
         worker_id: str,
         claim_ttl_s: float,
+        max_attempts: int = 3,
     ) -> None:
         self.service = service
         self.claims = claims
@@ -119,9 +121,14 @@ class RunHost:
         self.registry = registry
         self.worker_id = worker_id
         self.claim_ttl_s = claim_ttl_s
+        self.attempts = Attempts(service, max_attempts)
         self.runs: dict[str, asyncio.Task[ExecutionResult | None]] = {}
         self.leases: dict[str, ClaimLease] = {}
         self.slot_freed = asyncio.Event()
+        #: set when the worker begins shutting down: its workers take nothing new
+        self.draining = False
+        self._records: dict[str, ExecutionRecord] = {}
+        self._handing_over: set[str] = set()
         self._heartbeat: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -129,26 +136,72 @@ class RunHost:
             self._heartbeat = asyncio.create_task(self._beat(), name=f"heartbeat:{self.worker_id}")
 
     async def stop(self, grace_s: float) -> None:
-        """Let runs finish within `grace_s`, then hand the rest back at once (their leases end
-        now, so recovery re-delivers them immediately)."""
+        """Let runs finish within `grace_s`, then hand the rest over (see `hand_back`).
+
+        Callers stop their workers taking work first; a run launched meanwhile (a task or a
+        workflow taken just before) is waited for too, within the same deadline."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self.runs and (left := deadline - loop.time()) > 0:
+            await asyncio.wait(list(self.runs.values()), timeout=left)
         if self.runs:
-            await asyncio.wait(list(self.runs.values()), timeout=grace_s)
-        for execution_id, run in list(self.runs.items()):
-            run.cancel()
-            await self.claims.expire_now(execution_id)
-        if self.runs:
-            await asyncio.gather(*self.runs.values(), return_exceptions=True)
+            log.warning("handing over unfinished runs", executions=sorted(self.runs))
+            await asyncio.gather(*(self._hand_over(i) for i in list(self.runs)))
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
             self._heartbeat = None
 
+    async def _hand_over(self, execution_id: str) -> None:
+        run, lease = self.runs.get(execution_id), self.leases.get(execution_id)
+        record = self._records.get(execution_id)
+        if run is None or lease is None or record is None:
+            return
+        self._handing_over.add(execution_id)
+        try:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            await self.hand_back(lease.claim, record)
+        finally:
+            self._handing_over.discard(execution_id)
+
+    async def hand_back(self, claim: Claim, record: ExecutionRecord) -> None:
+        """Give a claimed execution to another worker without spending an attempt: its events
+        so far are flushed (the next run numbers after them), then it is `queued` again with a
+        `handover` audit row (ClaimStore.hand_back) and, on the Kafka track, its task re-sent
+        (this worker's consumer has stopped). A DBOS-track workflow is re-enqueued by the DBOS
+        worker as it stops. If the database cannot be reached the lease is left to run out, and
+        recovery re-delivers it as a failed attempt instead."""
+        eid = record.id
+        try:
+            with contextlib.suppress(Exception):
+                await self.service.buses[record.events_backend].flush()
+            moved = await self.claims.hand_back(claim)
+        except Exception:
+            log.exception(
+                "hand-over failed; recovery takes it when the lease runs out", execution_id=eid
+            )
+            return
+        if moved is None:
+            return  # finished meanwhile, or no longer ours
+        log.info("execution handed over", execution_id=eid, attempt=moved.attempt)
+        if moved.track is Track.KAFKA:
+            try:
+                await self.service.queues[Track.KAFKA].enqueue(
+                    eid, moved.attempt + 1, moved.events_backend
+                )
+            except Exception:
+                # queued with no task: the sweeper re-sends stale queued executions
+                log.exception("hand-over task not sent; the sweeper re-sends it", execution_id=eid)
+
     def launch(self, claim: Claim, record: ExecutionRecord) -> asyncio.Task[ExecutionResult | None]:
         """Run a freshly claimed execution in the background."""
         CLAIMS.labels(record.track.value).inc()
         lease = ClaimLease(claim, self.claim_ttl_s)
         self.leases[record.id] = lease
+        self._records[record.id] = record
         task = asyncio.create_task(self._run(claim, lease, record), name=f"run:{record.id}")
         self.runs[record.id] = task
         return task
@@ -192,18 +245,33 @@ class RunHost:
         except LeaseLost:
             LEASES_LOST.labels(track).inc()
             log.warning("lease lost; execution abandoned to recovery", execution_id=record.id)
+            await self._failed(record, "lost its lease (heartbeats did not renew the claim)")
         except asyncio.CancelledError:
             log.warning("execution run cancelled", execution_id=record.id)
-        except Exception:
+            if lease.lost and record.id not in self._handing_over:
+                await self._failed(record, "lost its lease (heartbeats did not renew the claim)")
+        except Exception as exc:
             # Leave the claim to expire: recovery re-runs it, and gives up after MAX_ATTEMPTS.
             log.exception("execution run crashed", execution_id=record.id)
+            await self._failed(record, f"crashed: {type(exc).__name__}: {exc}")
         finally:
             EXECUTIONS_RUNNING.labels(track).dec()
             unwatch()
             self.runs.pop(record.id, None)
             self.leases.pop(record.id, None)
+            self._records.pop(record.id, None)
             self.slot_freed.set()
         return None
+
+    async def _failed(self, record: ExecutionRecord, what: str) -> None:
+        """Record the run's real failure: a give-up after MAX_ATTEMPTS quotes it."""
+        await self.attempts.run_failed(
+            execution_id=record.id,
+            track=record.track,
+            worker_id=self.worker_id,
+            attempt=record.attempt,
+            detail=f"attempt {record.attempt} on worker {self.worker_id} {what}",
+        )
 
     async def _beat(self) -> None:
         interval = self.claim_ttl_s / 3

@@ -9,6 +9,7 @@ error), and the stream ends after the terminal event. A reconnect after that ter
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -24,6 +25,7 @@ from twintrack.api.ids import checked_id
 from twintrack.api.limits import StreamSlot, StreamSlots
 from twintrack.api.metrics import SSE_EVENTS_SENT, SSE_SUBSCRIBERS, tag_track
 from twintrack.domain.events import Event
+from twintrack.ports import EventsExpired
 from twintrack.service import ExecutionService
 from twintrack.store.executions import ExecutionRecord
 
@@ -94,6 +96,14 @@ async def _messages(
             SSE_EVENTS_SENT.labels(track).inc()
             if event.type.is_terminal:
                 break
+    except EventsExpired as exc:
+        # The stream cannot be served without a gap: one `error` message says so, then it ends.
+        error = {
+            "code": "events_expired",
+            "message": str(exc),
+            "earliest_index": exc.earliest_index,
+        }
+        yield ServerSentEvent(data=json.dumps({"error": error}), event="error")
     finally:
         slot.release()  # at once: the terminal event was sent or the client is gone
         SSE_SUBSCRIBERS.labels(track).dec()

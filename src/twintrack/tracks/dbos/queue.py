@@ -74,6 +74,34 @@ class DbosTaskQueue:
             )
         await self._enqueue(execution_id)
 
+    async def redeliver(self, executions: dict[str, EventsBackend]) -> dict[str, str]:
+        """Make sure the workflow of each queued execution will run; what was done to which.
+
+        For an enqueue that failed after the row moved to `queued` (the repair sweep's job): a
+        missing workflow is enqueued, a parked one released, one that ended without running the
+        execution (its row still says queued) rewound to its first step, same id. ENQUEUED and
+        PENDING ones are on their way and left alone."""
+        client = self._client_or_fail()
+        found = {
+            w.workflow_id: w.status
+            for w in await client.list_workflows_async(
+                workflow_ids=list(executions), load_input=False, load_output=False
+            )
+        }
+        done: dict[str, str] = {}
+        for execution_id, backend in executions.items():
+            status = found.get(execution_id)
+            if status is None:
+                await self._enqueue(execution_id)
+                done[execution_id] = "enqueued its missing workflow"
+            elif status == "DELAYED":
+                await self.enqueue(execution_id, 0, backend)
+                done[execution_id] = "released its parked workflow"
+            elif status not in ("ENQUEUED", "PENDING"):
+                await client.rewind_workflow_async(execution_id, queue_name=QUEUE_NAME)
+                done[execution_id] = f"rewound its {status} workflow"
+        return done
+
     async def cancel(self, execution_id: str) -> None:
         """Drop a workflow that must not run (stopped before any worker took it)."""
         if self._client is not None:

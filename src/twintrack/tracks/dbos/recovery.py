@@ -5,6 +5,13 @@ worker that died for good (scaled down, host lost) would strand its workflows, s
 workers elect one of them (an advisory lock) to watch the worker registry: a DBOS worker
 that stopped heartbeating, or stopped without finishing its workflows, has its PENDING
 workflows re-enqueued through DBOS, and any live worker runs them.
+
+The same leader repairs DBOS-track executions that no workflow will run: left `queued` (the
+enqueue after the start's commit failed, or the process died between the two), or `running`
+with no live claim while their workflow ended (its step raised before the run began, e.g. on
+a database error). After DBOS_REPAIR_QUEUED_S the workflow is enqueued, released or rewound
+(DbosTaskQueue.redeliver), at most `batch` per sweep, each with an audit row: a start is never
+`queued` forever, and a run whose workflow died is taken over like any other.
 """
 
 from __future__ import annotations
@@ -12,16 +19,21 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from sqlalchemy import insert, literal, select
+from sqlalchemy import exists, func, insert, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from twintrack.domain.execution import ExecutionStatus, Track
 from twintrack.metrics import RECOVERIES
 from twintrack.store.leader import AdvisoryLeader
-from twintrack.store.tables import ExecutionRecoveryRow, ExecutionRow
+from twintrack.store.tables import ExecutionClaimRow, ExecutionRecoveryRow, ExecutionRow
 from twintrack.store.workers import WorkerRegistry
+from twintrack.tracks.attempts import audit
+from twintrack.tracks.claims import RELEASED
+from twintrack.tracks.dbos.queue import DbosTaskQueue
 from twintrack.tracks.dbos.runtime import DbosRuntime
 
 log = structlog.get_logger()
+_UNFINISHED_STARTED = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, ExecutionStatus.PAUSED)
 LOCK_KEY = 0x7477696E64626F73  # "twindbos"
 
 
@@ -33,15 +45,21 @@ class DeadExecutorSweeper:
         sessions: async_sessionmaker[AsyncSession],
         registry: WorkerRegistry,
         runtime: DbosRuntime,
+        queue: DbosTaskQueue,
         silence_s: float,
         interval_s: float,
+        repair_queued_s: float = 30.0,
+        batch: int = 200,
     ) -> None:
         self._leader = AdvisoryLeader(db_engine, LOCK_KEY, "dead-executor sweeper")
         self._sessions = sessions
         self._registry = registry
         self._runtime = runtime
+        self._queue = queue
         self.silence_s = silence_s
         self.interval_s = interval_s
+        self.repair_queued_s = repair_queued_s
+        self.batch = batch
 
     async def sweep(self) -> list[str]:
         """Recover the workflows of every gone DBOS executor; the recovered workflow ids."""
@@ -64,17 +82,77 @@ class DeadExecutorSweeper:
         async with self._sessions.begin() as session:
             await session.execute(
                 insert(ExecutionRecoveryRow).from_select(
-                    ["execution_id", "track", "reason", "previous_worker_id", "attempt"],
+                    ["execution_id", "track", "reason", "previous_worker_id", "attempt", "detail"],
                     select(
                         ExecutionRow.id,
                         ExecutionRow.track,
                         literal("dead_executor"),
                         literal(executor),
                         ExecutionRow.attempt,
+                        func.concat(
+                            "attempt ",
+                            ExecutionRow.attempt,
+                            f" on worker {executor} stopped renewing its claim (its DBOS "
+                            "executor stopped or went silent)",
+                        ),
                     ).where(ExecutionRow.id.in_(execution_ids)),
                 )
             )
         RECOVERIES.labels("dbos", "dead_executor").inc(len(execution_ids))
+
+    async def repair_queued(self) -> list[str]:
+        """Redeliver DBOS-track executions unfinished for `repair_queued_s` with no live claim
+        whose workflow is not on its way (see the module docstring); the ids repaired."""
+        live_claim = exists().where(
+            ExecutionClaimRow.execution_id == ExecutionRow.id,
+            ExecutionClaimRow.worker_id != RELEASED,
+            ExecutionClaimRow.expires_at > func.now(),
+        )
+        older = func.now() - text("make_interval(secs => :secs)").bindparams(
+            secs=self.repair_queued_s
+        )
+        stale = (
+            select(ExecutionRow.id)
+            .where(
+                ExecutionRow.status.in_(_UNFINISHED_STARTED),
+                ExecutionRow.track == Track.DBOS,
+                ExecutionRow.updated_at < older,
+                ~live_claim,
+            )
+            .order_by(ExecutionRow.updated_at)
+            .limit(self.batch)
+            .with_for_update(skip_locked=True)
+            .cte("stale")  # a CTE runs once: a LIMIT in `IN (subquery)` may not hold
+        )
+        async with self._sessions.begin() as session:
+            rows = (
+                await session.execute(
+                    update(ExecutionRow)
+                    .where(ExecutionRow.id == stale.c.id)
+                    .values(updated_at=func.now())
+                    .returning(ExecutionRow.id, ExecutionRow.events_backend, ExecutionRow.attempt)
+                    .execution_options(synchronize_session=False)
+                )
+            ).all()
+        if not rows:
+            return []
+        done = await self._queue.redeliver({r.id: r.events_backend for r in rows})
+        if done:
+            async with self._sessions.begin() as session:
+                for row in rows:
+                    if row.id in done:
+                        audit(
+                            session,
+                            execution_id=row.id,
+                            track=Track.DBOS,
+                            reason="repair_queued",
+                            worker_id=None,
+                            attempt=row.attempt,
+                            detail=done[row.id],
+                        )
+            RECOVERIES.labels("dbos", "repair_queued").inc(len(done))
+            log.warning("repaired executions no workflow would run", done=done)
+        return list(done)
 
     async def run(self) -> None:
         try:
@@ -82,6 +160,7 @@ class DeadExecutorSweeper:
                 if await self._leader.lead():
                     try:
                         await self.sweep()
+                        await self.repair_queued()
                     except Exception:
                         log.exception("dead-executor sweep failed")
                 await asyncio.sleep(self.interval_s)

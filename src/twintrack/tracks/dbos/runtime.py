@@ -10,6 +10,7 @@ default executor of the loop that launched it, so blocking DBOS calls go to our 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from dbos import DBOS, DBOSClient
 from twintrack.config import Settings
 
 QUEUE_NAME = "twintrack-executions"
+_QUEUE_THREAD_JOIN_S = 15.0
 WORKFLOW_NAME = "twintrack_execution"
 T = TypeVar("T")
 
@@ -101,6 +103,18 @@ class DbosRuntime:
             on_conflict="always_update",
         )
 
+    async def stop_dequeuing(self) -> None:
+        """Stop this executor dequeuing workflows; those it runs go on. Idempotent.
+
+        DBOS 3.4 has no public call for it (only `destroy`, which abandons running workflows):
+        its queue manager thread (`dbos._queue.queue_thread`) and the per-queue worker threads
+        it starts share one stop event, set here; the threads then exit at their next wait and
+        are joined, so nothing is dequeued after this returns. Pinned by
+        tests/unit/test_dbos_internals.py.
+        """
+        if self.launched:
+            await blocking(_stop_queue_threads)
+
     async def destroy(self) -> None:
         if self.launched:
             self.launched = False
@@ -117,3 +131,18 @@ class DbosRuntime:
         """
         handles = await blocking(DBOS._recover_pending_workflows, list(executor_ids))
         return [h.get_workflow_id() for h in handles]
+
+
+def _queue_manager_threads() -> list[threading.Thread]:
+    from dbos._dbos import _get_dbos_instance
+    from dbos._queue import queue_thread
+
+    threads: list[threading.Thread] = _get_dbos_instance()._background_threads
+    return [t for t in threads if getattr(t, "_target", None) is queue_thread]
+
+
+def _stop_queue_threads() -> None:
+    for thread in _queue_manager_threads():
+        stop_event: threading.Event = thread._args[0]  # type: ignore[attr-defined]
+        stop_event.set()
+        thread.join(_QUEUE_THREAD_JOIN_S)

@@ -5,6 +5,14 @@ of its `execution.created` (index 0), so a reader seeks straight there with a gr
 instead of re-reading the partition from offset 0 (the prior art's defect). A partition
 interleaves many executions and writers are at-least-once, so a reader filters by key and
 re-sequences by index: no duplicate, no gap, nothing before `from_index`.
+
+Events gone from Kafka (the topic's retention deleted them, or the broker lost its log): a
+reader first checks that the record at the recorded offset is still this execution's index 0.
+If it is not, the stream can only be served when everything from `from_index` on is still
+there, which is the case when the first retained event of the execution has an index at or
+below `from_index`; otherwise `EventsExpired` is raised before any event, naming the earliest
+index still retained (or none). A subscriber therefore gets either every event from its index,
+with no gap, or that one clear error: never a hang, never a silent skip.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from twintrack.domain.events import TERMINAL_EVENT_TYPES, Event
+from twintrack.ports import EventsExpired
 from twintrack.store.tables import KafkaEventLogRow
 from twintrack.tracks.kafka.clients import KafkaConfig, make_consumer
 from twintrack.tracks.sequencing import Sequencer
@@ -37,6 +46,8 @@ _TERMINAL_TYPES = frozenset(t.value.encode() for t in TERMINAL_EVENT_TYPES)
 POLL_TIMEOUT_MS = 100
 LOG_POLL_S = 0.02
 SCAN_TIMEOUT_S = 60.0
+#: last_event reads the partition's tail first, this many offsets, then 4x further back each time
+TAIL_WINDOW = 512
 
 ConsumerFactory = Callable[[KafkaConfig], AIOKafkaConsumer]
 
@@ -177,9 +188,14 @@ class EventReader:
         start = await self.wait_for_start(execution_id)
         key = execution_id.encode()
         sequencer = Sequencer(from_index)
+        check = _RetainedCheck(start, key, execution_id, from_index)
         async with self._consumer_at(start) as consumer:
             while True:
-                for record in await self._records(consumer, start.tp):
+                records = await self._records(consumer, start.tp)
+                if not check.done:
+                    at = None if records else await consumer.position(start.tp)
+                    check.see(records, consumer.highwater(start.tp), at)
+                for record in records:
                     if record.key != key:
                         continue
                     hint = _index_hint(record)
@@ -200,37 +216,113 @@ class EventReader:
         return 0 if last is None else last.index + 1
 
     async def last_event(self, execution_id: str) -> Event | None:
-        """The event with the highest index in the log, read from index 0's offset to the
-        highwater.
+        """The event with the highest index in the log (None when none is retained).
 
-        The highwater comes from fetch responses (`consumer.highwater`), which is exact on every
-        broker, unlike ListOffsets(latest) on Tansu after multi-record batches. A fresh consumer's
-        every fetch is answered after this call began, so reaching its highwater means every
-        event durable at the call has been read.
+        Read from the partition's tail backwards, never before index 0's recorded offset: the
+        tail window (the last TAIL_WINDOW offsets, read up to the highwater), then windows four
+        times larger further back, until one holds an event of this execution. An execution's
+        events are in the log in index order (one writer at a time, in order), so the highest
+        index is in the latest window that has any: the cost is the partition's traffic since the
+        execution's last event (seconds, for a give-up or a re-run after a crash), not since its
+        creation. The highwater comes from fetch responses (`consumer.highwater`), exact on every
+        broker, unlike ListOffsets(latest) on Tansu, which only places the first window.
         """
         start = await self.find_start(execution_id)
         if start is None:
             return None
         key = execution_id.encode()
-        highest: Event | None = None
         try:
             async with asyncio.timeout(SCAN_TIMEOUT_S), self._consumer_at(start) as consumer:
+                end = (await consumer.end_offsets([start.tp])).get(start.tp, start.first_offset)
+                low = max(start.first_offset, end - TAIL_WINDOW)
+                high: int | None = None  # None: up to the highwater
+                window = TAIL_WINDOW
                 while True:
-                    for record in await self._records(consumer, start.tp):
-                        event = decode(record, execution_id) if record.key == key else None
-                        if event is not None and (highest is None or event.index > highest.index):
-                            highest = event
-                    highwater = consumer.highwater(start.tp)
-                    if highwater is not None and await consumer.position(start.tp) >= highwater:
+                    consumer.seek(start.tp, low)
+                    highest = await self._highest(consumer, start.tp, key, execution_id, high)
+                    if highest is not None or low <= start.first_offset:
                         return highest
+                    window *= 4
+                    high, low = low, max(start.first_offset, low - window)
         except TimeoutError:
             raise TimeoutError(
                 f"reading the events of {execution_id} did not reach the end of "
                 f"{start.topic}[{start.partition}] within {SCAN_TIMEOUT_S:g}s"
             ) from None
 
+    async def _highest(
+        self,
+        consumer: AIOKafkaConsumer,
+        tp: TopicPartition,
+        key: bytes,
+        execution_id: str,
+        high: int | None,
+    ) -> Event | None:
+        """The highest-index event of `key` from the consumer's position to `high` (offset,
+        exclusive) or, with None, to the highwater. A fresh consumer's every fetch is answered
+        after this call began, so reaching its highwater means every event durable at the call
+        has been read."""
+        highest: Event | None = None
+        while True:
+            for record in await self._records(consumer, tp):
+                if high is not None and record.offset >= high:
+                    continue
+                event = decode(record, execution_id) if record.key == key else None
+                if event is not None and (highest is None or event.index > highest.index):
+                    highest = event
+            limit = high if high is not None else consumer.highwater(tp)
+            if limit is not None and await consumer.position(tp) >= limit:
+                return highest
+
     async def close(self) -> None:
         """Stop every open consumer; their subscriptions end with EventBusClosed."""
         self._closed = True
         for consumer in list(self._open):
             await consumer.stop()
+
+
+class _RetainedCheck:
+    """Whether what a subscriber asked for is still in the log (see the module docstring)."""
+
+    def __init__(self, start: LogStart, key: bytes, execution_id: str, from_index: int) -> None:
+        self._start = start
+        self._key = key
+        self._execution_id = execution_id
+        self._from_index = from_index
+        self._start_lost = False
+        self.done = False
+
+    def _expired(self, earliest: int | None, why: str) -> EventsExpired:
+        return EventsExpired(self._execution_id, self._from_index, earliest, why)
+
+    def see(
+        self,
+        records: list[ConsumerRecord[Any, Any]],
+        highwater: int | None,
+        position: int | None,
+    ) -> None:
+        """One fetch's records (or, when it brought none, the consumer's position)."""
+        first = self._start.first_offset
+        if not records:
+            if highwater is None or position is None or position < highwater:
+                return  # not at the end of the log yet
+            if self._start_lost:
+                raise self._expired(None, f"offset {first} of index 0 is gone")
+            if highwater <= first:
+                raise self._expired(
+                    None, f"the log ends at offset {highwater}, before offset {first} of index 0"
+                )
+            return
+        if not self._start_lost:
+            head = records[0]
+            if head.offset == first and head.key == self._key and _index_hint(head) == 0:
+                self.done = True  # the log still starts where it did: nothing is missing
+                return
+            self._start_lost = True
+        ours = [r for r in records if r.key == self._key and _index_hint(r) is not None]
+        if not ours:
+            return  # read on; an empty fetch at the highwater ends the search
+        earliest = min(hint for r in ours if (hint := _index_hint(r)) is not None)
+        if earliest > self._from_index:
+            raise self._expired(earliest, f"offset {first} of index 0 is gone")
+        self.done = True

@@ -25,6 +25,7 @@ from twintrack.tracks.kafka.tasks import TaskMessage
 
 log = structlog.get_logger()
 _TRACK = "kafka"
+_STOP_TAKING_S = 10.0  # bounds a claim in flight when the worker is told to stop
 
 
 class KafkaWorker:
@@ -56,17 +57,28 @@ class KafkaWorker:
         self._consuming = asyncio.create_task(self._consume(), name="kafka-worker-consume")
         log.info("kafka worker started", worker_id=self.worker_id, concurrency=self.concurrency)
 
-    async def stop(self) -> None:
-        """Stop taking tasks (running executions are the host's to finish or hand back)."""
+    async def stop_taking_work(self) -> None:
+        """Take no new task: the consume loop ends after the task it is taking (never in the
+        middle of a claim), and the consumer leaves the group, so its partitions go to the
+        other workers; tasks fetched but not taken were not committed, so they get them."""
         self._stopping = True
         if self._consuming is not None:
-            self._consuming.cancel()
+            done, _ = await asyncio.wait([self._consuming], timeout=_STOP_TAKING_S)
+            if not done:
+                self._consuming.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._consuming
+            self._consuming = None
         if self._consumer is not None:
-            await self._consumer.stop()
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
+
+    async def stop(self) -> None:
+        """Stop taking tasks (running executions are the host's to finish or hand back)."""
+        await self.stop_taking_work()
         if self._dead_letters is not None:
             await self._dead_letters.stop()
+            self._dead_letters = None
         log.info("kafka worker stopped", worker_id=self.worker_id)
 
     async def _consume(self) -> None:
@@ -91,9 +103,14 @@ class KafkaWorker:
                     await asyncio.wait_for(self.host.slot_freed.wait(), timeout=1.0)
                 continue
             for tp, records in batch.items():
+                taken: int | None = None
                 for record in records:
+                    if self._stopping:
+                        break  # not committed: another worker gets it
                     await self._take_safely(record)
-                await self._commit(consumer, tp, records[-1].offset + 1)
+                    taken = record.offset + 1
+                if taken is not None:
+                    await self._commit(consumer, tp, taken)
 
     async def _take_safely(self, message: ConsumerRecord[bytes, bytes]) -> None:
         """`_take`, never raising: the consume loop must outlive any one task (and any
