@@ -14,7 +14,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from bench import (
@@ -29,7 +29,7 @@ from bench import (
     throughput,
 )
 from bench.chaos import SoakServers, soak_servers
-from bench.config import DEFAULT_MODES, FULL, MODES, QUICK, QUICK_SOAK, SOAK, Mode, Sizes
+from bench.config import DEFAULT_MODES, FULL, MODES, QUICK, QUICK_SOAK, SOAK, Mode, Sizes, SoakSizes
 from bench.infra import Deployment, Servers, cpu_groups, deploy, progress, servers
 from bench.machine import code_revision, facts, load_average
 from bench.procs import CpuMeter
@@ -137,6 +137,13 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         f"{QUICK_SOAK.executions})",
     )
     parser.add_argument(
+        "--soak",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a chaos soak size (bench.config.SoakSizes field, e.g. rate=10, stall_s=5)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -163,7 +170,25 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         if args.soak_executions < 1:
             parser.error("--soak-executions: expected a positive number")
         args.soak_sizes = replace(args.soak_sizes, executions=args.soak_executions)
+    try:
+        args.soak_sizes = _soak_sizes(args.soak_sizes, args.soak)
+    except ValueError as exc:
+        parser.error(f"--soak: {exc}")
     return args
+
+
+def _soak_sizes(sizes: SoakSizes, items: Sequence[str]) -> SoakSizes:
+    """`sizes` with FIELD=VALUE overrides, each parsed as its field's default is typed."""
+    numeric = {f.name for f in fields(SoakSizes) if f.name != "settings"}
+    changes: dict[str, int | float | None] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or name not in numeric:
+            raise ValueError(f"expected FIELD=VALUE with FIELD one of {sorted(numeric)}: {item!r}")
+        current = getattr(SOAK, name)
+        kind = float if isinstance(current, float) else int
+        changes[name] = None if raw.lower() == "none" else kind(raw)
+    return replace(sizes, **changes)  # type: ignore[arg-type]
 
 
 async def _soak(own: SoakServers, mode: Mode, args: argparse.Namespace, logs: Path) -> Section:

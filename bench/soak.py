@@ -118,6 +118,8 @@ class SoakRun:
     poll_errors: int
     loop_lag_max_s: float
     loop_stalls: list[tuple[float, float]]
+    #: executions of the soak's flows it never accepted (a retried create), by status
+    orphans: dict[str, int] = field(default_factory=dict)
 
 
 def _event(received: Received) -> dict[str, Any]:
@@ -144,7 +146,9 @@ class Soak:
             deployment.env["DATABASE_URL"], pool_pre_ping=True, pool_size=2, max_overflow=2
         )
         self.observed: dict[str, Observed] = {}
-        self.counter_of: dict[str, str] = {}
+        self.counter_of: dict[str, str] = {}  # flow id and execution id -> its counter
+        self.flow_ids: list[str] = []
+        self.orphans: dict[str, int] = {}
         self.refused: list[str] = []
         self.calls: list[Call] = []
         self.timeline = Timeline()
@@ -207,7 +211,8 @@ class Soak:
                 self.counter_of[flow_id] = counter
                 return flow_id
 
-        return list(await asyncio.gather(*(one(i) for i in range(self.sizes.executions))))
+        self.flow_ids = list(await asyncio.gather(*(one(i) for i in range(self.sizes.executions))))
+        return self.flow_ids
 
     async def produce(self, flows: list[str]) -> None:
         """Start one client per flow, paced at `rate`, at most `clients` at once."""
@@ -452,6 +457,7 @@ class Soak:
                 obs.outputs = dict(row.outputs or {})
                 obs.error = row.error_message
             obs.tally = counts.get(self.counter_of[execution_id], 0)
+        self.orphans = await self._read_orphans(set(ids))
         gate = asyncio.Semaphore(REPLAY_CONCURRENCY)
 
         async def replay(obs: Observed) -> None:
@@ -480,6 +486,24 @@ class Soak:
             except (SQLAlchemyError, OSError, TimeoutError):
                 await asyncio.sleep(1)
         raise RuntimeError("soak: could not read the executions back from PostgreSQL")
+
+    async def _read_orphans(self, accepted: set[str]) -> dict[str, int]:
+        """Executions of the soak's flows it never accepted, by status: a create retried after
+        its answer was lost made one more (creates carry no idempotency key)."""
+        flows = self.flow_ids
+        async with asyncio.timeout(10), self.engine.connect() as connection:
+            rows = (
+                await connection.execute(
+                    select(ExecutionRow.id, ExecutionRow.status).where(
+                        ExecutionRow.flow_id.in_(flows)
+                    )
+                )
+            ).all()
+        orphans: dict[str, int] = {}
+        for execution_id, status in rows:
+            if execution_id not in accepted:
+                orphans[str(status)] = orphans.get(str(status), 0) + 1
+        return orphans
 
     async def _read_counters(self) -> dict[str, int]:
         async with asyncio.timeout(10), self.engine.connect() as connection:
@@ -541,6 +565,7 @@ async def run(deployment: Deployment, own: SoakServers, sizes: SoakSizes) -> Soa
             soak.poll_errors,
             soak.loop_lag_max_s,
             soak.loop_stalls,
+            soak.orphans,
         )
     finally:
         await soak.close()

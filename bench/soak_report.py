@@ -81,6 +81,7 @@ def summarize(run: SoakRun) -> dict[str, Any]:
         "event_loop_lag_max_s": run.loop_lag_max_s,
         "event_loop_stalls": [(at - line.began, lag) for at, lag in run.loop_stalls][:20],
         "refused_examples": run.refused[:5],
+        "orphans_of_retried_creates": run.orphans,
         "duration_s": line.drained - line.began,
         "load_s": line.load_ended - line.began,
     }
@@ -207,6 +208,20 @@ def _details(data: dict[str, Any], counts: Counts) -> list[str]:
         + ", ".join(f"`{k}={v}`" for k, v in data["settings"].items())
         + ".",
     ]
+    if counts.refused:
+        lines += [
+            "",
+            f"{counts.refused} execution(s) not accepted within the retry window; first "
+            f"answer(s): " + "; ".join(f"`{r}`" for r in data["refused_examples"][:3]) + ".",
+        ]
+    if data["orphans_of_retried_creates"]:
+        lines += [
+            "",
+            "Executions a retried create left behind (its first answer was lost, so the soak "
+            "never knew them), by status: "
+            + ", ".join(f"{k} {v}" for k, v in data["orphans_of_retried_creates"].items())
+            + ".",
+        ]
     if counts.failure_reasons:
         lines += ["", "Why executions failed:", ""]
         lines += [f"- {n}: `{reason}`" for reason, n in counts.failure_reasons.items()]
