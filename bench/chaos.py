@@ -10,8 +10,11 @@ Tansu broker. The faults:
   connections stay up but nothing answers);
 - `kill_worker`: SIGKILL to a `twintrack worker` process group, reaped at once.
 
-The blocking parts (stopping/starting PostgreSQL) run in a thread: the API under test shares the
-soak's event loop and must keep serving while its database goes away.
+The blocking parts (stopping/starting PostgreSQL, reaping a worker) run in a thread of the
+soak's own: the API under test shares the soak's event loop and must keep serving while its
+database goes away, and it may fill the loop's default executor with calls that block for the
+whole outage (DBOS retries its system-database connection with a backoff of a minute and more),
+which would leave the restart queued behind them and PostgreSQL down for good.
 """
 
 from __future__ import annotations
@@ -24,17 +27,25 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.infra import Servers
-from twintrack.infra._proc import free_port
+from twintrack.infra._proc import EmbeddedServerError, free_port
 from twintrack.infra.broker import EmbeddedBroker
 from twintrack.infra.discovery import ProvidedBroker, ProvidedPostgres
 from twintrack.infra.postgres import EmbeddedPostgres
 
 _PREFIX = "twintrack-soak-"
+START_TRIES = 5
+#: the faults' own threads (see the module docstring)
+_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="soak-chaos")
+
+
+async def _blocking(call: Callable[[], object]) -> None:
+    await asyncio.get_running_loop().run_in_executor(_THREADS, call)
 
 
 @dataclass
@@ -81,13 +92,26 @@ class Outage:
 async def restart_postgres(postgres: EmbeddedPostgres, down_s: float) -> Outage:
     """Stop the server (fast shutdown), leave it down `down_s`, start it on the same port."""
     began = time.time()
-    await asyncio.to_thread(postgres.stop)
+    await _blocking(postgres.stop)
     down = time.time()
     try:
         await asyncio.sleep(down_s)  # the length of the outage: the fault itself
     finally:
-        await asyncio.to_thread(postgres.start)
+        await _start_again(postgres)
     return Outage(began, down, time.time())
+
+
+async def _start_again(postgres: EmbeddedPostgres) -> None:
+    """Start on the same port, a few tries: while it was down, a client reconnecting to that
+    port can have been given it as its own local port (a TCP self-connect), briefly."""
+    for attempt in range(START_TRIES):
+        try:
+            await _blocking(postgres.start)
+            return
+        except EmbeddedServerError:
+            if attempt == START_TRIES - 1:
+                raise
+        await asyncio.sleep(1.0)  # before trying the port again
 
 
 async def stall_broker(broker: EmbeddedBroker, stall_s: float) -> Outage:
@@ -109,5 +133,5 @@ async def kill_worker(proc: subprocess.Popen[bytes]) -> float:
     killed = time.time()
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    await asyncio.to_thread(proc.wait, 10)
+    await _blocking(lambda: proc.wait(10))
     return killed

@@ -539,14 +539,23 @@ async def run(deployment: Deployment, own: SoakServers, sizes: SoakSizes) -> Soa
         began = time.monotonic()
         soak.timeline.began = time.time()
         chaos = asyncio.create_task(soak.chaos(began))
+        producing = asyncio.create_task(soak.produce(flows))
         try:
-            await soak.produce(flows)
+            # a fault that could not be injected (or undone) ends the soak at once
+            await asyncio.wait({chaos, producing}, return_when=asyncio.FIRST_EXCEPTION)
+            if chaos.done() and chaos.exception() is not None:
+                producing.cancel()
+                await chaos
+            await producing
             progress(f"soak {deployment.mode.name}: load done, waiting for the faults to end")
             await chaos
             progress(f"soak {deployment.mode.name}: draining")
             await soak.drain()
         finally:
+            producing.cancel()
             chaos.cancel()  # a stall in progress is always thawed (chaos.stall_broker)
+            with contextlib.suppress(asyncio.CancelledError):
+                await producing
             with contextlib.suppress(asyncio.CancelledError):
                 await chaos
             soak.stop_polling()
