@@ -124,7 +124,20 @@ def _zero(key: str, what: str, value: int, detail: str = "") -> Row:
 
 
 def section(run: SoakRun) -> Section:
-    data = summarize(run)
+    return section_of(summarize(run))
+
+
+def _stall_cell(stall: dict[str, Any]) -> str:
+    during = stall["events_received_during_stall"]
+    if stall["events_flowing_after_s"] is None and during:
+        flowing = f"never stopped ({during} events during the stall)"
+    else:
+        flowing = _s(stall["events_flowing_after_s"])
+    return f"{flowing} / {_s(stall['api_ready_after_s'])} (stalled {fmt(stall['stall_s'])} s)"
+
+
+def section_of(data: dict[str, Any]) -> Section:
+    """The table rows and details of one mode, from `summarize`'s data (or its JSON)."""
     counts = Counts(**data["counts"])
     kill = data["kill_to_retrying_s"]
     rows = [
@@ -188,8 +201,7 @@ def section(run: SoakRun) -> Section:
                 "soak-stall",
                 "soak: broker stall end → events flowing / API ready",
                 "recovers by itself",
-                f"{_s(stall['events_flowing_after_s'])} / {_s(stall['api_ready_after_s'])} "
-                f"(stalled {fmt(stall['stall_s'])} s)",
+                _stall_cell(stall),
                 stall["api_ready_after_s"] is not None,
             )
         )
@@ -230,8 +242,14 @@ def _details(data: dict[str, Any], counts: Counts) -> list[str]:
             "",
             "Examples: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in counts.examples.items()),
         ]
-    lines += ["", "```json", json.dumps(data, indent=1, default=str), "```"]
+    lines += ["", "```json", compact_json(data), "```"]
     return lines
+
+
+def compact_json(data: dict[str, Any]) -> str:
+    """One top-level key per line: short enough for the docs, still valid JSON."""
+    items = [f" {json.dumps(k)}: {json.dumps(v, default=str)}" for k, v in data.items()]
+    return "{\n" + ",\n".join(items) + "\n}"
 
 
 def render_block(

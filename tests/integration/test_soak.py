@@ -27,8 +27,8 @@ TINY = SoakSizes(
     max_kills=1,
     pg_down_s=1.0,
     stall_s=2.0,
-    drain_s=30.0,
-    follow_s=30.0,
+    drain_s=20.0,
+    follow_s=20.0,
     settings={
         "CLAIM_TTL_S": "3",
         "RECOVERY_SWEEP_INTERVAL_S": "0.3",
@@ -49,7 +49,7 @@ def json_logs() -> Iterator[None]:
     structlog.configure(**saved)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(150)
 @pytest.mark.parametrize("mode", MODES, ids=[m.name for m in MODES])
 async def test_soak_injects_every_fault_and_reports_counts_that_add_up(
     mode: Mode, tmp_path: Path, json_logs: None
@@ -76,7 +76,7 @@ async def test_soak_injects_every_fault_and_reports_counts_that_add_up(
     assert stall["stall_s"] >= TINY.stall_s
     assert restart["api_healthy_after_s"] is not None, "the API never recovered from the restart"
     assert stall["api_ready_after_s"] is not None, "the API never recovered from the stall"
-    assert data["duration_s"] < 60, "the soak overran its tiny plan"
+    assert data["duration_s"] < 75, "the soak overran its tiny plan"
 
     # and the report renders one row per number, in the table and as JSON
     section = soak_report.section(run)
