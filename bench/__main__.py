@@ -1,16 +1,20 @@
-"""`python -m bench [--quick] [--out docs/benchmarks.md] [--modes kafka] [--only latency,...]`."""
+"""`python -m bench [--quick] [--out docs/benchmarks.md] [--modes kafka] [--only latency,...]`.
+
+`--only soak [--soak-executions N]` runs the chaos soak instead (not part of a plain run: it
+breaks its servers on purpose, so it brings its own; see `bench.soak`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from bench import (
@@ -20,9 +24,12 @@ from bench import (
     latency,
     recovery,
     rss,
+    soak,
+    soak_report,
     throughput,
 )
-from bench.config import DEFAULT_MODES, FULL, MODES, QUICK, Mode, Sizes
+from bench.chaos import SoakServers, soak_servers
+from bench.config import DEFAULT_MODES, FULL, MODES, QUICK, QUICK_SOAK, SOAK, Mode, Sizes, SoakSizes
 from bench.infra import Deployment, Servers, cpu_groups, deploy, progress, servers
 from bench.machine import code_revision, facts, load_average
 from bench.procs import CpuMeter
@@ -41,6 +48,8 @@ ON_DEPLOYMENT: dict[str, Measure] = {
     "throughput": throughput.measure,
 }
 ALL = (*ON_DEPLOYMENT, "recovery")
+#: Only on request (`--only soak`): it restarts and stalls servers of its own.
+SOAK_NAME = "soak"
 _HIDDEN_SETTINGS = {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC_PREFIX"}
 
 
@@ -121,6 +130,20 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--only", default=",".join(ALL), help=f"comma-separated, of: {', '.join(ALL)}"
     )
     parser.add_argument(
+        "--soak-executions",
+        type=int,
+        metavar="N",
+        help=f"executions per mode in the chaos soak (default {SOAK.executions}; quick "
+        f"{QUICK_SOAK.executions})",
+    )
+    parser.add_argument(
+        "--soak",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a chaos soak size (bench.config.SoakSizes field, e.g. rate=10, stall_s=5)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -140,24 +163,73 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     if not args.mode_list or set(args.modes.split(",")) - known:
         parser.error(f"--modes: expected some of {sorted(known)}")
     args.only_list = args.only.split(",")
-    if set(args.only_list) - set(ALL):
-        parser.error(f"--only: expected some of {', '.join(ALL)}")
+    if set(args.only_list) - {*ALL, SOAK_NAME}:
+        parser.error(f"--only: expected some of {', '.join((*ALL, SOAK_NAME))}")
+    args.soak_sizes = QUICK_SOAK if args.quick else SOAK
+    if args.soak_executions is not None:
+        if args.soak_executions < 1:
+            parser.error("--soak-executions: expected a positive number")
+        args.soak_sizes = replace(args.soak_sizes, executions=args.soak_executions)
+    try:
+        args.soak_sizes = _soak_sizes(args.soak_sizes, args.soak)
+    except ValueError as exc:
+        parser.error(f"--soak: {exc}")
     return args
+
+
+def _soak_sizes(sizes: SoakSizes, items: Sequence[str]) -> SoakSizes:
+    """`sizes` with FIELD=VALUE overrides, each parsed as its field's default is typed."""
+    numeric = {f.name for f in fields(SoakSizes) if f.name != "settings"}
+    changes: dict[str, int | float | None] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or name not in numeric:
+            raise ValueError(f"expected FIELD=VALUE with FIELD one of {sorted(numeric)}: {item!r}")
+        current = getattr(SOAK, name)
+        kind = float if isinstance(current, float) else int
+        changes[name] = None if raw.lower() == "none" else kind(raw)
+    return replace(sizes, **changes)  # type: ignore[arg-type]
+
+
+async def _soak(own: SoakServers, mode: Mode, args: argparse.Namespace, logs: Path) -> Section:
+    try:
+        return soak_report.section(await soak.soak_mode(own, mode, args.soak_sizes, logs))
+    except Exception as exc:
+        return _failed(SOAK_NAME, exc)
 
 
 async def _main(args: argparse.Namespace) -> list[ModeResult]:
     sizes = QUICK if args.quick else FULL
     results = []
-    with servers() as found, tempfile.TemporaryDirectory(prefix="twintrack-bench-") as logs:
-        args.server_facts = found.describe()
+    with contextlib.ExitStack() as stack:
+        logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="twintrack-bench-")))
+        found = stack.enter_context(servers()) if set(args.only_list) & set(ALL) else None
+        own = stack.enter_context(soak_servers()) if SOAK_NAME in args.only_list else None
+        args.server_facts = found.describe() if found else []
+        if own is not None:
+            args.server_facts += [(f"{k} (soak, its own)", v) for k, v in own.servers.describe()]
         for mode in args.mode_list:
-            results.append(await run_mode(found, mode, sizes, args.only_list, Path(logs)))
+            result = ModeResult(mode.name)
+            if found is not None:
+                result = await run_mode(found, mode, sizes, args.only_list, logs)
+            if own is not None:
+                result.sections.append(await _soak(own, mode, args, logs))
+            results.append(result)
     return results
+
+
+def _split(results: Sequence[ModeResult], soak_part: bool) -> list[ModeResult]:
+    """The results with only the soak's sections (or only the others'), for their doc blocks."""
+    return [
+        replace(r, sections=[s for s in r.sections if (s.title == soak_report.TITLE) == soak_part])
+        for r in results
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
-    configure_logging("WARNING")
+    # The soak's API runs in this process: JSON logs, as its workers (see SoakSizes.settings).
+    configure_logging("WARNING", "json" if SOAK_NAME in args.only_list else "console")
     began = time.monotonic()
     load_before = load_average()
     machine = [*facts(), ("code", code_revision())]
@@ -166,13 +238,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     machine += [
         *args.server_facts,
         ("sizes", "quick (smoke test)" if args.quick else "full"),
+        *([("soak sizes", str(args.soak_sizes))] if SOAK_NAME in args.only_list else []),
         ("load average (1, 5, 15 min)", f"before {load_before}; after {load_average()}"),
         ("run time", f"{elapsed:.0f} s"),
     ]
     command = " ".join(["uv run python -m bench", *(argv if argv is not None else sys.argv[1:])])
     print(results_table(results))
     if args.out:
-        write_doc(args.out, render(results, machine, command))
+        if set(args.only_list) & set(ALL):
+            write_doc(args.out, render(_split(results, False), machine, command))
+        if SOAK_NAME in args.only_list:
+            block = soak_report.render_block(_split(results, True), machine, command)
+            soak_report.write_doc(args.out, block)
         progress(f"wrote {args.out}")
     if args.json:
         args.json.write_text(

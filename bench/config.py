@@ -100,3 +100,43 @@ DEPLOYMENT_ENV: Mapping[str, str] = {
     "WORKER_CONCURRENCY": "20",
     "LOG_LEVEL": "WARNING",
 }
+
+
+@dataclass(frozen=True)
+class SoakSizes:
+    """The chaos soak (`--only soak`): load, faults and deadlines, per mode.
+
+    The load is `executions` runs of `const → tally → delay(delay_ms) → output` (one flow each,
+    so each has a counter of its own), started at up to `rate` per second with at most `clients`
+    in flight. Over that window: a worker SIGKILLed every `kill_every_s` (at most `max_kills`,
+    None: no cap) and replaced, PostgreSQL restarted at a third (down `pg_down_s`), the broker
+    stalled for `stall_s` at two thirds. Then `drain_s` for every execution to end.
+    """
+
+    executions: int = 1000
+    clients: int = 32
+    rate: float = 25.0
+    delay_ms: int = 1000
+    kill_every_s: float = 5.0
+    max_kills: int | None = None
+    pg_down_s: float = 3.0
+    stall_s: float = 20.0
+    drain_s: float = 180.0
+    #: how long one client follows one execution live before leaving it to the final check
+    follow_s: float = 90.0
+    #: on top of the deployment's: recovery as in the recovery measurement's fastest setting,
+    #: attempts enough that repeated kills of one execution do not exhaust them, and JSON logs
+    #: as in production (the console renderer formats each traceback with rich, seconds of
+    #: event-loop time per error: during an outage it froze the API for minutes)
+    settings: Mapping[str, str] = field(
+        default_factory=lambda: {
+            "CLAIM_TTL_S": "6",
+            "RECOVERY_SWEEP_INTERVAL_S": "2",
+            "MAX_ATTEMPTS": "10",
+            "LOG_FORMAT": "json",
+        }
+    )
+
+
+SOAK = SoakSizes()
+QUICK_SOAK = SoakSizes(executions=100, rate=20.0, kill_every_s=3.0, stall_s=5.0, drain_s=90.0)
