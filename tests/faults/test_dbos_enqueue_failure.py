@@ -68,12 +68,16 @@ async def test_a_start_whose_enqueue_failed_is_delivered_by_the_repair_sweep(
         assert [e["type"] for e in events].count("execution.completed") == 1
         assert await stack.container.counters.get("after") == 1
         repairs = [(a.reason, a.detail) for a in await audits(stack, ex)]
-        assert len(repairs) == 1
-        assert repairs[0][0] == "repair_queued"
-        assert repairs[0][1] in {
-            "enqueued its missing workflow",
-            "released its parked workflow",
-        }
+        if fault_env.get("EXECUTION_EVENTS_BACKEND") == "dbos":
+            # The parked workflow's delay was already set to 0 before the refused release, so
+            # DBOS's own queue thread may release it as soon as the trigger is gone, before
+            # the sweep looks: either way it runs once, and at most one repair is recorded.
+            assert len(repairs) <= 1, repairs
+        else:
+            assert len(repairs) == 1, repairs
+        for reason, detail in repairs:
+            assert reason == "repair_queued"
+            assert detail in {"enqueued its missing workflow", "released its parked workflow"}
 
 
 _REFUSE_CLAIM = (
