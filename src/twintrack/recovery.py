@@ -18,7 +18,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 import structlog
-from sqlalchemy import exists, func, select, text, update
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from twintrack.children_sweep import ChildSweeper
@@ -28,9 +28,9 @@ from twintrack.ports import TaskQueue
 from twintrack.service import ExecutionService
 from twintrack.store.executions import ExecutionStore
 from twintrack.store.leader import AdvisoryLeader
-from twintrack.store.tables import ExecutionClaimRow, ExecutionRow
+from twintrack.store.tables import ExecutionRow
 from twintrack.tracks.attempts import Attempts, audit, stopped_renewing
-from twintrack.tracks.claims import ACTIVE, RELEASED, ClaimStore, ExpiredClaim
+from twintrack.tracks.claims import ACTIVE, ClaimStore, ExpiredClaim, touch_unclaimed
 
 log = structlog.get_logger()
 _S = ExecutionStatus
@@ -147,34 +147,14 @@ class RecoverySweeper:
         skipped, not waited for."""
         if self._kafka_queue is None:
             return
-        live_claim = exists().where(
-            ExecutionClaimRow.execution_id == ExecutionRow.id,
-            ExecutionClaimRow.worker_id != RELEASED,
-            ExecutionClaimRow.expires_at > func.now(),
-        )
-        stale = (
-            select(ExecutionRow.id)
-            .where(
-                ExecutionRow.status == _S.QUEUED,
-                ExecutionRow.track == Track.KAFKA,
-                ExecutionRow.updated_at < _seconds_ago(self.policy.stale_queued_s),
-                ~live_claim,
-            )
-            .order_by(ExecutionRow.updated_at)
-            .limit(self.policy.batch)
-            .with_for_update(skip_locked=True)
-            .cte("stale")  # a CTE runs once: a LIMIT in `IN (subquery)` may not hold
-        )
         async with self._sessions.begin() as session:
-            rows = (
-                await session.execute(
-                    update(ExecutionRow)
-                    .where(ExecutionRow.id == stale.c.id)
-                    .values(updated_at=func.now())
-                    .returning(ExecutionRow.id, ExecutionRow.attempt)
-                    .execution_options(synchronize_session=False)
-                )
-            ).all()
+            rows = await touch_unclaimed(
+                session,
+                track=Track.KAFKA,
+                statuses=[_S.QUEUED],
+                older_than_s=self.policy.stale_queued_s,
+                limit=self.policy.batch,
+            )
             for row in rows:
                 audit(
                     session,

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, text, tuple_, update
+from sqlalchemy import Row, and_, exists, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from twintrack.domain.attempts import HANDOVER
-from twintrack.domain.execution import ExecutionStatus, Track
+from twintrack.domain.execution import EventsBackend, ExecutionStatus, Track
 from twintrack.store.errors import NotFound
 from twintrack.store.executions import ExecutionRecord, ExecutionStore
 from twintrack.store.tables import ExecutionClaimRow, ExecutionRecoveryRow, ExecutionRow
@@ -43,6 +43,48 @@ class ExpiredClaim:
     generation: int
     status: ExecutionStatus
     attempt: int
+
+
+async def touch_unclaimed(
+    session: AsyncSession,
+    *,
+    track: Track,
+    statuses: Collection[ExecutionStatus],
+    older_than_s: float,
+    limit: int,
+) -> Sequence[Row[str, EventsBackend, int]]:
+    """Executions of `track` in `statuses`, untouched for `older_than_s`, that no live claim
+    holds: what a sweeper re-delivers because nothing else will. At most `limit`, oldest first;
+    rows another sweeper is touching are skipped, not waited for. Their `updated_at` is touched,
+    so the next sweep leaves them alone for another period. Rows of (id, events_backend,
+    attempt)."""
+    live_claim = exists().where(
+        ExecutionClaimRow.execution_id == ExecutionRow.id,
+        ExecutionClaimRow.worker_id != RELEASED,
+        ExecutionClaimRow.expires_at > func.now(),
+    )
+    older = func.now() - text("make_interval(secs => :secs)").bindparams(secs=older_than_s)
+    stale = (
+        select(ExecutionRow.id)
+        .where(
+            ExecutionRow.status.in_(list(statuses)),
+            ExecutionRow.track == track,
+            ExecutionRow.updated_at < older,
+            ~live_claim,
+        )
+        .order_by(ExecutionRow.updated_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("stale")  # a CTE runs once: a LIMIT in `IN (subquery)` may not hold
+    )
+    result = await session.execute(
+        update(ExecutionRow)
+        .where(ExecutionRow.id == stale.c.id)
+        .values(updated_at=func.now())
+        .returning(ExecutionRow.id, ExecutionRow.events_backend, ExecutionRow.attempt)
+        .execution_options(synchronize_session=False)
+    )
+    return result.all()
 
 
 def _ttl(seconds: float) -> Any:

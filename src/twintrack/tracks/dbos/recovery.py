@@ -19,16 +19,16 @@ from __future__ import annotations
 import asyncio
 
 import structlog
-from sqlalchemy import exists, func, insert, literal, select, text, update
+from sqlalchemy import func, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from twintrack.domain.execution import ExecutionStatus, Track
 from twintrack.metrics import RECOVERIES
 from twintrack.store.leader import AdvisoryLeader
-from twintrack.store.tables import ExecutionClaimRow, ExecutionRecoveryRow, ExecutionRow
+from twintrack.store.tables import ExecutionRecoveryRow, ExecutionRow
 from twintrack.store.workers import WorkerRegistry
 from twintrack.tracks.attempts import audit
-from twintrack.tracks.claims import RELEASED
+from twintrack.tracks.claims import touch_unclaimed
 from twintrack.tracks.dbos.queue import DbosTaskQueue
 from twintrack.tracks.dbos.runtime import DbosRuntime
 
@@ -103,37 +103,14 @@ class DeadExecutorSweeper:
     async def repair_queued(self) -> list[str]:
         """Redeliver DBOS-track executions unfinished for `repair_queued_s` with no live claim
         whose workflow is not on its way (see the module docstring); the ids repaired."""
-        live_claim = exists().where(
-            ExecutionClaimRow.execution_id == ExecutionRow.id,
-            ExecutionClaimRow.worker_id != RELEASED,
-            ExecutionClaimRow.expires_at > func.now(),
-        )
-        older = func.now() - text("make_interval(secs => :secs)").bindparams(
-            secs=self.repair_queued_s
-        )
-        stale = (
-            select(ExecutionRow.id)
-            .where(
-                ExecutionRow.status.in_(_UNFINISHED_STARTED),
-                ExecutionRow.track == Track.DBOS,
-                ExecutionRow.updated_at < older,
-                ~live_claim,
-            )
-            .order_by(ExecutionRow.updated_at)
-            .limit(self.batch)
-            .with_for_update(skip_locked=True)
-            .cte("stale")  # a CTE runs once: a LIMIT in `IN (subquery)` may not hold
-        )
         async with self._sessions.begin() as session:
-            rows = (
-                await session.execute(
-                    update(ExecutionRow)
-                    .where(ExecutionRow.id == stale.c.id)
-                    .values(updated_at=func.now())
-                    .returning(ExecutionRow.id, ExecutionRow.events_backend, ExecutionRow.attempt)
-                    .execution_options(synchronize_session=False)
-                )
-            ).all()
+            rows = await touch_unclaimed(
+                session,
+                track=Track.DBOS,
+                statuses=_UNFINISHED_STARTED,
+                older_than_s=self.repair_queued_s,
+                limit=self.batch,
+            )
         if not rows:
             return []
         done = await self._queue.redeliver({r.id: r.events_backend for r in rows})
