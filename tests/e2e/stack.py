@@ -23,6 +23,24 @@ from twintrack.factory import Container, ServiceFactory
 from twintrack.infra._proc import free_port
 from twintrack.processes import WorkerProcess, api_server
 
+
+async def holder(stack: Stack, execution_id: str) -> tuple[str, int] | None:
+    """(worker_id, pid) of the worker process holding the execution's claim now."""
+    from sqlalchemy import select
+
+    from twintrack.store.tables import ExecutionClaimRow, WorkerRow
+
+    async with stack.container.sessions() as session:
+        row = (
+            await session.execute(
+                select(WorkerRow.worker_id, WorkerRow.pid)
+                .join(ExecutionClaimRow, ExecutionClaimRow.worker_id == WorkerRow.worker_id)
+                .where(ExecutionClaimRow.execution_id == execution_id)
+            )
+        ).first()
+    return (row.worker_id, row.pid) if row else None
+
+
 TERMINAL = {"execution.completed", "execution.failed", "execution.stopped"}
 FINISHED = {"completed", "failed", "stopped"}
 

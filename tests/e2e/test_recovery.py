@@ -14,22 +14,9 @@ from sqlalchemy import select
 from tests.e2e import flows
 from tests.e2e.stack import Api, Stack, assert_contiguous, eventually, open_stack
 from twintrack.domain.execution import ExecutionStatus
-from twintrack.store.tables import ExecutionClaimRow, ExecutionRecoveryRow, WorkerRow
+from twintrack.store.tables import ExecutionRecoveryRow, WorkerRow
 from twintrack.tracks.claims import ClaimStore
 from twintrack.tracks.kafka.clients import make_consumer
-
-
-async def _holder(stack: Stack, execution_id: str) -> tuple[str, int] | None:
-    """(worker_id, pid) of the worker holding the execution's claim."""
-    async with stack.container.sessions() as session:
-        row = (
-            await session.execute(
-                select(WorkerRow.worker_id, WorkerRow.pid)
-                .join(ExecutionClaimRow, ExecutionClaimRow.worker_id == WorkerRow.worker_id)
-                .where(ExecutionClaimRow.execution_id == execution_id)
-            )
-        ).first()
-    return (row.worker_id, row.pid) if row else None
 
 
 async def _live_workers(stack: Stack) -> int:
@@ -52,7 +39,7 @@ async def test_sigkilled_worker_execution_finishes_elsewhere_exactly_once(
     watching = api.watch(ex)
     await api.command(ex, "start")
     await api.node_event(ex, "node.started", "wait", timeout=20)  # mid-flow: after `before`
-    holder = await eventually(lambda: _holder(stack, ex))
+    holder = await eventually(lambda: holder(stack, ex))
     os.kill(holder[1], signal.SIGKILL)
 
     row = await api.wait_status(ex, {"completed", "failed"}, timeout=45)

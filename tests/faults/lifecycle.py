@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from tests.e2e.flows import flow
-from tests.e2e.stack import Stack, eventually
+from tests.e2e.stack import Stack, eventually, holder
 from twintrack.store.tables import ExecutionClaimRow, ExecutionRow, WorkerRow
 
 
@@ -35,18 +35,7 @@ async def spawn_worker(stack: Stack, name: str) -> None:
 async def kill_holder(stack: Stack, execution_id: str) -> str:
     """SIGKILL the worker process holding the execution's claim; its worker id."""
 
-    async def holder() -> tuple[str, int] | None:
-        async with stack.container.sessions() as session:
-            row = (
-                await session.execute(
-                    select(WorkerRow.worker_id, WorkerRow.pid)
-                    .join(ExecutionClaimRow, ExecutionClaimRow.worker_id == WorkerRow.worker_id)
-                    .where(ExecutionClaimRow.execution_id == execution_id)
-                )
-            ).first()
-        return (row.worker_id, row.pid) if row else None
-
-    worker_id, pid = await eventually(holder)
+    worker_id, pid = await eventually(lambda: holder(stack, execution_id))
     os.kill(pid, signal.SIGKILL)
     return str(worker_id)
 

@@ -13,19 +13,6 @@ from twintrack.infra.discovery import ProvidedBroker
 from twintrack.store.tables import ExecutionClaimRow, ExecutionRecoveryRow, WorkerRow
 
 
-async def holder(stack: Stack, execution_id: str) -> tuple[str, int] | None:
-    """(worker_id, pid) of the worker holding the execution's claim now."""
-    async with stack.container.sessions() as session:
-        row = (
-            await session.execute(
-                select(WorkerRow.worker_id, WorkerRow.pid)
-                .join(ExecutionClaimRow, ExecutionClaimRow.worker_id == WorkerRow.worker_id)
-                .where(ExecutionClaimRow.execution_id == execution_id)
-            )
-        ).first()
-    return (row.worker_id, row.pid) if row else None
-
-
 async def claim_holder(stack: Stack, execution_id: str) -> str | None:
     """The claim row's worker id ('' once released), None with no claim row."""
     async with stack.container.sessions() as session:
