@@ -13,10 +13,8 @@ run: setup
 hello: setup
 	$(BIN)/twintrack run examples/hello.json
 
-# Two test processes (each with its own embedded servers): most of the suite waits on leases,
-# stalls and restarts rather than computing, so two of them share a 2-core machine well.
 test: setup lint
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest
 
 lint: setup
 	$(BIN)/ruff check src tests
