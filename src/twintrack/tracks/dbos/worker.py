@@ -33,7 +33,9 @@ class DbosWorker:
     def __init__(self, *, runtime: DbosRuntime, host: RunHost) -> None:
         self.runtime = runtime
         self.host = host
-        self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop_policy().get_event_loop()
+        # Built inside the worker's coroutine: the policy's "current" loop may be unset or stale
+        # there (it is, after another asyncio.run in the same thread), the running one is not.
+        self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self._parked = 0
 
     async def start(self) -> None:
