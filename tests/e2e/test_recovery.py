@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 from sqlalchemy import select
 
 from tests.e2e import flows
-from tests.e2e.stack import Api, Stack, assert_contiguous, eventually, open_stack
+from tests.e2e.stack import Api, Stack, assert_contiguous, eventually, holder, open_stack
 from twintrack.domain.execution import ExecutionStatus
 from twintrack.store.tables import ExecutionRecoveryRow, WorkerRow
 from twintrack.tracks.claims import ClaimStore
@@ -39,8 +39,8 @@ async def test_sigkilled_worker_execution_finishes_elsewhere_exactly_once(
     watching = api.watch(ex)
     await api.command(ex, "start")
     await api.node_event(ex, "node.started", "wait", timeout=20)  # mid-flow: after `before`
-    holder = await eventually(lambda: holder(stack, ex))
-    os.kill(holder[1], signal.SIGKILL)
+    killed = await eventually(lambda: holder(stack, ex))
+    os.kill(killed[1], signal.SIGKILL)
 
     row = await api.wait_status(ex, {"completed", "failed"}, timeout=45)
     assert row["status"] == "completed", row
@@ -54,7 +54,7 @@ async def test_sigkilled_worker_execution_finishes_elsewhere_exactly_once(
     assert [e["data"]["attempt"] for e in retrying] == [2]
     assert [e["type"] for e in events].count("execution.completed") == 1
     new_holder = [e for e in events if e["type"] == "execution.started"][-1]["data"]["worker_id"]
-    assert new_holder != holder[0]
+    assert new_holder != killed[0]
     async with stack.container.sessions() as session:
         audits = list(
             await session.scalars(
@@ -62,7 +62,7 @@ async def test_sigkilled_worker_execution_finishes_elsewhere_exactly_once(
             )
         )
     reason = "dead_executor" if row["track"] == "dbos" else "expired_claim"
-    assert [(a.reason, a.previous_worker_id, a.attempt) for a in audits] == [(reason, holder[0], 1)]
+    assert [(a.reason, a.previous_worker_id, a.attempt) for a in audits] == [(reason, killed[0], 1)]
 
 
 async def _at_least(count: Any, n: int) -> bool:
