@@ -1,7 +1,7 @@
 """Alembic environment: async engine on asyncpg, or a connection handed in by the caller.
 
 Where the URL comes from, first match wins: a connection in `config.attributes["connection"]`
-(used by twintrack.store.migrations, inside the caller's transaction), `config.attributes["url"]`,
+(used by twintrack.adapters.postgres.migrations, inside the caller's transaction), `config.attributes["url"]`,
 `-x url=...` on the command line, the DATABASE_URL environment variable.
 """
 
@@ -15,8 +15,8 @@ from alembic import context
 from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 
-from twintrack.store.db import create_engine, to_async_url
-from twintrack.store.tables import metadata
+from twintrack.adapters.postgres.db import create_engine, to_async_url
+from twintrack.adapters.postgres.tables import metadata
 
 config = context.config
 target_metadata = metadata

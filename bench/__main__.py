@@ -34,7 +34,7 @@ from bench.infra import Deployment, Servers, cpu_groups, deploy, progress, serve
 from bench.machine import code_revision, facts, load_average
 from bench.procs import CpuMeter
 from bench.report import ModeResult, Row, Section, render, results_table, write_doc
-from twintrack.logs import configure_logging
+from twintrack.observability.logs import configure_logging
 
 Measure = Callable[[Deployment, Sizes], Awaitable[Section]]
 

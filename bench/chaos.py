@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.infra import Servers
-from twintrack.infra._proc import EmbeddedServerError, free_port
-from twintrack.infra.broker import EmbeddedBroker
-from twintrack.infra.discovery import ProvidedBroker, ProvidedPostgres
-from twintrack.infra.postgres import EmbeddedPostgres
+from twintrack.tooling.embedded._proc import EmbeddedServerError, free_port
+from twintrack.tooling.embedded.broker import EmbeddedBroker
+from twintrack.tooling.embedded.discovery import ProvidedBroker, ProvidedPostgres
+from twintrack.tooling.embedded.postgres import EmbeddedPostgres
 
 _PREFIX = "twintrack-soak-"
 START_TRIES = 5

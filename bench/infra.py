@@ -1,6 +1,7 @@
 """Servers, fresh databases and deployments: what every measurement runs on.
 
-The servers come from `twintrack.infra.discovery`, exactly as for the tests and `twintrack dev`:
+The servers come from `twintrack.tooling.embedded.discovery`, exactly as for the tests and
+`twintrack dev`:
 `DATABASE_URL` / `KAFKA_BOOTSTRAP_SERVERS` when set, else embedded PostgreSQL and Tansu. A
 deployment is the e2e tests' stack (`tests.e2e.stack.open_stack`: the API on real HTTP in this
 process) on a database created and migrated for it, with topics of its own, plus `twintrack
@@ -29,12 +30,12 @@ from bench.config import DEPLOYMENT_ENV, WORKER_PROCESSES, Mode
 from bench.drive import run_once
 from bench.flows import three_nodes
 from bench.procs import listening_pid
-from twintrack.infra.discovery import ProvidedBroker, ProvidedPostgres
-from twintrack.infra.discovery import provide_broker as _provide_broker
-from twintrack.infra.discovery import provide_postgres as _provide_postgres
-from twintrack.store.db import create_engine, with_database
-from twintrack.store.migrations import upgrade_all
-from twintrack.store.tables import ExecutionClaimRow, WorkerRow
+from twintrack.adapters.postgres.db import create_engine, with_database
+from twintrack.adapters.postgres.migrations import upgrade_all
+from twintrack.adapters.postgres.tables import ExecutionClaimRow, WorkerRow
+from twintrack.tooling.embedded.discovery import ProvidedBroker, ProvidedPostgres
+from twintrack.tooling.embedded.discovery import provide_broker as _provide_broker
+from twintrack.tooling.embedded.discovery import provide_postgres as _provide_postgres
 
 
 def progress(message: str) -> None:

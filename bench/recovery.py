@@ -30,7 +30,7 @@ from bench.infra import Deployment, Servers, deploy, progress
 from bench.report import Row, Section
 from bench.sse import subscribe
 from bench.stats import Summary, fmt
-from twintrack.store.tables import ExecutionClaimRow, ExecutionRecoveryRow
+from twintrack.adapters.postgres.tables import ExecutionClaimRow, ExecutionRecoveryRow
 
 GOAL_S = 15.0
 DELAY_MS = 5000

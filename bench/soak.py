@@ -37,8 +37,13 @@ from bench.config import Mode, SoakSizes
 from bench.infra import Deployment, deploy, progress
 from bench.soak_check import TERMINAL_EVENTS, TERMINAL_STATUSES, Observed
 from bench.sse import Received, subscribe
-from twintrack.store.db import create_engine
-from twintrack.store.tables import ExecutionClaimRow, ExecutionRow, TallyCounterRow, WorkerRow
+from twintrack.adapters.postgres.db import create_engine
+from twintrack.adapters.postgres.tables import (
+    ExecutionClaimRow,
+    ExecutionRow,
+    TallyCounterRow,
+    WorkerRow,
+)
 
 #: how long a create or start is retried while the answers are transient (5xx, 429, none)
 ACCEPT_S = 60.0

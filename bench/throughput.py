@@ -26,7 +26,7 @@ from bench.infra import Deployment, cpu_groups, progress
 from bench.procs import CpuMeter
 from bench.report import Row, Section
 from bench.stats import fmt
-from twintrack.store.tables import ExecutionRow
+from twintrack.adapters.postgres.tables import ExecutionRow
 
 GOAL_PER_S = 200.0
 SAMPLE_EVERY_S = 0.25

@@ -1,7 +1,7 @@
 """Initial schema: flows and versions, executions, Kafka-track claims/workers/recoveries, API keys,
 tally counters.
 
-Written by hand to mirror src/twintrack/store/tables.py (tests/integration/test_migrations.py
+Written by hand to mirror src/twintrack/adapters/postgres/tables.py (tests/integration/postgres/test_migrations.py
 checks that autogenerate finds no difference and that constraint names match). Closed sets are
 TEXT + CHECK, so there are no enum types to create or drop. Names are wrapped in op.f() because
 they are final: without it the metadata's naming convention would prefix them a second time.

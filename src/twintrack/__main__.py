@@ -1,5 +1,5 @@
 """`python -m twintrack` is the `twintrack` command."""
 
-from twintrack.cli import app
+from twintrack.entrypoints.cli.main import app
 
 app()

@@ -13,7 +13,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from twintrack.domain.execution import EventsBackend, Track
-from twintrack.limits import (
+from twintrack.domain.limits import (
     DEFAULT_MAX_EXECUTIONS_PER_TREE,
     DEFAULT_MAX_RUNNING_EXECUTIONS_PER_OWNER,
     DEFAULT_MAX_SSE_STREAMS_PER_KEY,
@@ -62,7 +62,7 @@ class Settings(BaseSettings):
         "the ending (a writer that died in between is repaired by recovery).",
     )
 
-    # -- per-owner limits (twintrack.limits) -------------------------------------------------
+    # -- per-owner limits (twintrack.domain.limits) ---------------------------------------------
     max_executions_per_tree: int = Field(
         default=DEFAULT_MAX_EXECUTIONS_PER_TREE,
         ge=1,

@@ -26,9 +26,15 @@ from tests.comparison.driver import run_scenario
 from tests.e2e.conftest import MODES, Mode
 from tests.e2e.stack import open_stack, stack_env
 from tests.fixtures.database import ServerWithUrl, _copy_database, _drop_database
-from twintrack.comparison import Ordering, RunResult, compare_runs, summary_lines, tree_lines
-from twintrack.infra.discovery import ProvidedBroker
-from twintrack.store.db import with_database
+from twintrack.adapters.postgres.db import with_database
+from twintrack.tooling.comparison import (
+    Ordering,
+    RunResult,
+    compare_runs,
+    summary_lines,
+    tree_lines,
+)
+from twintrack.tooling.embedded.discovery import ProvidedBroker
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 
 from tests.e2e.stack import Api, Stack, open_stack, stack_env
-from twintrack.infra.discovery import ProvidedBroker
+from twintrack.tooling.embedded.discovery import ProvidedBroker
 
 
 @dataclass(frozen=True)

@@ -18,17 +18,17 @@ from typing import Any
 
 import httpx
 
+from twintrack.bootstrap import Container, ServiceFactory
 from twintrack.config import Settings, load_settings
-from twintrack.factory import Container, ServiceFactory
-from twintrack.infra._proc import free_port
-from twintrack.processes import WorkerProcess, api_server
+from twintrack.entrypoints.processes import WorkerProcess, api_server
+from twintrack.tooling.embedded._proc import free_port
 
 
 async def holder(stack: Stack, execution_id: str) -> tuple[str, int] | None:
     """(worker_id, pid) of the worker process holding the execution's claim now."""
     from sqlalchemy import select
 
-    from twintrack.store.tables import ExecutionClaimRow, WorkerRow
+    from twintrack.adapters.postgres.tables import ExecutionClaimRow, WorkerRow
 
     async with stack.container.sessions() as session:
         row = (

@@ -17,7 +17,7 @@ from typer.testing import CliRunner, Result
 
 from tests.e2e import flows
 from tests.e2e.stack import Stack, eventually
-from twintrack.cli_compare import (
+from twintrack.entrypoints.cli.compare import (
     API_KEY_ENV,
     API_URL_ENV,
     EXIT_MATCH,
@@ -25,7 +25,7 @@ from twintrack.cli_compare import (
     EXIT_USAGE,
     compare,
 )
-from twintrack.infra._proc import free_port
+from twintrack.tooling.embedded._proc import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

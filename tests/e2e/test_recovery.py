@@ -13,10 +13,10 @@ from sqlalchemy import select
 
 from tests.e2e import flows
 from tests.e2e.stack import Api, Stack, assert_contiguous, eventually, holder, open_stack
+from twintrack.adapters.kafka.clients import make_consumer
+from twintrack.adapters.postgres.claims import ClaimStore
+from twintrack.adapters.postgres.tables import ExecutionRecoveryRow, WorkerRow
 from twintrack.domain.execution import ExecutionStatus
-from twintrack.store.tables import ExecutionRecoveryRow, WorkerRow
-from twintrack.tracks.claims import ClaimStore
-from twintrack.tracks.kafka.clients import make_consumer
 
 
 async def _live_workers(stack: Stack) -> int:

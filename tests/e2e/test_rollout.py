@@ -18,9 +18,7 @@ from typer.testing import CliRunner
 
 from tests.e2e import flows
 from tests.e2e.stack import Stack, assert_contiguous, open_stack
-from twintrack.cli_rollout import rollout_app
-from twintrack.domain.execution import ExecutionStatus, Track
-from twintrack.rollout import (
+from twintrack.core.rollout import (
     FINISHED,
     LEFT_DBOS,
     ON_TRACK,
@@ -30,6 +28,8 @@ from twintrack.rollout import (
     reroute,
     rollout_status,
 )
+from twintrack.domain.execution import ExecutionStatus, Track
+from twintrack.entrypoints.cli.rollout import rollout_app
 
 pytestmark = pytest.mark.integration
 

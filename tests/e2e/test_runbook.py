@@ -28,8 +28,8 @@ import httpx
 import pytest
 
 from tests.fixtures.servers import UniqueName
-from twintrack.infra._proc import free_port
-from twintrack.infra.discovery import ProvidedBroker
+from twintrack.tooling.embedded._proc import free_port
+from twintrack.tooling.embedded.discovery import ProvidedBroker
 
 pytestmark = pytest.mark.integration
 

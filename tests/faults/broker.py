@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from twintrack.infra.broker import EmbeddedBroker
+from twintrack.tooling.embedded.broker import EmbeddedBroker
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from tests.e2e.flows import flow
 from tests.e2e.stack import Stack, eventually, holder
-from twintrack.store.tables import ExecutionClaimRow, ExecutionRow, WorkerRow
+from twintrack.adapters.postgres.tables import ExecutionClaimRow, ExecutionRow, WorkerRow
 
 
 async def live_workers(stack: Stack) -> int:

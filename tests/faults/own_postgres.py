@@ -15,10 +15,10 @@ import pytest_asyncio
 import structlog
 from sqlalchemy import text
 
-from twintrack.infra.postgres import EmbeddedPostgres
-from twintrack.logs import processors
-from twintrack.store.db import create_engine, with_database
-from twintrack.store.migrations import upgrade_all
+from twintrack.adapters.postgres.db import create_engine, with_database
+from twintrack.adapters.postgres.migrations import upgrade_all
+from twintrack.observability.logs import processors
+from twintrack.tooling.embedded.postgres import EmbeddedPostgres
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from tests.e2e.conftest import Mode
 from tests.e2e.stack import Stack, eventually, stack_env
-from twintrack.infra.discovery import ProvidedBroker
-from twintrack.store.tables import ExecutionClaimRow, ExecutionRecoveryRow, WorkerRow
+from twintrack.adapters.postgres.tables import ExecutionClaimRow, ExecutionRecoveryRow, WorkerRow
+from twintrack.tooling.embedded.discovery import ProvidedBroker
 
 
 async def claim_holder(stack: Stack, execution_id: str) -> str | None:

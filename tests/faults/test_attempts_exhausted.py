@@ -15,7 +15,7 @@ from tests.e2e import flows
 from tests.e2e.conftest import MODES
 from tests.e2e.stack import assert_contiguous, eventually, holder, open_stack
 from tests.faults.recovery_helpers import audits, claim_holder, env_for, worker_id_of
-from twintrack.infra.discovery import ProvidedBroker
+from twintrack.tooling.embedded.discovery import ProvidedBroker
 
 
 @pytest.fixture(params=list(MODES))

@@ -27,7 +27,7 @@ from tests.e2e.conftest import Mode
 from tests.e2e.stack import Api, Stack, assert_contiguous, open_stack, stack_env
 from tests.faults.broker import own_broker
 from tests.fixtures.servers import UniqueName
-from twintrack.infra.broker import EmbeddedBroker
+from twintrack.tooling.embedded.broker import EmbeddedBroker
 
 __all__ = ["own_broker"]
 mode, logs = e2e.mode, e2e.logs

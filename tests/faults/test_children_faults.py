@@ -22,9 +22,9 @@ from tests.faults.lifecycle import (
     spawning,
     wait_then_spawn,
 )
+from twintrack.core.service import ParentStopping, child_execution_id
 from twintrack.domain.commands import Command
 from twintrack.domain.execution import ExecutionStatus
-from twintrack.service import ParentStopping, child_execution_id
 
 FINISHED = {"completed", "failed", "stopped"}
 

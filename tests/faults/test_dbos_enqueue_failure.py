@@ -1,5 +1,5 @@
 """A DBOS-track start whose enqueue fails (DBOS's system database refuses the workflow): the
-row is already `queued`, so the repair sweep (tracks/dbos/recovery.py) delivers its workflow
+row is already `queued`, so the repair sweep (adapters/dbos/recovery.py) delivers its workflow
 once DBOS accepts it again; the execution completes exactly once, never `queued` forever. The
 same sweep rewinds a workflow that ended before its run began (its step hit a database error).
 
@@ -18,7 +18,7 @@ from tests.e2e import flows
 from tests.e2e.conftest import MODES
 from tests.e2e.stack import Stack, assert_contiguous, eventually, open_stack
 from tests.faults.recovery_helpers import audits, env_for
-from twintrack.infra.discovery import ProvidedBroker
+from twintrack.tooling.embedded.discovery import ProvidedBroker
 
 
 @pytest.fixture(params=["dbos", "dbos-streams"])

@@ -9,9 +9,9 @@ import asyncpg
 import pytest
 
 from tests.faults.own_postgres import own_database_url, own_postgres  # noqa: F401 (fixtures)
-from twintrack.infra.postgres import EmbeddedPostgres
-from twintrack.store.counters import CounterStore
-from twintrack.store.db import create_engine, create_session_factory
+from twintrack.adapters.postgres.counters import CounterStore
+from twintrack.adapters.postgres.db import create_engine, create_session_factory
+from twintrack.tooling.embedded.postgres import EmbeddedPostgres
 
 
 async def test_restart_keeps_port_and_data_and_drops_every_connection(

@@ -35,8 +35,8 @@ from tests.faults.own_postgres import (  # noqa: F401 (fixtures)
 )
 from twintrack.domain.events import EventType
 from twintrack.domain.execution import ExecutionStatus, Track
-from twintrack.infra.discovery import ProvidedBroker
-from twintrack.infra.postgres import EmbeddedPostgres
+from twintrack.tooling.embedded.discovery import ProvidedBroker
+from twintrack.tooling.embedded.postgres import EmbeddedPostgres
 
 EXECUTIONS = 40
 DELAY_MS = 1500

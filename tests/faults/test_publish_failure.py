@@ -12,11 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from tests.e2e.stack import eventually
 from tests.faults.broker import own_broker
-from tests.integration.test_kafka_events import collect, event, new_execution
-from twintrack.infra.broker import EmbeddedBroker
-from twintrack.store import FlowStore
-from twintrack.tracks.kafka.clients import KafkaConfig, ensure_topics
-from twintrack.tracks.kafka.events import EventPublishError, KafkaEventBus
+from tests.integration.kafka.test_kafka_events import collect, event, new_execution
+from twintrack.adapters.kafka.clients import KafkaConfig, ensure_topics
+from twintrack.adapters.kafka.events import EventPublishError, KafkaEventBus
+from twintrack.adapters.postgres import FlowStore
+from twintrack.tooling.embedded.broker import EmbeddedBroker
 
 __all__ = ["own_broker"]
 

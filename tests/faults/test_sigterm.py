@@ -6,7 +6,7 @@ again with a `handover` audit row, and another worker runs it, exactly once. How
 counted for a handover: `attempt` counts runs started, so the run after the handover is attempt
 2 (its stream continues with `execution.retrying {attempt: 2}`), but the handover is not a failed
 run: failed runs = attempt - handovers = 0 after it, so the MAX_ATTEMPTS budget is untouched
-(tests/integration/test_attempts.py proves a later failure is then not the last attempt).
+(tests/integration/postgres/test_attempts.py proves a later failure is then not the last attempt).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tests.e2e import flows
 from tests.e2e.conftest import MODES
 from tests.e2e.stack import assert_contiguous, eventually, holder, open_stack
 from tests.faults.recovery_helpers import audits, claim_holder, env_for, worker_id_of
-from twintrack.infra.discovery import ProvidedBroker
+from twintrack.tooling.embedded.discovery import ProvidedBroker
 
 GRACE_S = 4
 HANDOVER_S = 10  # from the end of the grace period to the run going on elsewhere, at most

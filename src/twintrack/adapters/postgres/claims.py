@@ -1,0 +1,313 @@
+"""Claims: which worker runs an execution (either track), until when, under which generation.
+
+A claim is a lease in Postgres. Every claim of an execution bumps its `generation`, and every
+write a worker makes for that execution (status, outputs) is conditional on still holding
+(worker, generation): a worker that lost its lease can no longer write. Claim rows are never
+deleted while the execution lives, so generations only grow; release just ends the lease.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, and_, exists, func, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from twintrack.adapters.postgres.executions import ExecutionRecord, ExecutionStore
+from twintrack.adapters.postgres.tables import ExecutionClaimRow, ExecutionRecoveryRow, ExecutionRow
+from twintrack.core.errors import NotFound
+from twintrack.domain.attempts import HANDOVER
+from twintrack.domain.execution import EventsBackend, ExecutionStatus, Track
+
+_S = ExecutionStatus
+RELEASED = ""  # worker_id of a claim nobody holds (released, or taken back by recovery)
+ACTIVE = (_S.RUNNING, _S.PAUSED)
+
+
+@dataclass(frozen=True)
+class Claim:
+    execution_id: str
+    worker_id: str
+    generation: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class ExpiredClaim:
+    execution_id: str
+    worker_id: str
+    generation: int
+    status: ExecutionStatus
+    attempt: int
+
+
+async def touch_unclaimed(
+    session: AsyncSession,
+    *,
+    track: Track,
+    statuses: Collection[ExecutionStatus],
+    older_than_s: float,
+    limit: int,
+) -> Sequence[Row[str, EventsBackend, int]]:
+    """Executions of `track` in `statuses`, untouched for `older_than_s`, that no live claim
+    holds: what a sweeper re-delivers because nothing else will. At most `limit`, oldest first;
+    rows another sweeper is touching are skipped, not waited for. Their `updated_at` is touched,
+    so the next sweep leaves them alone for another period. Rows of (id, events_backend,
+    attempt)."""
+    live_claim = exists().where(
+        ExecutionClaimRow.execution_id == ExecutionRow.id,
+        ExecutionClaimRow.worker_id != RELEASED,
+        ExecutionClaimRow.expires_at > func.now(),
+    )
+    older = func.now() - text("make_interval(secs => :secs)").bindparams(secs=older_than_s)
+    stale = (
+        select(ExecutionRow.id)
+        .where(
+            ExecutionRow.status.in_(list(statuses)),
+            ExecutionRow.track == track,
+            ExecutionRow.updated_at < older,
+            ~live_claim,
+        )
+        .order_by(ExecutionRow.updated_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte("stale")  # a CTE runs once: a LIMIT in `IN (subquery)` may not hold
+    )
+    result = await session.execute(
+        update(ExecutionRow)
+        .where(ExecutionRow.id == stale.c.id)
+        .values(updated_at=func.now())
+        .returning(ExecutionRow.id, ExecutionRow.events_backend, ExecutionRow.attempt)
+        .execution_options(synchronize_session=False)
+    )
+    return result.all()
+
+
+def _ttl(seconds: float) -> Any:
+    return func.now() + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
+
+
+class ClaimStore:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], executions: ExecutionStore):
+        self._sessions = sessions
+        self._executions = executions
+
+    async def claim(
+        self,
+        execution_id: str,
+        worker_id: str,
+        ttl_s: float,
+        *,
+        track: Track,
+        takeover: bool = False,
+    ) -> tuple[Claim, ExecutionRecord] | None:
+        """Take a queued execution: lease it, bump the generation, move it to `running`.
+
+        With `takeover` (a DBOS workflow re-run after its worker died), a `running` or `paused`
+        execution whose lease expired is taken too, as a new attempt.
+
+        None when there is nothing to take: the execution is not queued (a duplicate task, or
+        stopped before any worker got it), it was rerouted to another `track` than the
+        caller's, or another worker holds a live lease on it.
+        Raises NotFound for an execution that does not exist.
+        """
+        async with self._sessions.begin() as session:
+            row = (
+                await session.execute(
+                    select(ExecutionRow.status, ExecutionRow.track)
+                    .where(ExecutionRow.id == execution_id)
+                    .with_for_update()
+                )
+            ).one_or_none()
+            if row is None:
+                raise NotFound("execution", execution_id)
+            status = row.status
+            if row.track is not track:
+                return None
+            takeable = {_S.QUEUED, *ACTIVE} if takeover else {_S.QUEUED}
+            if status not in takeable:
+                return None
+            values = insert(ExecutionClaimRow).values(
+                execution_id=execution_id,
+                worker_id=worker_id,
+                generation=1,
+                expires_at=_ttl(ttl_s),
+            )
+            stmt = values.on_conflict_do_update(
+                index_elements=[ExecutionClaimRow.execution_id],
+                set_={
+                    "worker_id": worker_id,
+                    "generation": ExecutionClaimRow.generation + 1,
+                    "claimed_at": func.now(),
+                    "heartbeat_at": func.now(),
+                    "expires_at": _ttl(ttl_s),
+                },
+                where=(ExecutionClaimRow.worker_id == RELEASED)
+                | (ExecutionClaimRow.worker_id == worker_id)
+                | (ExecutionClaimRow.expires_at < func.now()),
+            ).returning(ExecutionClaimRow.generation, ExecutionClaimRow.expires_at)
+            lease = (await session.execute(stmt)).one_or_none()
+            if lease is None:
+                return None
+            if status is not _S.QUEUED:
+                # A new attempt of an execution whose worker is gone: back through `queued`,
+                # so the move to `running` counts the attempt like any other delivery.
+                await self._executions.transition(
+                    execution_id, _S.QUEUED, expected=ACTIVE, session=session
+                )
+            record = await self._executions.transition(
+                execution_id, _S.RUNNING, expected={_S.QUEUED}, session=session
+            )
+        return Claim(execution_id, worker_id, lease.generation, lease.expires_at), record
+
+    async def renew(
+        self, worker_id: str, held: Sequence[tuple[str, int]], ttl_s: float
+    ) -> set[str]:
+        """Extend every lease this worker still holds; the ids returned are the ones kept."""
+        if not held:
+            return set()
+        async with self._sessions.begin() as session:
+            rows = await session.scalars(
+                update(ExecutionClaimRow)
+                .where(
+                    ExecutionClaimRow.worker_id == worker_id,
+                    tuple_(ExecutionClaimRow.execution_id, ExecutionClaimRow.generation).in_(
+                        list(held)
+                    ),
+                )
+                .values(heartbeat_at=func.now(), expires_at=_ttl(ttl_s))
+                .returning(ExecutionClaimRow.execution_id)
+            )
+            return set(rows)
+
+    async def _hold(self, session: AsyncSession, claim: Claim) -> bool:
+        """Lock the claim row and tell whether this worker still holds it."""
+        held = await session.scalar(
+            select(ExecutionClaimRow.generation)
+            .where(
+                ExecutionClaimRow.execution_id == claim.execution_id,
+                ExecutionClaimRow.worker_id == claim.worker_id,
+                ExecutionClaimRow.generation == claim.generation,
+            )
+            .with_for_update()
+        )
+        return held is not None
+
+    async def transition(
+        self,
+        claim: Claim,
+        target: ExecutionStatus,
+        *,
+        expected: Collection[ExecutionStatus] = ACTIVE,
+        release: bool = False,
+        **fields: Any,
+    ) -> ExecutionRecord | None:
+        """A fenced status move: applied only while this worker holds the claim, else None."""
+        async with self._sessions.begin() as session:
+            if not await self._hold(session, claim):
+                return None
+            record = await self._executions.transition(
+                claim.execution_id, target, expected=expected, session=session, **fields
+            )
+            if release:
+                await session.execute(
+                    update(ExecutionClaimRow)
+                    .where(ExecutionClaimRow.execution_id == claim.execution_id)
+                    .values(worker_id=RELEASED, expires_at=func.now())
+                )
+        return record
+
+    async def hand_back(self, claim: Claim) -> ExecutionRecord | None:
+        """Give an unfinished run back (its worker is shutting down), fenced: the execution is
+        `queued` again, the lease released and a `handover` audit row written in one commit, so
+        the next run is not counted as a failed attempt (domain/attempts.py). None when this
+        worker no longer holds the claim (the run ended, or recovery took it)."""
+        async with self._sessions.begin() as session:
+            if not await self._hold(session, claim):
+                return None
+            record = await self._executions.transition(
+                claim.execution_id, _S.QUEUED, expected=ACTIVE, session=session
+            )
+            await session.execute(
+                update(ExecutionClaimRow)
+                .where(ExecutionClaimRow.execution_id == claim.execution_id)
+                .values(worker_id=RELEASED, expires_at=func.now())
+            )
+            session.add(
+                ExecutionRecoveryRow(
+                    execution_id=claim.execution_id,
+                    track=record.track,
+                    reason=HANDOVER,
+                    previous_worker_id=claim.worker_id,
+                    attempt=record.attempt,
+                    detail=f"attempt {record.attempt} handed over by worker {claim.worker_id}, "
+                    "which was shutting down",
+                )
+            )
+        return record
+
+    async def expired(self, limit: int = 100) -> list[ExpiredClaim]:
+        """Leases that ran out while their execution was still running or paused."""
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(
+                    ExecutionClaimRow.execution_id,
+                    ExecutionClaimRow.worker_id,
+                    ExecutionClaimRow.generation,
+                    ExecutionRow.status,
+                    ExecutionRow.attempt,
+                )
+                .join(ExecutionRow, ExecutionRow.id == ExecutionClaimRow.execution_id)
+                .where(
+                    ExecutionClaimRow.expires_at < func.now(),
+                    ExecutionClaimRow.worker_id != RELEASED,
+                    ExecutionRow.status.in_(ACTIVE),
+                    # DBOS-track runs are recovered by DBOS (see adapters/dbos/recovery.py)
+                    ExecutionRow.track == Track.KAFKA,
+                )
+                .order_by(ExecutionClaimRow.expires_at)
+                .limit(limit)
+            )
+            return [ExpiredClaim(*row) for row in rows]
+
+    async def take_back(self, session: AsyncSession, expired: ExpiredClaim) -> bool:
+        """Within the caller's transaction, end an expired lease so its holder is fenced out.
+
+        False when the claim changed since it was read (renewed late, or already taken back).
+        """
+        result = await session.execute(
+            update(ExecutionClaimRow)
+            .where(
+                and_(
+                    ExecutionClaimRow.execution_id == expired.execution_id,
+                    ExecutionClaimRow.worker_id == expired.worker_id,
+                    ExecutionClaimRow.generation == expired.generation,
+                    ExecutionClaimRow.expires_at < func.now(),
+                )
+            )
+            .values(worker_id=RELEASED)
+            .returning(ExecutionClaimRow.execution_id)
+        )
+        return result.first() is not None
+
+    async def held_by(self, worker_id: str) -> list[str]:
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(ExecutionClaimRow.execution_id).where(
+                    ExecutionClaimRow.worker_id == worker_id
+                )
+            )
+            return list(rows)
+
+    async def expire_now(self, execution_id: str) -> None:
+        """Make a lease run out at once (operators and tests: simulate a silent worker)."""
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(ExecutionClaimRow)
+                .where(ExecutionClaimRow.execution_id == execution_id)
+                .values(expires_at=func.now() - text("interval '1 second'"))
+            )

@@ -1,0 +1,458 @@
+"""ExecutionStore: the `executions` table, the one source of truth both tracks read and write.
+
+Every status change goes through `transition`, a single conditional UPDATE: the state machine of
+`domain.execution` is enforced in the WHERE clause, so two racing writers cannot both move an
+execution out of a state (exactly one wins; the other gets IllegalTransition).
+"""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import AsyncIterator, Collection, Iterable
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    Select,
+    case,
+    func,
+    insert,
+    select,
+    text,
+    tuple_,
+    update,
+)
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from twintrack.adapters.postgres.pagination import (
+    Page,
+    check_limit,
+    decode_tree_cursor,
+    encode_tree_cursor,
+    newest_first,
+    to_page,
+)
+from twintrack.adapters.postgres.tables import ExecutionRow
+from twintrack.core.errors import AlreadyExists, NotFound, UnexpectedStatus
+from twintrack.domain.execution import (
+    ALLOWED_TRANSITIONS,
+    EventsBackend,
+    ExecutionOptions,
+    ExecutionStatus,
+    IllegalTransition,
+    Track,
+    TriggerEvent,
+)
+from twintrack.domain.ids import new_execution_id
+from twintrack.domain.limits import RUNNING_STATUSES, OwnerLimits
+
+_S = ExecutionStatus
+_UNIQUE_VIOLATION = "23505"
+_FOREIGN_KEY_VIOLATION = "23503"
+_LOCK_NOT_AVAILABLE = "55P03"
+OWNER_LOCK_WAIT_S = 5.0
+# A lost race re-reads the status and retries; more rounds than this means a livelock bug.
+_MAX_TRANSITION_ROUNDS = 8
+# Transaction-scoped advisory locks (two-key form, so they never meet the one-key leader locks).
+_TREE_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('twintrack_tree'), hashtext(:root_id))")
+_OWNER_LOCK = text(
+    "SELECT pg_advisory_xact_lock(hashtext('twintrack_owner_running'), hashtext(:owner_id))"
+)
+
+
+class ExecutionRecord(BaseModel):
+    """One execution row (DESIGN §1.2), as stored."""
+
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    id: str
+    root_id: str
+    parent_id: str | None
+    depth: int
+    owner_id: str
+    flow_id: str
+    flow_version: int
+    track: Track
+    events_backend: EventsBackend
+    status: ExecutionStatus
+    options: ExecutionOptions
+    trigger_events: tuple[TriggerEvent, ...]
+    outputs: dict[str, Any]
+    error_message: str | None
+    error_node_id: str | None
+    attempt: int
+    next_event_index: int
+    created_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+
+def _record(row: ExecutionRow) -> ExecutionRecord:
+    return ExecutionRecord.model_validate(row)
+
+
+def _sources(target: ExecutionStatus, expected: Collection[ExecutionStatus] | None) -> list[_S]:
+    """The statuses an execution may be in for the move to `target` to be applied."""
+    allowed = [s for s in ExecutionStatus if target in ALLOWED_TRANSITIONS[s]]
+    return allowed if expected is None else [s for s in allowed if s in expected]
+
+
+def _owned(query_filter: ColumnElement[bool], owner_id: str | None) -> list[ColumnElement[bool]]:
+    return [query_filter] if owner_id is None else [query_filter, ExecutionRow.owner_id == owner_id]
+
+
+async def _apply_or_refuse(
+    session: AsyncSession,
+    apply: Executable,
+    read_status: Select[ExecutionStatus],
+    sources: Collection[ExecutionStatus],
+) -> ExecutionRow | ExecutionStatus | None:
+    """Run the conditional UPDATE: the updated row, else the status that refused it (None: no row).
+
+    If the status changed between the UPDATE and the read to one the move is allowed from, the
+    UPDATE is simply tried again.
+    """
+    current: ExecutionStatus | None = None
+    for _ in range(_MAX_TRANSITION_ROUNDS):
+        row: ExecutionRow | None = await session.scalar(apply)
+        if row is not None:
+            return row
+        current = await session.scalar(read_status)
+        if current is None or current not in sources:
+            return current
+    return current
+
+
+class ExecutionStore:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    @property
+    def sessions(self) -> async_sessionmaker[AsyncSession]:
+        """For queries that belong with their feature (rollout reroute), not with the store."""
+        return self._sessions
+
+    async def create(
+        self,
+        *,
+        owner_id: str,
+        flow_id: str,
+        flow_version: int,
+        track: Track,
+        events_backend: EventsBackend,
+        options: ExecutionOptions | None = None,
+        trigger_events: Iterable[TriggerEvent] = (),
+        parent_id: str | None = None,
+        execution_id: str | None = None,
+        next_event_index: int = 0,
+        limits: OwnerLimits | None = None,
+    ) -> ExecutionRecord:
+        """Insert an execution in status `created`.
+
+        A child (`parent_id` set) takes its root and depth from its parent, which must belong to
+        the same owner. The flow version must exist: the execution pins it (NotFound otherwise).
+        AlreadyExists when `execution_id` is given and taken: a caller that retries a spawn with
+        a deterministic id can then read the row instead of making a duplicate.
+
+        With `limits`, a child that would make its tree larger than `MAX_EXECUTIONS_PER_TREE` is
+        not inserted (LimitExceeded). Child inserts of one tree take the tree's advisory lock
+        and count after inserting, so concurrent spawns (any worker) can never pass the cap.
+        """
+        execution_id = execution_id or new_execution_id()
+        root_id, depth = execution_id, 0
+        async with self._sessions.begin() as session:
+            if parent_id is not None:
+                parent = (
+                    await session.execute(
+                        select(ExecutionRow.root_id, ExecutionRow.depth).where(
+                            ExecutionRow.id == parent_id, ExecutionRow.owner_id == owner_id
+                        )
+                    )
+                ).one_or_none()
+                if parent is None:
+                    raise NotFound("execution", parent_id)
+                root_id, depth = parent.root_id, parent.depth + 1
+                if limits is not None:
+                    await session.execute(_TREE_LOCK, {"root_id": root_id})
+            insert_row = (
+                insert(ExecutionRow)
+                .values(
+                    id=execution_id,
+                    root_id=root_id,
+                    parent_id=parent_id,
+                    depth=depth,
+                    owner_id=owner_id,
+                    flow_id=flow_id,
+                    flow_version=flow_version,
+                    track=track,
+                    events_backend=events_backend,
+                    status=ExecutionStatus.CREATED,
+                    options=(options or ExecutionOptions()).model_dump(mode="json"),
+                    trigger_events=[e.model_dump(mode="json") for e in trigger_events],
+                    next_event_index=next_event_index,
+                )
+                .returning(ExecutionRow)
+            )
+            try:
+                row = await session.scalar(insert_row)
+            except IntegrityError as exc:
+                code = getattr(exc.orig, "sqlstate", None)
+                if code == _UNIQUE_VIOLATION:
+                    raise AlreadyExists("execution", execution_id) from exc
+                if code == _FOREIGN_KEY_VIOLATION:  # the parent was checked above
+                    raise NotFound("flow version", (flow_id, flow_version)) from exc
+                raise
+            assert row is not None
+            if parent_id is not None and limits is not None:
+                size = await session.scalar(
+                    select(func.count()).where(ExecutionRow.root_id == root_id)
+                )
+                limits.check_tree(int(size or 0), root_id)  # raising rolls the insert back
+            return _record(row)
+
+    async def running_count(
+        self, session: AsyncSession, owner_id: str, *, wait_s: float = OWNER_LOCK_WAIT_S
+    ) -> int:
+        """The owner's started, unfinished executions, counted under the owner's advisory lock.
+
+        The lock is held until `session` commits, so of two concurrent starts the second counts
+        the first: `MAX_RUNNING_EXECUTIONS_PER_OWNER` is exact, whichever API process starts.
+        The wait for it is bounded (TimeoutError, a 503), so starts stuck behind one that hangs
+        on a stalled broker are refused instead of queueing up one after the other.
+        """
+        await session.execute(text(f"SET LOCAL lock_timeout = {int(wait_s * 1000)}"))
+        try:
+            await session.execute(_OWNER_LOCK, {"owner_id": owner_id})
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                raise
+            raise TimeoutError(
+                f"another start of owner {owner_id} has held its running count for {wait_s:g}s"
+            ) from exc
+        count = await session.scalar(
+            select(func.count()).where(
+                ExecutionRow.owner_id == owner_id, ExecutionRow.status.in_(RUNNING_STATUSES)
+            )
+        )
+        return int(count or 0)
+
+    async def get(self, execution_id: str, owner_id: str | None = None) -> ExecutionRecord:
+        """The execution; NotFound when missing or owned by someone else than `owner_id`."""
+        async with self._sessions() as session:
+            row = await session.scalar(
+                select(ExecutionRow).where(*_owned(ExecutionRow.id == execution_id, owner_id))
+            )
+        if row is None:
+            raise NotFound("execution", execution_id)
+        return _record(row)
+
+    async def list(
+        self,
+        owner_id: str,
+        flow_id: str | None = None,
+        status: ExecutionStatus | None = None,
+        track: Track | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[ExecutionRecord]:
+        """The owner's executions, newest first, optionally filtered."""
+        query = select(ExecutionRow).where(ExecutionRow.owner_id == owner_id)
+        if flow_id is not None:
+            query = query.where(ExecutionRow.flow_id == flow_id)
+        if status is not None:
+            query = query.where(ExecutionRow.status == status)
+        if track is not None:
+            query = query.where(ExecutionRow.track == track)
+        query = newest_first(query, ExecutionRow.created_at, ExecutionRow.id, limit, cursor)
+        async with self._sessions() as session:
+            rows = (await session.scalars(query)).all()
+        return to_page(rows, limit, _record, lambda r: (r.created_at, r.id))
+
+    async def children(
+        self, parent_id: str, owner_id: str | None = None
+    ) -> builtins.list[ExecutionRecord]:
+        """Direct children, oldest first."""
+        query = (
+            select(ExecutionRow)
+            .where(*_owned(ExecutionRow.parent_id == parent_id, owner_id))
+            .order_by(ExecutionRow.created_at, ExecutionRow.id)
+        )
+        async with self._sessions() as session:
+            return [_record(r) for r in (await session.scalars(query)).all()]
+
+    async def tree(
+        self, execution_id: str, owner_id: str | None = None
+    ) -> builtins.list[ExecutionRecord]:
+        """The execution and all its descendants, by depth then age; NotFound if not visible."""
+        start = select(ExecutionRow.id).where(*_owned(ExecutionRow.id == execution_id, owner_id))
+        tree = start.cte("tree", recursive=True)
+        tree = tree.union_all(select(ExecutionRow.id).where(ExecutionRow.parent_id == tree.c.id))
+        query = (
+            select(ExecutionRow)
+            .join(tree, ExecutionRow.id == tree.c.id)
+            .order_by(ExecutionRow.depth, ExecutionRow.created_at, ExecutionRow.id)
+        )
+        async with self._sessions() as session:
+            rows = (await session.scalars(query)).all()
+        if not rows:
+            raise NotFound("execution", execution_id)
+        return [_record(r) for r in rows]
+
+    async def tree_page(
+        self,
+        execution_id: str,
+        owner_id: str | None = None,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[Page[ExecutionRecord], dict[ExecutionStatus, int]]:
+        """One page of the execution's subtree (by depth, then age) and the whole subtree's
+        member count by status (for the aggregate status); NotFound if not visible.
+
+        Keyset on (depth, created_at, id): a member added while a client pages lands after
+        the page it is on, never inside a page already handed out twice.
+        """
+        start = select(ExecutionRow.id).where(*_owned(ExecutionRow.id == execution_id, owner_id))
+        tree = start.cte("tree", recursive=True)
+        tree = tree.union_all(select(ExecutionRow.id).where(ExecutionRow.parent_id == tree.c.id))
+        key = tuple_(ExecutionRow.depth, ExecutionRow.created_at, ExecutionRow.id)
+        page_query = select(ExecutionRow).join(tree, ExecutionRow.id == tree.c.id)
+        if cursor is not None:
+            page_query = page_query.where(key > tuple_(*decode_tree_cursor(cursor)))
+        page_query = page_query.order_by(
+            ExecutionRow.depth, ExecutionRow.created_at, ExecutionRow.id
+        ).limit(check_limit(limit) + 1)
+        counts_query = (
+            select(ExecutionRow.status, func.count())
+            .join(tree, ExecutionRow.id == tree.c.id)
+            .group_by(ExecutionRow.status)
+        )
+        async with self._sessions.begin() as session:
+            # One snapshot for both, so the page and the aggregate agree.
+            await session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"))
+            counts = {status: int(n) for status, n in (await session.execute(counts_query)).all()}
+            rows = (await session.scalars(page_query)).all() if counts else []
+        if not counts:
+            raise NotFound("execution", execution_id)
+        more = len(rows) > limit
+        kept = rows[:limit]
+        next_cursor = (
+            encode_tree_cursor(kept[-1].depth, kept[-1].created_at, kept[-1].id) if more else None
+        )
+        return Page(items=[_record(r) for r in kept], next_cursor=next_cursor), counts
+
+    async def transition(
+        self,
+        execution_id: str,
+        target: ExecutionStatus,
+        *,
+        expected: Collection[ExecutionStatus] | None = None,
+        owner_id: str | None = None,
+        outputs: dict[str, Any] | None = None,
+        error_message: str | None = None,
+        error_node_id: str | None = None,
+        next_event_index: int | None = None,
+        session: AsyncSession | None = None,
+    ) -> ExecutionRecord:
+        """Move the execution to `target` atomically and return the updated row.
+
+        With `session` (from `locked`), the move joins that transaction instead of its own.
+
+        Raises IllegalTransition when the state machine refuses the move from the current status,
+        UnexpectedStatus (a subclass) when the current status is not in `expected`, NotFound when
+        the execution is missing or not `owner_id`'s.
+
+        Timestamps record the first time: `queued_at` and `started_at` are kept on a re-run;
+        `finished_at` is set by the move to a terminal status. `attempt` counts the moves from
+        `queued` to `running` (each delivery to a worker). `next_event_index` never goes down.
+        """
+        sources = _sources(target, expected)
+        values: dict[str, Any] = {"status": target, "updated_at": func.now()}
+        if target is _S.QUEUED:
+            values["queued_at"] = func.coalesce(ExecutionRow.queued_at, func.now())
+        if target is _S.RUNNING:
+            values["started_at"] = func.coalesce(ExecutionRow.started_at, func.now())
+            values["attempt"] = case(
+                (ExecutionRow.status == _S.QUEUED, ExecutionRow.attempt + 1),
+                else_=ExecutionRow.attempt,
+            )
+        if target.is_terminal:
+            values["finished_at"] = func.now()
+        if outputs is not None:
+            values["outputs"] = outputs
+        if error_message is not None:
+            values["error_message"] = error_message
+        if error_node_id is not None:
+            values["error_node_id"] = error_node_id
+        if next_event_index is not None:
+            values["next_event_index"] = func.greatest(
+                ExecutionRow.next_event_index, next_event_index
+            )
+        apply = (
+            update(ExecutionRow)
+            .where(*_owned(ExecutionRow.id == execution_id, owner_id))
+            .where(ExecutionRow.status.in_(sources))
+            .values(values)
+            .returning(ExecutionRow)
+            .execution_options(synchronize_session=False, populate_existing=True)
+        )
+        read_status = select(ExecutionRow.status).where(
+            *_owned(ExecutionRow.id == execution_id, owner_id)
+        )
+        if session is not None:
+            outcome = await _apply_or_refuse(session, apply, read_status, sources)
+        else:
+            async with self._sessions.begin() as own:
+                outcome = await _apply_or_refuse(own, apply, read_status, sources)
+        if isinstance(outcome, ExecutionRow):
+            return _record(outcome)
+        if outcome is None:
+            raise NotFound("execution", execution_id)
+        if expected is not None and outcome not in expected:
+            raise UnexpectedStatus(execution_id, outcome, target, frozenset(expected))
+        raise IllegalTransition(execution_id, outcome, target)
+
+    @asynccontextmanager
+    async def locked(
+        self, execution_id: str, owner_id: str | None = None
+    ) -> AsyncIterator[tuple[AsyncSession, ExecutionRecord]]:
+        """Hold the execution's row lock for one transaction (commit on normal exit).
+
+        Writers that must publish an event and move the status as one step (start, stop before
+        a worker has it, start timeout) do both under this lock, so they never interleave.
+        """
+        async with self._sessions.begin() as session:
+            row = await session.scalar(
+                select(ExecutionRow)
+                .where(*_owned(ExecutionRow.id == execution_id, owner_id))
+                .with_for_update()
+            )
+            if row is None:
+                raise NotFound("execution", execution_id)
+            yield session, _record(row)
+
+    async def advance_event_index(self, execution_id: str, next_index: int) -> int:
+        """Raise `next_event_index` to at least `next_index` (never lowers it); return its value.
+
+        Idempotent, so an at-least-once writer can record the index after each flushed batch.
+        """
+        async with self._sessions.begin() as session:
+            value: int | None = await session.scalar(
+                update(ExecutionRow)
+                .where(ExecutionRow.id == execution_id)
+                .values(
+                    next_event_index=func.greatest(ExecutionRow.next_event_index, next_index),
+                    updated_at=func.now(),
+                )
+                .returning(ExecutionRow.next_event_index)
+            )
+        if value is None:
+            raise NotFound("execution", execution_id)
+        return value

@@ -1,0 +1,130 @@
+"""FlowStore: flows and their immutable versions, scoped to an owner.
+
+Updating a flow never rewrites a version: it appends version N+1, so an execution that pinned
+version N keeps running (and showing) exactly what it started with.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.sql import func
+
+from twintrack.adapters.postgres.pagination import Page, newest_first, to_page
+from twintrack.adapters.postgres.tables import FlowRow, FlowVersionRow
+from twintrack.core.errors import NotFound
+from twintrack.domain.ids import new_flow_id
+
+
+class FlowRef(NamedTuple):
+    id: str
+    version: int
+
+
+class FlowSummary(BaseModel):
+    """A flow without its definition, as listed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    owner_id: str
+    name: str
+    latest_version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class FlowRecord(FlowSummary):
+    """One version of a flow with its definition; `name` is the name saved with that version."""
+
+    version: int
+    definition: dict[str, Any]
+    version_created_at: datetime
+
+
+def _summary(row: FlowRow) -> FlowSummary:
+    return FlowSummary.model_validate(row, from_attributes=True)
+
+
+class FlowStore:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def create(self, owner_id: str, name: str, definition: dict[str, Any]) -> FlowRef:
+        """Create a flow at version 1."""
+        flow_id = new_flow_id()
+        async with self._sessions.begin() as session:
+            session.add(FlowRow(id=flow_id, owner_id=owner_id, name=name, latest_version=1))
+            await session.flush()
+            session.add(
+                FlowVersionRow(flow_id=flow_id, version=1, name=name, definition=definition)
+            )
+        return FlowRef(flow_id, 1)
+
+    async def update(
+        self, owner_id: str, flow_id: str, name: str, definition: dict[str, Any]
+    ) -> int:
+        """Append version N+1 and return N+1.
+
+        The increment is an UPDATE of the flow row, which takes its row lock: concurrent updates of
+        one flow queue up behind each other and each gets its own number.
+        """
+        async with self._sessions.begin() as session:
+            version: int | None = await session.scalar(
+                update(FlowRow)
+                .where(FlowRow.id == flow_id, FlowRow.owner_id == owner_id)
+                .values(latest_version=FlowRow.latest_version + 1, name=name, updated_at=func.now())
+                .returning(FlowRow.latest_version)
+            )
+            if version is None:
+                raise NotFound("flow", flow_id)
+            session.add(
+                FlowVersionRow(flow_id=flow_id, version=version, name=name, definition=definition)
+            )
+        return version
+
+    async def get(self, owner_id: str, flow_id: str, version: int | None = None) -> FlowRecord:
+        """A version of the flow (the latest when `version` is None)."""
+        query = (
+            select(FlowRow, FlowVersionRow)
+            .join(FlowVersionRow, FlowVersionRow.flow_id == FlowRow.id)
+            .where(FlowRow.id == flow_id, FlowRow.owner_id == owner_id)
+            .where(
+                FlowVersionRow.version == (FlowRow.latest_version if version is None else version)
+            )
+        )
+        async with self._sessions() as session:
+            found = (await session.execute(query)).one_or_none()
+        if found is None:
+            raise NotFound("flow" if version is None else "flow version", (flow_id, version))
+        flow, ver = found
+        return FlowRecord(
+            id=flow.id,
+            owner_id=flow.owner_id,
+            name=ver.name,
+            latest_version=flow.latest_version,
+            created_at=flow.created_at,
+            updated_at=flow.updated_at,
+            version=ver.version,
+            definition=ver.definition,
+            version_created_at=ver.created_at,
+        )
+
+    async def list(
+        self, owner_id: str, limit: int = 50, cursor: str | None = None
+    ) -> Page[FlowSummary]:
+        """The owner's flows, newest first."""
+        query = newest_first(
+            select(FlowRow).where(FlowRow.owner_id == owner_id),
+            FlowRow.created_at,
+            FlowRow.id,
+            limit,
+            cursor,
+        )
+        async with self._sessions() as session:
+            rows = (await session.scalars(query)).all()
+        return to_page(rows, limit, _summary, lambda r: (r.created_at, r.id))

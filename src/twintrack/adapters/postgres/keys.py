@@ -1,0 +1,126 @@
+"""KeyStore: API keys. The secret is shown once at creation; only its SHA-256 is stored.
+
+Keys carry 256 bits of randomness, so an unsalted fast hash is enough (nothing to brute-force), and
+looking the hash up through a unique index leaks nothing useful about the secret through timing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from twintrack.adapters.postgres.tables import ApiKeyRow
+from twintrack.core.errors import NotFound
+from twintrack.domain.ids import new_api_key_id
+
+KEY_PREFIX = "tt_"
+_DISPLAY_CHARS = 8  # of the random part, shown beside the "tt_" so a user can tell keys apart
+
+
+class ApiKeyRecord(BaseModel):
+    """A stored key, without its secret."""
+
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    id: str
+    owner_id: str
+    prefix: str
+    is_admin: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class CreatedApiKey(ApiKeyRecord):
+    """A key as returned once, at creation: `key` is the only copy of the secret."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts as: the key's owner, and whether the key is an admin key.
+
+    Admin only widens what a caller may ask for (choosing the track on create); it never widens
+    what it can see: an admin key still sees only its own owner's flows and executions.
+    """
+
+    owner_id: str
+    is_admin: bool = False
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class KeyStore:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self._sessions = sessions
+
+    async def create(self, owner_id: str, admin: bool = False) -> CreatedApiKey:
+        """A new key for `owner_id` (an admin key when `admin`); the plaintext is in the result
+        and nowhere else."""
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        stmt = (
+            insert(ApiKeyRow)
+            .values(
+                id=new_api_key_id(),
+                owner_id=owner_id,
+                key_hash=hash_key(key),
+                prefix=key[: len(KEY_PREFIX) + _DISPLAY_CHARS],
+                is_admin=admin,
+            )
+            .returning(ApiKeyRow)
+        )
+        async with self._sessions.begin() as session:
+            row = await session.scalar(stmt)
+            assert row is not None
+            stored = ApiKeyRecord.model_validate(row)
+        return CreatedApiKey(**stored.model_dump(), key=key)
+
+    async def authenticate_key(self, key: str) -> Principal | None:
+        """The owner of `key` and its admin flag, or None for an unknown or revoked key."""
+        if not key.startswith(KEY_PREFIX):
+            return None
+        async with self._sessions() as session:
+            row = (
+                await session.execute(
+                    select(ApiKeyRow.owner_id, ApiKeyRow.is_admin).where(
+                        ApiKeyRow.key_hash == hash_key(key), ApiKeyRow.revoked_at.is_(None)
+                    )
+                )
+            ).one_or_none()
+        return None if row is None else Principal(owner_id=row.owner_id, is_admin=row.is_admin)
+
+    async def authenticate(self, key: str) -> str | None:
+        """The owner of `key`, or None for an unknown or revoked key (kept for callers that
+        only need the owner; `authenticate_key` also tells whether the key is an admin key)."""
+        principal = await self.authenticate_key(key)
+        return None if principal is None else principal.owner_id
+
+    async def revoke(self, owner_id: str, key_id: str) -> None:
+        """Revoke a key of `owner_id` (idempotent: revoking twice keeps the first time)."""
+        async with self._sessions.begin() as session:
+            found = await session.scalar(
+                update(ApiKeyRow)
+                .where(ApiKeyRow.id == key_id, ApiKeyRow.owner_id == owner_id)
+                .values(revoked_at=func.coalesce(ApiKeyRow.revoked_at, func.now()))
+                .returning(ApiKeyRow.id)
+            )
+        if found is None:
+            raise NotFound("api key", key_id)
+
+    async def list(self, owner_id: str) -> list[ApiKeyRecord]:
+        """The owner's keys, oldest first, revoked ones included."""
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(ApiKeyRow)
+                .where(ApiKeyRow.owner_id == owner_id)
+                .order_by(ApiKeyRow.created_at, ApiKeyRow.id)
+            )
+            return [ApiKeyRecord.model_validate(r) for r in rows]

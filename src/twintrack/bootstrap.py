@@ -1,0 +1,249 @@
+"""ServiceFactory: the composition root. The only module that picks implementations.
+
+From Settings it builds a `Container` with the stores, the task queue of each available
+track, the event bus of each events backend, the command channel and the service; workers
+and the sweeper are built on top of a container. Nothing else imports a concrete adapter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from twintrack.adapters.dbos.events import DbosStreamEventBus
+from twintrack.adapters.dbos.queue import DbosTaskQueue
+from twintrack.adapters.dbos.recovery import DeadExecutorSweeper
+from twintrack.adapters.dbos.runtime import DbosConfig, DbosRuntime
+from twintrack.adapters.dbos.worker import DbosWorker
+from twintrack.adapters.kafka.clients import KafkaConfig, ensure_topics
+from twintrack.adapters.kafka.events import KafkaEventBus
+from twintrack.adapters.kafka.tasks import KafkaTaskQueue
+from twintrack.adapters.kafka.worker import KafkaWorker
+from twintrack.adapters.postgres import retry
+from twintrack.adapters.postgres.claims import ClaimStore
+from twintrack.adapters.postgres.commands import PostgresCommandChannel
+from twintrack.adapters.postgres.counters import CounterStore
+from twintrack.adapters.postgres.db import create_engine, create_session_factory
+from twintrack.adapters.postgres.executions import ExecutionStore
+from twintrack.adapters.postgres.flows import FlowStore
+from twintrack.adapters.postgres.keys import KeyStore
+from twintrack.adapters.postgres.workers import WorkerRegistry, new_worker_id
+from twintrack.config import ConfigError, Settings
+from twintrack.core.children_sweep import ChildSweeper
+from twintrack.core.ports import CommandChannel, EventBus, TaskQueue
+from twintrack.core.recovery import RecoverySweeper, SweepPolicy
+from twintrack.core.run_host import RunHost
+from twintrack.core.service import ExecutionService, RoutingPolicy
+from twintrack.domain.execution import EventsBackend, Track
+from twintrack.domain.limits import OwnerLimits
+from twintrack.nodes.registry import NodeRegistry, default_registry
+
+
+@dataclass
+class Container:
+    """Everything a process needs, built but not started (`start` does the I/O)."""
+
+    settings: Settings
+    db_engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    flows: FlowStore
+    executions: ExecutionStore
+    keys: KeyStore
+    counters: CounterStore
+    workers: WorkerRegistry
+    registry: NodeRegistry
+    queues: dict[Track, TaskQueue]
+    buses: dict[EventsBackend, EventBus]
+    commands: CommandChannel
+    service: ExecutionService
+    kafka: KafkaConfig
+    _started: bool = field(default=False, repr=False)
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        await ensure_topics(self.kafka)
+        for queue in self.queues.values():
+            await queue.start()
+        for bus in self.buses.values():
+            await bus.start()
+        await self.commands.start()
+        self._started = True
+
+    async def close(self) -> None:
+        for closer in (
+            *(q.close for q in self.queues.values()),
+            *(b.close for b in self.buses.values()),
+            self.commands.close,
+        ):
+            try:
+                await closer()
+            except Exception:  # keep closing the rest
+                import structlog
+
+                structlog.get_logger().warning("close failed", exc_info=True)
+        await self.db_engine.dispose()
+        self._started = False
+
+    async def ready(self) -> dict[str, bool]:
+        """Whether each dependency answers now: for /readyz."""
+        checks = {"database": False, "started": self._started}
+        try:
+            async with self.db_engine.connect() as conn:
+                await conn.execute(text("select 1"))
+            checks["database"] = True
+        except Exception:
+            checks["database"] = False
+        return checks
+
+
+class ServiceFactory:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def _check(self) -> None:
+        s = self.settings
+        if not s.database_url:
+            raise ConfigError("DATABASE_URL is not set (or run `twintrack dev` for embedded ones)")
+        if not s.kafka_bootstrap_servers:
+            raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set")
+
+    def build(self) -> Container:
+        self._check()
+        s = self.settings
+        assert s.database_url is not None
+        retry.set_default_deadline(s.db_retry_deadline_s)
+        db_engine = create_engine(s.database_url, pool_size=20, max_overflow=20)
+        sessions = create_session_factory(db_engine)
+        flows, executions = FlowStore(sessions), ExecutionStore(sessions)
+        kafka = KafkaConfig.from_settings(s)
+        registry = default_registry()
+        # Both tracks are always reachable: executions finish on the track they were created
+        # on, whichever way the rollout flag points now.
+        dbos = DbosConfig.from_settings(s)
+        queues: dict[Track, TaskQueue] = {
+            Track.KAFKA: KafkaTaskQueue(kafka),
+            Track.DBOS: DbosTaskQueue(dbos, park_s=s.start_signal_timeout_s + 3600),
+        }
+        buses: dict[EventsBackend, EventBus] = {
+            EventsBackend.KAFKA: KafkaEventBus(kafka, sessions),
+            EventsBackend.DBOS: DbosStreamEventBus(
+                dbos, sessions, max_event_bytes=s.max_event_bytes
+            ),
+        }
+        commands = PostgresCommandChannel(s.database_url, sessions)
+        service = ExecutionService(
+            flows=flows,
+            executions=executions,
+            registry=registry,
+            queues=queues,
+            buses=buses,
+            commands=commands,
+            policy=RoutingPolicy(
+                enable_dbos=s.enable_dbos_execution,
+                rollout_percent=s.dbos_rollout_percent,
+                events_backend=s.execution_events_backend,
+                max_depth=s.execution_max_depth,
+            ),
+            limits=OwnerLimits(
+                max_executions_per_tree=s.max_executions_per_tree,
+                max_running_executions_per_owner=s.max_running_executions_per_owner,
+            ),
+            terminal_row_wait_s=s.terminal_row_wait_s,
+        )
+        return Container(
+            settings=s,
+            db_engine=db_engine,
+            sessions=sessions,
+            flows=flows,
+            executions=executions,
+            keys=KeyStore(sessions),
+            counters=CounterStore(sessions),
+            workers=WorkerRegistry(sessions),
+            registry=registry,
+            queues=queues,
+            buses=buses,
+            commands=commands,
+            service=service,
+            kafka=kafka,
+        )
+
+    @staticmethod
+    def outage_errors() -> tuple[type[BaseException], ...]:
+        """Errors meaning a dependency is down: the API answers 503, not 500."""
+        from aiokafka.errors import (
+            KafkaConnectionError,
+            KafkaTimeoutError,
+            NodeNotReadyError,
+            RequestTimedOutError,
+        )
+
+        # BrokerUnavailable (a bounded broker call ran out) is a TimeoutError: 503 already.
+        return (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError)
+
+    def run_host(self, container: Container, worker_id: str | None = None) -> RunHost:
+        """What every worker process runs claimed executions with, whatever their track.
+
+        The worker id is also the DBOS executor id: DBOS_EXECUTOR_ID pins it (a stable id lets
+        DBOS itself recover the worker's workflows when it restarts)."""
+        worker_id = worker_id or self.settings.dbos_executor_id or new_worker_id()
+        return RunHost(
+            service=container.service,
+            claims=ClaimStore(container.sessions, container.executions),
+            commands=container.commands,
+            counters=container.counters,
+            registry=container.workers,
+            worker_id=worker_id,
+            claim_ttl_s=self.settings.claim_ttl_s,
+            max_attempts=self.settings.max_attempts,
+        )
+
+    def kafka_worker(self, container: Container, host: RunHost) -> KafkaWorker:
+        return KafkaWorker(
+            config=container.kafka, host=host, concurrency=self.settings.worker_concurrency
+        )
+
+    def dbos_worker(self, container: Container, host: RunHost) -> DbosWorker:
+        runtime = DbosRuntime(DbosConfig.from_settings(self.settings), executor_id=host.worker_id)
+        return DbosWorker(runtime=runtime, host=host)
+
+    def dead_executor_sweeper(
+        self, container: Container, worker: DbosWorker
+    ) -> DeadExecutorSweeper:
+        s = self.settings
+        queue = container.queues[Track.DBOS]
+        assert isinstance(queue, DbosTaskQueue)  # the container's, started with it
+        return DeadExecutorSweeper(
+            db_engine=container.db_engine,
+            sessions=container.sessions,
+            registry=container.workers,
+            runtime=worker.runtime,
+            queue=queue,
+            # two missed heartbeats (one every third of CLAIM_TTL_S), plus a second of slack
+            silence_s=2 * s.claim_ttl_s / 3 + 1,
+            interval_s=s.recovery_sweep_interval_s,
+            repair_queued_s=s.dbos_repair_queued_s,
+        )
+
+    def sweeper(self, container: Container, worker_id: str) -> RecoverySweeper:
+        s = self.settings
+        return RecoverySweeper(
+            db_engine=container.db_engine,
+            sessions=container.sessions,
+            service=container.service,
+            claims=ClaimStore(container.sessions, container.executions),
+            kafka_queue=container.queues.get(Track.KAFKA),
+            policy=SweepPolicy(
+                interval_s=s.recovery_sweep_interval_s,
+                max_attempts=s.max_attempts,
+                start_timeout_s=s.start_signal_timeout_s,
+            ),
+            worker_id=worker_id,
+            children=ChildSweeper(
+                sessions=container.sessions,
+                service=container.service,
+                grace_s=s.child_sweep_grace_s,
+            ),
+        )

@@ -1,0 +1,564 @@
+"""ExecutionService: create, start, command, watch and inspect executions, whatever their track.
+
+The API, the workers (for child executions) and the recovery sweeper all go through it. Events
+the service writes itself (created, queued, stopped or failed before any worker holds the
+execution) are published under the execution's row lock, before the status moves, so they
+never interleave with each other and a worker always continues numbering after them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from twintrack.adapters.postgres.executions import ExecutionRecord, ExecutionStore
+from twintrack.adapters.postgres.flows import FlowRecord, FlowStore
+from twintrack.adapters.postgres.pagination import MAX_PAGE_SIZE, Page
+from twintrack.core.errors import AlreadyExists, NotFound
+from twintrack.core.ports import CommandChannel, EventBus, TaskQueue
+from twintrack.core.stops import stop_reason
+from twintrack.domain.commands import Command
+from twintrack.domain.events import Event, EventType
+from twintrack.domain.execution import (
+    EventsBackend,
+    ExecutionOptions,
+    ExecutionStatus,
+    Track,
+    TriggerEvent,
+)
+from twintrack.domain.flow import Flow, check_options, validate_flow
+from twintrack.domain.ids import EXECUTION_PREFIX, new_execution_id
+from twintrack.domain.limits import LimitExceeded, OwnerLimits
+from twintrack.domain.rollout import choose_track, events_backend_for
+from twintrack.engine import check_event_size, result_from_terminal_event
+from twintrack.nodes.base import NodeError, SpawnedChild
+from twintrack.nodes.registry import NodeRegistry
+
+log = structlog.get_logger()
+
+_S = ExecutionStatus
+_FLOW_CACHE_SIZE = 512
+# What `execution.created` carries besides the trigger events (ids, names, depth), at most.
+_CREATED_FIELDS_BYTES = 1024
+
+
+class Conflict(Exception):
+    """The request does not fit the execution's state (for example, a command on a finished one)."""
+
+
+class TrackUnavailable(Exception):
+    """No task queue for the track this execution must go to is configured in this process."""
+
+
+class ParentStopping(Exception):
+    """A child was not started: its parent is being stopped (the child ended `stopped`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ExecutionTree:
+    """One page of a tree; `tree_status` and `size` cover the whole tree."""
+
+    root_id: str
+    executions: list[ExecutionRecord]
+    tree_status: ExecutionStatus
+    size: int
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class RoutingPolicy:
+    """Settings that decide where a new execution goes."""
+
+    enable_dbos: bool
+    rollout_percent: int | None
+    events_backend: EventsBackend
+    max_depth: int
+
+
+def child_execution_id(parent_id: str, node_id: str) -> str:
+    """Deterministic, so a parent that is re-run after a crash finds its children, not new ones."""
+    digest = hashlib.sha256(f"{parent_id}/{node_id}".encode()).hexdigest()[:32]
+    return f"{EXECUTION_PREFIX}_{digest}"
+
+
+def aggregate_status(statuses: Collection[ExecutionStatus]) -> ExecutionStatus:
+    """A tree is running while any member is unfinished, else its worst ending."""
+    for status in (_S.RUNNING, _S.PAUSED, _S.QUEUED, _S.CREATED, _S.FAILED, _S.STOPPED):
+        if status in statuses:
+            return _S.RUNNING if not status.is_terminal else status
+    return _S.COMPLETED
+
+
+class ExecutionService:
+    def __init__(
+        self,
+        *,
+        flows: FlowStore,
+        executions: ExecutionStore,
+        registry: NodeRegistry,
+        queues: Mapping[Track, TaskQueue],
+        buses: Mapping[EventsBackend, EventBus],
+        commands: CommandChannel,
+        policy: RoutingPolicy,
+        limits: OwnerLimits | None = None,
+        terminal_row_wait_s: float = 60.0,
+    ) -> None:
+        self.flows = flows
+        self.executions = executions
+        self.registry = registry
+        self.queues = dict(queues)
+        self.buses = dict(buses)
+        self.commands = commands
+        self.policy = policy
+        self.limits = limits or OwnerLimits()
+        self.terminal_row_wait_s = terminal_row_wait_s
+        self._flow_cache: OrderedDict[tuple[str, int], Flow] = OrderedDict()
+
+    # -- flows -----------------------------------------------------------------------------
+
+    def _cached(self, flow_id: str, version: int) -> Flow | None:
+        flow = self._flow_cache.get((flow_id, version))
+        if flow is not None:
+            self._flow_cache.move_to_end((flow_id, version))
+        return flow
+
+    def compile(self, record: FlowRecord) -> Flow:
+        """The validated flow of one stored version (versions are immutable, so cached)."""
+        flow = self._cached(record.id, record.version)
+        if flow is None:
+            flow = validate_flow(record.definition, self.registry)
+            self._flow_cache[(record.id, record.version)] = flow
+            if len(self._flow_cache) > _FLOW_CACHE_SIZE:
+                self._flow_cache.popitem(last=False)
+        return flow
+
+    async def flow_of(self, execution: ExecutionRecord) -> Flow:
+        """The flow version an execution pinned: read once per process, then from the cache
+        (a version never changes, and the execution's own row already proved ownership)."""
+        flow = self._cached(execution.flow_id, execution.flow_version)
+        if flow is not None:
+            return flow
+        record = await self.flows.get(execution.owner_id, execution.flow_id, execution.flow_version)
+        return self.compile(record)
+
+    # -- create and start ------------------------------------------------------------------
+
+    def route(self, owner_id: str) -> Track:
+        return choose_track(
+            owner_id,
+            enable_dbos=self.policy.enable_dbos,
+            rollout_percent=self.policy.rollout_percent,
+        )
+
+    async def create(
+        self,
+        owner_id: str,
+        flow_id: str,
+        *,
+        version: int | None = None,
+        options: ExecutionOptions | None = None,
+        events: Sequence[TriggerEvent] = (),
+        track: Track | None = None,
+        parent: ExecutionRecord | None = None,
+        execution_id: str | None = None,
+    ) -> ExecutionRecord:
+        """Create an execution in `created` with `execution.created` (index 0) in its stream.
+
+        Raises NotFound for an unknown flow or version, FlowValidationError for options that do
+        not fit the flow, TrackUnavailable when this process cannot reach the chosen track.
+        """
+        options = options or ExecutionOptions()
+        flow_record = await self.flows.get(owner_id, flow_id, version)
+        check_options(self.compile(flow_record), options)
+        if parent is not None:
+            track, backend = parent.track, parent.events_backend
+        else:
+            track = track or self.route(owner_id)
+            backend = events_backend_for(track, self.policy.events_backend)
+        if track not in self.queues:
+            raise TrackUnavailable(f"the {track} track is not available in this deployment")
+        if backend not in self.buses:
+            raise TrackUnavailable(f"the {backend} events backend is not available here")
+        self._check_created_fits(events, self.buses[backend].max_event_bytes)
+        record = await self.executions.create(
+            owner_id=owner_id,
+            flow_id=flow_record.id,
+            flow_version=flow_record.version,
+            track=track,
+            events_backend=backend,
+            options=options,
+            trigger_events=events,
+            parent_id=parent.id if parent else None,
+            execution_id=execution_id or new_execution_id(),
+            next_event_index=1,
+            limits=self.limits,
+        )
+        await self._announce_created(record)
+        return record
+
+    async def _announce_created(self, record: ExecutionRecord) -> None:
+        """What the track needs first, then `execution.created` (index 0): both idempotent, so
+        a re-run of a parent can redo them for a child a crash left without them."""
+        await self.queues[record.track].prepare(record.id, record.events_backend)
+        created = {
+            "flow_id": record.flow_id,
+            "flow_version": record.flow_version,
+            "track": record.track.value,
+            "events_backend": record.events_backend.value,
+            "depth": record.depth,
+            "parent_id": record.parent_id,
+            "root_id": record.root_id,
+            "events": [e.model_dump(mode="json") for e in record.trigger_events],
+        }
+        event = Event(
+            execution_id=record.id, index=0, type=EventType.EXECUTION_CREATED, data=created
+        )
+        await self.buses[record.events_backend].publish(event, wait=True)
+
+    @staticmethod
+    def _check_created_fits(events: Sequence[TriggerEvent], limit: int) -> None:
+        """Refuse trigger events too large for `execution.created` before any row exists
+        (EventTooLarge: a 413 for the API, the node's failure for a child)."""
+        provisional = Event(
+            execution_id="",
+            index=0,
+            type=EventType.EXECUTION_CREATED,
+            data={"events": [e.model_dump(mode="json") for e in events]},
+        )
+        check_event_size(provisional, limit, extra_bytes=_CREATED_FIELDS_BYTES)
+
+    async def start(self, owner_id: str | None, execution_id: str) -> ExecutionRecord:
+        """Queue a created execution for a worker. Starting twice is harmless; finished: 409.
+
+        LimitExceeded (429) when the owner already has MAX_RUNNING_EXECUTIONS_PER_OWNER
+        started, unfinished executions: the execution stays `created`, to be started later.
+        """
+        async with self.executions.locked(execution_id, owner_id) as (session, record):
+            if record.status.is_terminal:
+                raise Conflict(f"execution {execution_id} is already {record.status}")
+            if record.status is not _S.CREATED:
+                return record
+            running = await self.executions.running_count(session, record.owner_id)
+            self.limits.check_running(running, record.owner_id)
+            record = await self._write_locked(
+                session, record, _S.QUEUED, EventType.EXECUTION_QUEUED, {"track": record.track}
+            )
+        await self.queues[record.track].enqueue(
+            record.id, record.attempt + 1, record.events_backend
+        )
+        return record
+
+    async def _write_locked(
+        self,
+        session: AsyncSession,
+        record: ExecutionRecord,
+        target: ExecutionStatus,
+        event_type: EventType,
+        data: dict[str, Any],
+        *,
+        index: int | None = None,
+        error_message: str | None = None,
+    ) -> ExecutionRecord:
+        """Publish one event, then move the status: callers hold the row lock."""
+        at = record.next_event_index if index is None else index
+        event = Event(execution_id=record.id, index=at, type=event_type, data=data)
+        await self.buses[record.events_backend].publish(event, wait=True)
+        return await self.executions.transition(
+            record.id,
+            target,
+            session=session,
+            next_event_index=at + 1,
+            error_message=error_message,
+        )
+
+    # -- commands --------------------------------------------------------------------------
+
+    async def command(
+        self, owner_id: str | None, execution_id: str, command: Command, reason: str | None = None
+    ) -> ExecutionRecord:
+        """Apply a user command. Durable: a worker that picks the execution up later obeys it."""
+        if command is Command.START:
+            return await self.start(owner_id, execution_id)
+        record = await self.executions.get(execution_id, owner_id)
+        if record.status.is_terminal:
+            raise Conflict(f"execution {execution_id} is already {record.status}")
+        if command is Command.STOP:
+            await self.stop_tree(record, reason or "stopped by request")
+            return await self.executions.get(execution_id, owner_id)
+        await self.commands.send(execution_id, command, reason)
+        return record
+
+    async def stop_tree(self, record: ExecutionRecord, reason: str) -> None:
+        """Stop an execution and every unfinished descendant, including children spawned while
+        the stop runs: each member's stop is stored before the tree is read again, and a spawn
+        under a member whose stop is stored ends its child itself (see `spawn_child`), so
+        re-reading until nothing new appears leaves no child behind."""
+        handled: set[str] = set()
+        await self._stop_one(record.id, reason)
+        handled.add(record.id)
+        while True:
+            fresh = [
+                m
+                for m in await self.executions.tree(record.id)
+                if m.id not in handled and not m.status.is_terminal
+            ]
+            if not fresh:
+                return
+            for member in fresh:
+                await self._stop_one(member.id, f"ancestor {record.id} was stopped")
+                handled.add(member.id)
+
+    async def _stop_one(self, execution_id: str, reason: str) -> None:
+        try:
+            async with self.executions.locked(execution_id) as (session, record):
+                if record.status.is_terminal:
+                    return
+                if record.status in (_S.CREATED, _S.QUEUED):
+                    # No worker holds it: end it here. A worker that gets its task later skips it;
+                    # the track drops what it prepared once the ending is in the stream.
+                    await self._end_unclaimed(
+                        session,
+                        record,
+                        _S.STOPPED,
+                        EventType.EXECUTION_STOPPED,
+                        {"reason": reason, "cancelled_nodes": [], "outputs": record.outputs},
+                        reason,
+                    )
+                    await self.queues[record.track].cancel(execution_id)
+                    return
+        except TimeoutError:
+            # A stalled events backend (the caller gets a 503): the event may still land
+            # later, so store the stop too. Whoever runs the execution next stops it at once,
+            # and the row ends `stopped` like the stream.
+            await self.commands.send(execution_id, Command.STOP, reason)
+            raise
+        await self.commands.send(execution_id, Command.STOP, reason)
+
+    async def _end_unclaimed(
+        self,
+        session: AsyncSession,
+        record: ExecutionRecord,
+        target: ExecutionStatus,
+        event_type: EventType,
+        data: dict[str, Any],
+        reason: str,
+    ) -> None:
+        """End an execution no worker holds, under its row lock.
+
+        The row learns how far the stream goes only when a run ends, so after a crashed run
+        (attempt > 0: re-queued, or abandoned) the index comes from the bus itself; an ending
+        that run already wrote stands instead of a second one.
+        """
+        index = record.next_event_index
+        if record.attempt > 0:
+            last = await self.buses[record.events_backend].last_event(record.id)
+            if last is not None and last.type.is_terminal:
+                ended = result_from_terminal_event(last)
+                await self.executions.transition(
+                    record.id,
+                    ended.status,
+                    session=session,
+                    outputs=ended.outputs,
+                    error_message=ended.error.message if ended.error else None,
+                    error_node_id=ended.error.node_id if ended.error else None,
+                    next_event_index=last.index + 1,
+                )
+                return
+            if last is not None:
+                index = max(index, last.index + 1)
+        await self._write_locked(
+            session, record, target, event_type, data, index=index, error_message=reason
+        )
+
+    async def fail_unclaimed(
+        self, execution_id: str, reason: str, *, from_statuses: Sequence[ExecutionStatus]
+    ) -> bool:
+        """End an execution no worker holds as failed (start timeout, attempts exhausted).
+
+        Returns False when the execution had moved on.
+        """
+        async with self.executions.locked(execution_id) as (session, record):
+            if record.status not in from_statuses:
+                return False
+            await self.fail_locked(session, record, reason)
+        return True
+
+    async def fail_locked(
+        self, session: AsyncSession, record: ExecutionRecord, reason: str
+    ) -> None:
+        """`fail_unclaimed` within the caller's transaction (holding the row lock), so a caller
+        can end the claim in the same commit (giving up after MAX_ATTEMPTS)."""
+        await self._end_unclaimed(
+            session,
+            record,
+            _S.FAILED,
+            EventType.EXECUTION_FAILED,
+            {"error": {"message": reason, "node_id": None}, "outputs": record.outputs},
+            reason,
+        )
+        if record.status is _S.CREATED:
+            await self.queues[record.track].cancel(record.id)
+
+    # -- children --------------------------------------------------------------------------
+
+    async def spawn_child(
+        self,
+        parent: ExecutionRecord,
+        *,
+        node_id: str,
+        event: str,
+        payload: Any,
+        flow_id: str | None,
+    ) -> SpawnedChild:
+        """Create and start a child on the parent's track; the parent does not wait for it."""
+        depth = parent.depth + 1
+        if depth > self.policy.max_depth:
+            raise NodeError(
+                f"cannot spawn a child at depth {depth}: EXECUTION_MAX_DEPTH is "
+                f"{self.policy.max_depth}"
+            )
+        same_flow = flow_id is None or flow_id == parent.flow_id
+        child_id = child_execution_id(parent.id, node_id)
+        options = ExecutionOptions(
+            max_concurrency=parent.options.max_concurrency,
+            node_timeout_s=parent.options.node_timeout_s,
+            flow_timeout_s=parent.options.flow_timeout_s,
+        )
+        try:
+            child = await self.create(
+                parent.owner_id,
+                parent.flow_id if same_flow else str(flow_id),
+                version=parent.flow_version if same_flow else None,
+                options=options,
+                events=[TriggerEvent(name=event, payload=payload)],
+                parent=parent,
+                execution_id=child_id,
+            )
+        except AlreadyExists:
+            child = await self.announce_if_missing(child_id)
+        except NotFound:
+            raise NodeError(f"flow '{flow_id}' does not exist for this owner") from None
+        except LimitExceeded as exc:
+            raise NodeError(f"cannot spawn a child: {exc}") from None
+        # Asked only now that the child row is committed: a stop stored before this read is
+        # seen here, and one stored after it re-reads the tree and finds the child.
+        stopping = await stop_reason(self.executions.sessions, parent.id)
+        if stopping is not None:
+            await self._stop_one(child.id, f"ancestor {parent.id} was stopped")
+            raise ParentStopping(stopping)
+        if child.status is _S.CREATED:
+            try:
+                await self.start(None, child.id)
+            except Conflict:
+                pass  # a stop of the tree ended it between create and start
+            except LimitExceeded as exc:
+                # Nobody would ever start this child: end it, so no child is left `created`.
+                reason = f"not started: {exc}"
+                await self.fail_unclaimed(child.id, reason, from_statuses=[_S.CREATED])
+                raise NodeError(f"cannot start child {child.id}: {exc}") from None
+        return SpawnedChild(execution_id=child.id, flow_id=child.flow_id, depth=child.depth)
+
+    async def announce_if_missing(self, child_id: str) -> ExecutionRecord:
+        """A child an earlier attempt of its parent made (found by a re-run, or by the child
+        sweeper). One it started (or that has ended) is left alone: it is not run twice. One a
+        crash left in `created` before its `execution.created` was written gets it now, so its
+        stream starts at index 0 whatever happens to it next."""
+        child = await self.executions.get(child_id)
+        if child.status is _S.CREATED:
+            bus = self.buses[child.events_backend]
+            if await bus.last_event(child.id) is None:
+                await self._announce_created(child)
+        return child
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def get(self, owner_id: str | None, execution_id: str) -> ExecutionRecord:
+        return await self.executions.get(execution_id, owner_id)
+
+    async def list(
+        self,
+        owner_id: str,
+        *,
+        flow_id: str | None = None,
+        status: ExecutionStatus | None = None,
+        track: Track | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> Page[ExecutionRecord]:
+        return await self.executions.list(
+            owner_id, flow_id, status, track, limit=limit, cursor=cursor
+        )
+
+    async def tree(
+        self,
+        owner_id: str | None,
+        execution_id: str,
+        *,
+        limit: int = MAX_PAGE_SIZE,
+        cursor: str | None = None,
+    ) -> ExecutionTree:
+        """One page of the execution's subtree, with the status and size of all of it."""
+        page, counts = await self.executions.tree_page(
+            execution_id, owner_id, limit=limit, cursor=cursor
+        )
+        return ExecutionTree(
+            root_id=execution_id,
+            executions=page.items,
+            tree_status=aggregate_status(counts.keys()),
+            size=sum(counts.values()),
+            next_cursor=page.next_cursor,
+        )
+
+    async def subscribe(
+        self, owner_id: str | None, execution_id: str, from_index: int = 0
+    ) -> AsyncIterator[Event]:
+        """The execution's events from `from_index`, ending after the terminal event."""
+        record = await self.executions.get(execution_id, owner_id)
+        events = self.buses[record.events_backend].subscribe(record.id, from_index)
+        if record.status.is_terminal:
+            return events
+        return self._row_before_ending(record.id, events)
+
+    async def _row_before_ending(
+        self, execution_id: str, events: AsyncIterator[Event]
+    ) -> AsyncIterator[Event]:
+        """Hold the terminal event until the row shows the ending: whoever writes an ending
+        writes the event first (so a crash in between is repaired from the stream), and a
+        subscriber that got it must find the row already terminal."""
+        try:
+            async for event in events:
+                if event.type.is_terminal:
+                    await self._await_terminal_row(execution_id)
+                yield event
+        finally:
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def _await_terminal_row(self, execution_id: str) -> None:
+        deadline = time.monotonic() + self.terminal_row_wait_s
+        pause = 0.002
+        while not (await self.executions.get(execution_id)).status.is_terminal:
+            if time.monotonic() > deadline:
+                # The writer died between the event and the row: recovery records the ending
+                # from the stream later; the stream itself must not hang meanwhile.
+                log.warning(
+                    "terminal event delivered before the row recorded it",
+                    execution_id=execution_id,
+                    waited_s=self.terminal_row_wait_s,
+                )
+                return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)

@@ -1,0 +1,6 @@
+"""The HTTP API (DESIGN §1.6): `create_app(container)` over an `ApiContainer`."""
+
+from twintrack.entrypoints.api.app import create_app
+from twintrack.entrypoints.api.deps import ApiContainer
+
+__all__ = ["ApiContainer", "create_app"]

@@ -1,0 +1,69 @@
+"""`create_app`: the FastAPI application over a container the caller owns.
+
+The app has no lifespan of its own: whoever builds the container starts it before serving and
+closes it after (`twintrack api`, `twintrack dev`, tests), so one container can back several
+apps and nothing here opens a connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI
+
+from twintrack.domain.flow import MAX_FLOW_BYTES
+from twintrack.domain.limits import DEFAULT_MAX_SSE_STREAMS_PER_KEY
+from twintrack.entrypoints.api.auth import DEFAULT_TTL_S, ApiKeyAuthenticator
+from twintrack.entrypoints.api.deps import ApiContainer
+from twintrack.entrypoints.api.errors import UnhandledErrors, install_error_handlers
+from twintrack.entrypoints.api.limits import BodyLimit, StreamSlots
+from twintrack.entrypoints.api.metrics import RequestMetrics
+from twintrack.entrypoints.api.routes import events, executions, flows, health
+
+DESCRIPTION = """\
+Flow executions on two tracks (Kafka, DBOS). Every route under `/v1` needs
+`Authorization: Bearer <api key>`; an owner sees only its own flows and executions.
+Errors are `{"error": {"code", "message", "details"}}`.
+"""
+
+
+def _version() -> str:
+    try:
+        return version("twintrack")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0"
+
+
+def create_app(
+    container: ApiContainer,
+    *,
+    auth_cache_ttl_s: float = DEFAULT_TTL_S,
+    max_body_bytes: int = MAX_FLOW_BYTES,
+    unavailable_errors: Sequence[type[BaseException]] = (),
+    max_sse_streams_per_key: int = DEFAULT_MAX_SSE_STREAMS_PER_KEY,
+) -> FastAPI:
+    """The API over `container` (not started or closed here).
+
+    `unavailable_errors` are exception types that mean "a dependency is down" (for example the
+    Kafka client's connection errors), answered 503 like database outages; the API itself
+    knows nothing of Kafka or DBOS.
+    """
+    app = FastAPI(
+        title="twintrack",
+        version=_version(),
+        description=DESCRIPTION,
+        separate_input_output_schemas=False,
+    )
+    app.state.container = container
+    app.state.authenticator = ApiKeyAuthenticator(container.keys, ttl_s=auth_cache_ttl_s)
+    app.state.stream_slots = StreamSlots(max_sse_streams_per_key)
+    outage = tuple(unavailable_errors)
+    install_error_handlers(app, outage)
+    for router in (flows.router, executions.router, events.router, health.router):
+        app.include_router(router)
+    # Added innermost first: metrics see every answer, including 413s and 500s.
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(UnhandledErrors, outage=outage)
+    app.add_middleware(RequestMetrics)
+    return app

@@ -1,0 +1,203 @@
+"""Executions: create, read, list, tree, and the five commands.
+
+Routes stay thin: ExecutionService does the work and its exceptions map to HTTP in
+`api.errors` (NotFound 404, FlowValidationError 422, Conflict 409, LimitExceeded 429,
+TrackUnavailable 503). `/tree` pages like the list endpoint, but its default page is the largest
+(1,000, the default MAX_EXECUTIONS_PER_TREE), so a client that never pages still gets a whole
+default-sized tree.
+Choosing the track on create is for admin keys only (403 otherwise): it bypasses the rollout
+settings, which an operator, not an application, should do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response, status
+
+from twintrack.adapters.postgres.executions import ExecutionRecord
+from twintrack.adapters.postgres.pagination import MAX_PAGE_SIZE
+from twintrack.domain.commands import Command
+from twintrack.domain.execution import ExecutionStatus, Track
+from twintrack.entrypoints.api.auth import Caller, Owner, forbidden, require_owner
+from twintrack.entrypoints.api.deps import Service
+from twintrack.entrypoints.api.errors import COMMON_RESPONSES, ErrorResponse
+from twintrack.entrypoints.api.ids import checked_cursor, checked_id, checked_tree_cursor
+from twintrack.entrypoints.api.metrics import COMMANDS, EXECUTIONS_CREATED, tag_track
+from twintrack.entrypoints.api.payloads import ensure_storable
+from twintrack.entrypoints.api.schemas import (
+    ID_PATTERN,
+    CommandAccepted,
+    CommandRequest,
+    CreateExecution,
+    ExecutionCreated,
+    ExecutionPage,
+    ExecutionTreeOut,
+)
+
+router = APIRouter(
+    prefix="/v1/executions",
+    tags=["executions"],
+    dependencies=[Depends(require_owner)],
+    responses=COMMON_RESPONSES,
+)
+
+_CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorResponse, "description": "`track` was set by a key that is not admin"},
+    404: {"model": ErrorResponse, "description": "No such flow (or version) for this owner"},
+    422: {
+        "model": ErrorResponse,
+        "description": "Invalid body or options that do not fit the flow; `details` names each",
+    },
+    503: {"model": ErrorResponse, "description": "The chosen track is unavailable; retry"},
+}
+_COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorResponse, "description": "The execution has already finished"},
+    422: {"model": ErrorResponse, "description": "Invalid body; `details` names the field"},
+    429: {
+        "model": ErrorResponse,
+        "description": "`start` only: the owner already has MAX_RUNNING_EXECUTIONS_PER_OWNER "
+        "started, unfinished executions; the execution stays `created`, start it later",
+    },
+}
+_COMMAND_SUMMARIES = {
+    Command.START: "Start a created execution (queue it for a worker of its track)",
+    Command.PAUSE: "Pause before the next node",
+    Command.RESUME: "Resume a paused execution",
+    Command.STEP: "Run exactly one more node, then stay paused",
+    Command.STOP: "Stop now: cancel running nodes, stop descendants too",
+}
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ExecutionCreated,
+    responses=_CREATE_RESPONSES,
+    summary="Create an execution of a flow (status `created`; `start` runs it)",
+)
+async def create_execution(
+    body: CreateExecution,
+    request: Request,
+    response: Response,
+    caller: Caller,
+    service: Service,
+) -> ExecutionCreated:
+    if body.track is not None and not caller.is_admin:
+        raise forbidden("track", "only an admin API key may choose the track")
+    ensure_storable(body.model_dump())
+    record = await service.create(
+        caller.owner_id,
+        body.flow_id,
+        version=body.version,
+        options=body.options,
+        events=body.events,
+        track=body.track,
+    )
+    EXECUTIONS_CREATED.labels(record.track).inc()
+    tag_track(request, record.track)
+    response.headers["Location"] = f"{request.url.path.rstrip('/')}/{record.id}"
+    return ExecutionCreated(
+        id=record.id,
+        status=record.status,
+        track=record.track,
+        events_backend=record.events_backend,
+    )
+
+
+@router.get("", response_model=ExecutionPage, summary="The caller's executions, newest first")
+async def list_executions(
+    owner: Owner,
+    service: Service,
+    flow_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    status: ExecutionStatus | None = None,
+    track: Track | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
+) -> ExecutionPage:
+    page = await service.list(
+        owner,
+        flow_id=flow_id,
+        status=status,
+        track=track,
+        limit=limit,
+        cursor=checked_cursor(cursor),
+    )
+    return ExecutionPage(items=page.items, next_cursor=page.next_cursor)
+
+
+@router.get("/{execution_id}", response_model=ExecutionRecord, summary="The execution's row")
+async def get_execution(
+    execution_id: str, request: Request, owner: Owner, service: Service
+) -> ExecutionRecord:
+    record = await service.get(owner, checked_id("execution", execution_id))
+    tag_track(request, record.track)
+    return record
+
+
+@router.get(
+    "/{execution_id}/tree",
+    response_model=ExecutionTreeOut,
+    summary="The execution and its descendants, a page at a time, with the aggregate status",
+)
+async def get_tree(
+    execution_id: str,
+    request: Request,
+    owner: Owner,
+    service: Service,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = MAX_PAGE_SIZE,
+    cursor: Annotated[str | None, Query(max_length=1024)] = None,
+) -> ExecutionTreeOut:
+    tree = await service.tree(
+        owner,
+        checked_id("execution", execution_id),
+        limit=limit,
+        cursor=checked_tree_cursor(cursor),
+    )
+    if tree.executions:
+        tag_track(request, tree.executions[0].track)
+    return ExecutionTreeOut(
+        root_id=tree.root_id,
+        tree_status=tree.tree_status,
+        size=tree.size,
+        executions=tree.executions,
+        next_cursor=tree.next_cursor,
+    )
+
+
+CommandEndpoint = Callable[..., Awaitable[CommandAccepted]]
+
+
+def _command_endpoint(command: Command) -> CommandEndpoint:
+    async def endpoint(
+        execution_id: str,
+        request: Request,
+        owner: Owner,
+        service: Service,
+        body: CommandRequest | None = None,
+    ) -> CommandAccepted:
+        reason = body.reason if body is not None else None
+        if reason is not None:
+            ensure_storable(reason, "reason")
+        record = await service.command(
+            owner, checked_id("execution", execution_id), command, reason
+        )
+        COMMANDS.labels(record.track, command.value).inc()
+        tag_track(request, record.track)
+        return CommandAccepted(id=record.id, command=command, status=record.status)
+
+    endpoint.__name__ = f"{command.value}_execution"
+    return endpoint
+
+
+for _command in Command:
+    router.add_api_route(
+        f"/{{execution_id}}/{_command.value}",
+        _command_endpoint(_command),
+        methods=["POST"],
+        status_code=status.HTTP_202_ACCEPTED,
+        response_model=CommandAccepted,
+        responses=_COMMAND_RESPONSES,
+        summary=_COMMAND_SUMMARIES[_command],
+    )

@@ -1,0 +1,559 @@
+"""`twintrack compare`: run one flow on both tracks of a running deployment, side by side.
+
+Scientist-style, but against the real thing: the flow is created through the API, then run
+`--runs` times on each track (an admin key picks the track on create), each run subscribed to
+its SSE stream before it is started and followed to its terminal event. The Kafka track is the
+control, DBOS the candidate. What must agree:
+
+- final statuses: the same multiset on both tracks (any run ending differently is a mismatch);
+- outputs: the same multiset of outputs (deterministic flows: every run equal);
+- event streams, normalized by `twintrack.tooling.comparison` (ids, timestamps, durations, the track
+  itself masked; the same normalization as the comparison suite): every DBOS stream must be one
+  the Kafka track produced too. Streams the control produces in several forms are noise, as in
+  Diffy's control-vs-control run, not a difference. By default streams are compared per node
+  (`--ordering per_node`), so concurrent nodes finishing in another order are not a mismatch;
+  `--ordering strict` compares event for event. Each stream must also keep the §1.5 guarantee
+  (indices 0..n-1, one terminal event, last): a run that breaks it, or never ends, fails.
+
+Latency is read from the events' own timestamps (`execution.created` -> `execution.started`,
+`execution.started` -> the terminal event), so it measures the deployment, not this client.
+
+Exit codes: 0 everything matches, 1 any mismatch (or a run that did not finish), 2 the
+comparison could not run (bad file or options, invalid flow, key refused, API unreachable).
+Flows with side effects (`tally`, `emit`) run 2N times for real, and a `tally` count differs
+from run to run by nature: compare effect-free flows, or read such differences knowingly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import json
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from twintrack.tooling.comparison import Ordering, diff_streams, normalize, stream_problems, view
+
+if TYPE_CHECKING:
+    import httpx
+    from rich.console import Console
+
+API_URL_ENV = "TWINTRACK_API_URL"
+API_KEY_ENV = "TWINTRACK_API_KEY"
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+TRACKS = ("kafka", "dbos")  # control first, candidate second
+TERMINAL_TYPES = frozenset({"execution.completed", "execution.failed", "execution.stopped"})
+FINAL_STATUSES = frozenset({"completed", "failed", "stopped"})
+EXIT_MATCH, EXIT_MISMATCH, EXIT_USAGE = 0, 1, 2
+
+Events = list[dict[str, Any]]
+
+
+class UsageError(Exception):
+    """The comparison cannot run at all (exit 2); the message says what to fix."""
+
+    def __init__(self, message: str, details: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = list(details)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+# -- one run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    track: str
+    run: int
+    execution_id: str | None = None
+    status: str = "error"
+    outputs: Any = None
+    events: Events = field(default_factory=list)
+    problem: str | None = None
+
+    @property
+    def create_to_start_s(self) -> float | None:
+        return _between(self.events, {"execution.created"}, {"execution.started"})
+
+    @property
+    def start_to_end_s(self) -> float | None:
+        return _between(self.events, {"execution.started"}, TERMINAL_TYPES)
+
+
+def _timestamp(event: Mapping[str, Any]) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(event["timestamp"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def _between(events: Events, first: Collection[str], then: Collection[str]) -> float | None:
+    """Seconds from the first event of a type in `first` to the next one of a type in `then`."""
+    start: datetime | None = None
+    for event in events:
+        if start is None and event.get("type") in first:
+            start = _timestamp(event)
+        elif start is not None and event.get("type") in then:
+            end = _timestamp(event)
+            return None if end is None else (end - start).total_seconds()
+    return None
+
+
+def _sse_data(lines: Sequence[str]) -> Events:
+    """The `data:` payloads of SSE lines (one JSON event each; comments and pings dropped)."""
+    events: Events = []
+    data: list[str] = []
+    for line in [*lines, ""]:
+        if not line:
+            if data:
+                events.append(json.loads("\n".join(data)))
+            data = []
+        elif line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+    return events
+
+
+def _api_problem(response: httpx.Response) -> tuple[str, list[str]]:
+    """The error envelope's message and each `details` entry as `location: message`."""
+    try:
+        error = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}: {response.text[:500]}", []
+    details = []
+    for item in error.get("details") or []:
+        if isinstance(item, dict):
+            where = item.get("location") or ""
+            details.append(f"{where}: {item.get('message')}" if where else str(item.get("message")))
+        else:
+            details.append(str(item))
+    return f"HTTP {response.status_code} {error.get('code')}: {error.get('message')}", details
+
+
+class Client:
+    """The few API calls a comparison makes, on one connection pool."""
+
+    def __init__(self, http: httpx.AsyncClient, timeout_s: float) -> None:
+        self.http = http
+        self.timeout_s = timeout_s
+
+    async def create_flow(self, flow: Any) -> str:
+        response = await self.http.post("/v1/flows", json=flow)
+        if response.status_code != 201:
+            message, details = _api_problem(response)
+            raise UsageError(f"the API refused the flow ({message})", details)
+        return str(response.json()["id"])
+
+    async def run(self, flow_id: str, track: str, run: int, inputs: dict[str, Any]) -> RunResult:
+        result = RunResult(track=track, run=run)
+        body: dict[str, Any] = {"flow_id": flow_id, "track": track}
+        if inputs:
+            body["options"] = {"inputs": inputs}
+        created = await self.http.post("/v1/executions", json=body)
+        if created.status_code != 201:
+            message, details = _api_problem(created)
+            hint = ""
+            if created.status_code == 403:
+                hint = " (use an admin key: `twintrack keys create --owner NAME --admin`)"
+            raise UsageError(f"creating a {track} execution failed: {message}{hint}", details)
+        execution_id = str(created.json()["id"])
+        result.execution_id = execution_id
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                result.events = await self._start_and_follow(execution_id)
+                record = await self._final_row(execution_id)
+        except TimeoutError:
+            result.status = "timeout"
+            result.problem = f"did not end within {self.timeout_s:g}s"
+            await self._stop(execution_id)
+            return result
+        except Exception as exc:  # one broken run is a finding, not the end of the comparison
+            result.problem = f"{type(exc).__name__}: {exc}"
+            await self._stop(execution_id)
+            return result
+        result.status = str(record["status"])
+        result.outputs = record.get("outputs")
+        return result
+
+    async def _final_row(self, execution_id: str) -> dict[str, Any]:
+        """The row once it is final. The terminal event is published (flushed) before the row
+        moves, so a row read the moment the stream ends can still say `running`."""
+        delay = 0.005
+        while True:
+            response = await self.http.get(f"/v1/executions/{execution_id}")
+            response.raise_for_status()
+            record: dict[str, Any] = response.json()
+            if record["status"] in FINAL_STATUSES:
+                return record
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.2)
+
+    async def _stop(self, execution_id: str) -> None:
+        """Best effort: a run given up on should not keep running (or queued) unwatched."""
+        with contextlib.suppress(Exception):
+            body = {"reason": "twintrack compare gave up on this run"}
+            await self.http.post(f"/v1/executions/{execution_id}/stop", json=body, timeout=5)
+
+    async def _start_and_follow(self, execution_id: str) -> Events:
+        """Subscribe first (the stream is open when the headers arrive), then start; the
+        server ends the stream after the terminal event."""
+        url = f"/v1/executions/{execution_id}/events"
+        lines: list[str] = []
+        async with self.http.stream("GET", url, params={"from_index": 0}) as response:
+            if response.status_code != 200:
+                await response.aread()
+                raise RuntimeError(_api_problem(response)[0])
+            started = await self.http.post(f"/v1/executions/{execution_id}/start")
+            if started.status_code != 202:
+                raise RuntimeError(f"start: {_api_problem(started)[0]}")
+            async for line in response.aiter_lines():
+                lines.append(line)
+        events = _sse_data(lines)
+        if not events or events[-1].get("type") not in TERMINAL_TYPES:
+            raise RuntimeError("the event stream ended before the terminal event")
+        return events
+
+
+async def run_comparison(
+    client: Client,
+    flow: Any,
+    runs: int,
+    inputs: dict[str, Any],
+    on_result: Callable[[RunResult], None],
+) -> list[RunResult]:
+    """Create the flow, then run it `runs` times per track, one execution at a time.
+
+    One at a time so neither track's latency includes the other's load; the track that goes
+    first alternates from run to run so neither always runs on a warmer deployment.
+    """
+    flow_id = await client.create_flow(flow)
+    results: list[RunResult] = []
+    for run in range(runs):
+        order = TRACKS if run % 2 == 0 else TRACKS[::-1]
+        for track in order:
+            result = await client.run(flow_id, track, run, inputs)
+            results.append(result)
+            on_result(result)
+    return results
+
+
+# -- the verdict -----------------------------------------------------------------------------
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """Nearest-rank percentile (None for no values): exact for the small N of a comparison."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+@dataclass
+class TrackSummary:
+    track: str
+    statuses: Counter[str]
+    outputs: Counter[str]
+    variants: int
+    create_to_start: list[float]
+    start_to_end: list[float]
+    problems: list[str]
+
+
+@dataclass
+class Report:
+    runs: int
+    summaries: dict[str, TrackSummary]
+    statuses_equal: bool
+    outputs_equal: bool
+    stream_mismatches: list[int]
+    stream_diff: str
+    outputs_diff: str
+
+    @property
+    def problem_runs(self) -> int:
+        """Runs that never ended (timeout, broken stream) or broke the stream guarantee."""
+        return sum(len(s.problems) for s in self.summaries.values())
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.statuses_equal
+            and self.outputs_equal
+            and not self.stream_mismatches
+            and not self.problem_runs
+        )
+
+
+def _run_problem(result: RunResult) -> str | None:
+    """What is wrong with one run on its own: it never ended, or its stream broke §1.5."""
+    if result.problem:
+        return f"run {result.run + 1}: {result.problem}"
+    broken = stream_problems(result.events)
+    return f"run {result.run + 1}: the event stream {'; '.join(broken)}" if broken else None
+
+
+def build_report(
+    results: Sequence[RunResult], runs: int, ordering: Ordering = Ordering.PER_NODE
+) -> Report:
+    """Compare the candidate (DBOS) runs with the control (Kafka) runs; see the module doc."""
+    by_track = {
+        t: sorted((r for r in results if r.track == t), key=lambda r: r.run) for t in TRACKS
+    }
+    normalized = {t: [normalize(r.events) for r in by_track[t]] for t in TRACKS}
+    keys = {t: ["\n".join(view(n, ordering)) for n in normalized[t]] for t in TRACKS}
+    summaries = {}
+    for track in TRACKS:
+        own = by_track[track]
+        summaries[track] = TrackSummary(
+            track=track,
+            statuses=Counter(r.status for r in own),
+            outputs=Counter(_canonical(r.outputs) for r in own),
+            variants=len(set(keys[track])),
+            create_to_start=[v for r in own if (v := r.create_to_start_s) is not None],
+            start_to_end=[v for r in own if (v := r.start_to_end_s) is not None],
+            problems=[p for r in own if (p := _run_problem(r)) is not None],
+        )
+    control, candidate = TRACKS
+    seen = set(keys[control])
+    mismatches = [i for i, key in enumerate(keys[candidate]) if key not in seen]
+    stream_diff = ""
+    if mismatches and normalized[control]:
+        i = mismatches[0]
+        reference = min(i, len(normalized[control]) - 1)
+        labels = (f"{control} run {reference + 1}", f"{candidate} run {i + 1}")
+        stream_diff = diff_streams(
+            normalized[control][reference], normalized[candidate][i], labels, ordering
+        )
+    kafka_out, dbos_out = summaries[control].outputs, summaries[candidate].outputs
+    outputs_diff = ""
+    if kafka_out != dbos_out:
+        outputs_diff = "\n".join(
+            difflib.unified_diff(
+                sorted(kafka_out.elements()),
+                sorted(dbos_out.elements()),
+                fromfile=f"{control} outputs",
+                tofile=f"{candidate} outputs",
+                lineterm="",
+            )
+        )
+    return Report(
+        runs=runs,
+        summaries=summaries,
+        statuses_equal=summaries[control].statuses == summaries[candidate].statuses,
+        outputs_equal=kafka_out == dbos_out,
+        stream_mismatches=mismatches,
+        stream_diff=stream_diff,
+        outputs_diff=outputs_diff,
+    )
+
+
+def _statuses(counts: Counter[str]) -> str:
+    return ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "-"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.1f}"
+
+
+def _latency(values: list[float]) -> str:
+    return f"{_ms(percentile(values, 50))} / {_ms(percentile(values, 95))} ms"
+
+
+def _verdict(equal: bool) -> str:
+    return "[green]equal[/green]" if equal else "[bold red]DIFFERENT[/bold red]"
+
+
+def render_report(report: Report, console: Console) -> None:
+    """One table, a column per track, then any diff and the one-line verdict."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    kafka, dbos = (report.summaries[t] for t in TRACKS)
+    table = Table(title=f"twintrack compare: {report.runs} run(s) per track")
+    table.add_column("")
+    for track in TRACKS:
+        table.add_column(track)
+    table.add_column("kafka vs dbos")
+    table.add_row(
+        "final status",
+        _statuses(kafka.statuses),
+        _statuses(dbos.statuses),
+        _verdict(report.statuses_equal),
+    )
+    table.add_row(
+        "outputs",
+        f"{len(kafka.outputs)} distinct",
+        f"{len(dbos.outputs)} distinct",
+        _verdict(report.outputs_equal),
+    )
+    mismatched = len(report.stream_mismatches)
+    table.add_row(
+        "event stream (normalized)",
+        f"{kafka.variants} variant(s)",
+        f"{dbos.variants} variant(s)",
+        _verdict(not mismatched) + (f" in {mismatched} run(s)" if mismatched else ""),
+    )
+    table.add_row(
+        "create→start p50 / p95",
+        _latency(kafka.create_to_start),
+        _latency(dbos.create_to_start),
+        "",
+    )
+    table.add_row(
+        "start→end p50 / p95", _latency(kafka.start_to_end), _latency(dbos.start_to_end), ""
+    )
+    console.print(table)
+    for summary in (kafka, dbos):
+        for problem in summary.problems:
+            console.print(f"[red]{summary.track} {escape(problem)}[/red]", highlight=False)
+    if report.outputs_diff:
+        console.print("outputs differ:", highlight=False)
+        console.print(report.outputs_diff, markup=False, highlight=False)
+    if report.stream_diff:
+        console.print("event streams differ (first mismatch):", highlight=False)
+        console.print(report.stream_diff, markup=False, highlight=False)
+    if report.ok:
+        console.print(f"[green]MATCH[/green]: both tracks agree on all {report.runs} run(s)")
+    else:
+        failed = [
+            name
+            for name, equal in (
+                ("status", report.statuses_equal),
+                ("outputs", report.outputs_equal),
+                ("event stream", not report.stream_mismatches),
+                (f"{report.problem_runs} run(s) with problems", not report.problem_runs),
+            )
+            if not equal
+        ]
+        console.print(f"[bold red]MISMATCH[/bold red]: {', '.join(failed)}")
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+def _load_flow(path: Path) -> Any:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not valid JSON: {exc}") from None
+
+
+def _load_inputs(inputs: str | None) -> dict[str, Any]:
+    if inputs is None:
+        return {}
+    try:
+        value = json.loads(inputs)
+    except ValueError as exc:
+        raise UsageError(f"--inputs is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError('--inputs must be a JSON object of node id -> value, e.g. {"x": 1}')
+    return value
+
+
+async def _compare(
+    flow: Any,
+    runs: int,
+    inputs: dict[str, Any],
+    api: str,
+    key: str,
+    timeout_s: float,
+    ordering: Ordering,
+) -> Report:
+    import httpx
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    headers = {"Authorization": f"Bearer {key}"}
+    timeout = httpx.Timeout(30.0, read=timeout_s)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[last]}"),
+        console=Console(stderr=True),
+    )
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=api, headers=headers, timeout=timeout) as http:
+        client = Client(http, timeout_s)
+        with progress:
+            task = progress.add_task("comparing", total=runs * len(TRACKS), last="")
+
+            def advance(result: RunResult) -> None:
+                last = f"{result.track} run {result.run + 1}: {result.status}"
+                progress.update(task, advance=1, last=last)
+
+            try:
+                results = await run_comparison(client, flow, runs, inputs, advance)
+            except httpx.TransportError as exc:
+                raise UsageError(f"cannot reach the API at {api}: {exc}") from None
+    elapsed = time.monotonic() - started
+    Console(stderr=True).print(f"{len(results)} executions in {elapsed:.1f}s", highlight=False)
+    return build_report(results, runs, ordering)
+
+
+def compare(
+    flow_file: Annotated[Path, typer.Argument(metavar="FLOW.json", help="The flow to compare.")],
+    runs: Annotated[int, typer.Option(min=1, max=10_000, help="Runs per track.")] = 10,
+    inputs: Annotated[
+        str | None, typer.Option(help='Values for const nodes by id, as JSON: {"node": 1}')
+    ] = None,
+    api: Annotated[
+        str, typer.Option(envvar=API_URL_ENV, help="Base URL of the deployment's API.")
+    ] = DEFAULT_API_URL,
+    key: Annotated[
+        str | None,
+        typer.Option(envvar=API_KEY_ENV, help="An admin API key (it picks each run's track)."),
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds one run may take to reach its end.")
+    ] = 60.0,
+    ordering: Annotated[
+        Ordering,
+        typer.Option(
+            help="per_node: each node's events, and the execution's, in order (concurrent "
+            "nodes may interleave differently); strict: event for event."
+        ),
+    ] = Ordering.PER_NODE,
+) -> None:
+    """Run FLOW.json on both tracks of a running deployment and compare them side by side.
+
+    Exit 0: all matched. 1: a mismatch (status, outputs or event stream). 2: could not run.
+    """
+    try:
+        if not key:
+            raise UsageError(f"an admin API key is needed: --key or {API_KEY_ENV}")
+        try:
+            import httpx  # noqa: F401  (a dev dependency: say so instead of a traceback)
+        except ImportError:
+            raise UsageError("twintrack compare needs the httpx package installed") from None
+        flow = _load_flow(flow_file)
+        parsed_inputs = _load_inputs(inputs)
+        report = asyncio.run(
+            _compare(flow, runs, parsed_inputs, api.rstrip("/"), key, timeout, ordering)
+        )
+    except UsageError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        for detail in exc.details:
+            typer.echo(f"  - {detail}", err=True)
+        raise typer.Exit(EXIT_USAGE) from None
+    from rich.console import Console
+
+    render_report(report, Console(width=None if sys.stdout.isatty() else 120))
+    raise typer.Exit(EXIT_MATCH if report.ok else EXIT_MISMATCH)

@@ -1,0 +1,251 @@
+"""`twintrack rollout ...`: watch the tracks drain, and move unstarted work between them.
+
+`status` only reads the database; `reroute` is a dry run unless `--yes`, so an operator always
+sees what would move before anything does (and a copied command line cannot move by accident).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+
+from twintrack.entrypoints.cli.support import EXIT_FAILED, fail, load_cli_settings
+
+if TYPE_CHECKING:  # the factory pulls in both tracks: import it only when a command runs
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from twintrack.bootstrap import Container
+    from twintrack.config import Settings
+    from twintrack.core.rollout import RerouteReport, RolloutStatus
+
+rollout_app = typer.Typer(
+    help="Staged rollout and rollback: per-track drain status, rerouting unstarted executions.",
+    no_args_is_help=True,
+)
+
+_SHOWN_IDS = 20
+
+
+class TrackChoice(StrEnum):
+    """`Track`'s values, spelled here so that `--help` need not import pydantic for the enum."""
+
+    KAFKA = "kafka"
+    DBOS = "dbos"
+
+
+_HINTS = {"its events are in a DBOS stream": "drop --hold-dbos-streams to move them too"}
+T = TypeVar("T")
+
+
+def _with_sessions(
+    settings: Settings, body: Callable[[async_sessionmaker[AsyncSession]], Awaitable[T]]
+) -> T:
+    """Run `body` on database sessions alone: reading status or planning a reroute needs no
+    track, so it loads neither DBOS nor aiokafka (each command stays a fraction of a second)."""
+    if not settings.database_url:
+        raise fail("DATABASE_URL is not set")
+    from twintrack.adapters.postgres.db import create_engine, create_session_factory
+
+    engine = create_engine(settings.database_url)
+
+    async def run() -> T:
+        try:
+            return await body(create_session_factory(engine))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def _with_container(settings: Settings, body: Callable[[Container], Awaitable[T]]) -> T:
+    """Run `body` on a started container built by the ServiceFactory (both tracks connected)."""
+    from twintrack.config import ConfigError
+
+    try:
+        from twintrack.bootstrap import ServiceFactory
+
+        container = ServiceFactory(settings).build()
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
+
+    async def run() -> T:
+        try:
+            try:
+                await container.start()
+            except Exception as exc:
+                raise fail(f"cannot reach the tracks: {exc!r}", EXIT_FAILED) from exc
+            return await body(container)
+        finally:
+            await container.close()
+
+    return asyncio.run(run())
+
+
+# -- status ----------------------------------------------------------------------------------
+
+
+def format_age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    if whole < 86_400:
+        return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+    return f"{whole // 86_400}d {whole % 86_400 // 3600:02d}h"
+
+
+def format_status(status: RolloutStatus) -> str:
+    """A fixed-width table: one row per track."""
+    from twintrack.domain.execution import ExecutionStatus
+
+    statuses = [s for s in ExecutionStatus if status.includes_finished or not s.is_terminal]
+    header = ["TRACK", *(s.value.upper() for s in statuses), "OLDEST UNFINISHED", "DRAINED"]
+    rows = [header]
+    for track, t in status.tracks.items():
+        counts = [str(t.counts.get(s, 0)) for s in statuses]
+        drained = "yes" if t.drained else "no"
+        rows.append([track.value, *counts, format_age(t.oldest_unfinished_age_s), drained])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    numeric = range(1, len(statuses) + 1)
+    lines = [
+        "  ".join(
+            cell.rjust(widths[i]) if i in numeric else cell.ljust(widths[i])
+            for i, cell in enumerate(row)
+        ).rstrip()
+        for row in rows
+    ]
+    return "\n".join(lines)
+
+
+@rollout_app.command("status")
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    unfinished_only: Annotated[
+        bool,
+        typer.Option(
+            "--unfinished-only", help="Skip counting finished executions (a full table scan)."
+        ),
+    ] = False,
+) -> None:
+    """Per track: executions by status, the oldest unfinished one's age, drained or not."""
+    settings = load_cli_settings()
+
+    async def body(sessions: async_sessionmaker[AsyncSession]) -> RolloutStatus:
+        from twintrack.core.rollout import rollout_status
+
+        return await rollout_status(sessions, include_finished=not unfinished_only)
+
+    result = _with_sessions(settings, body)
+    if as_json:
+        typer.echo(json.dumps(result.to_json(), indent=2))
+    else:
+        typer.echo(format_status(result))
+
+
+# -- reroute ---------------------------------------------------------------------------------
+
+
+def _by_status(report: RerouteReport) -> str:
+    counts = Counter(m.status.value for m in report.moved)
+    return ", ".join(f"{s}: {n}" for s, n in sorted(counts.items()))
+
+
+def _reasons(items: list[Any]) -> str:
+    counts = Counter(item.reason for item in items)
+    return "; ".join(f"{reason} ({n})" for reason, n in counts.most_common())
+
+
+def format_report(report: RerouteReport) -> str:
+    route = f"from {report.source} to {report.to}"
+    n = len(report.moved)
+    lines = []
+    if report.dry_run:
+        lines.append(f"dry run: {n} execution(s) would move {route}" + _detail(report))
+    else:
+        lines.append(f"moved {n} execution(s) {route}" + _detail(report))
+    for moved in report.moved[:_SHOWN_IDS]:
+        lines.append(f"  {moved.execution_id}  {moved.status}  events: {moved.events_backend}")
+    if n > _SHOWN_IDS:
+        lines.append(f"  ... and {n - _SHOWN_IDS} more (--json lists them all)")
+    if report.skipped:
+        lines.append(f"skipped {len(report.skipped)}: {_reasons(report.skipped)}")
+    for failed in report.failed:
+        lines.append(f"FAILED {failed.execution_id}: {failed.reason}")
+    for reason, count in report.held_back.items():
+        hint = f"; {_HINTS[reason]}" if reason in _HINTS else ""
+        lines.append(f"held back {count}: {reason}{hint}")
+    if report.dry_run and n:
+        lines.append("Nothing was changed. Run again with --yes to move them.")
+    return "\n".join(lines)
+
+
+def _detail(report: RerouteReport) -> str:
+    return f" ({_by_status(report)})" if report.moved else ""
+
+
+@rollout_app.command("reroute")
+def reroute_command(
+    to: Annotated[
+        TrackChoice,
+        typer.Option("--to", case_sensitive=False, help="The track to move executions to."),
+    ],
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Move at most N (the oldest first).")
+    ] = None,
+    owner: Annotated[str | None, typer.Option(help="Only this owner's executions.")] = None,
+    include_dbos_streams: Annotated[
+        bool,
+        typer.Option(
+            "--include-dbos-streams/--hold-dbos-streams",
+            help="Also move executions whose events are in DBOS streams (they keep writing to "
+            "that stream from the new track).",
+        ),
+    ] = True,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Do it (without: show what would move).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Move unstarted executions (created, queued) to another track; a dry run unless --yes.
+
+    Each moves atomically and at most once, and runs exactly once, on the new track."""
+    from twintrack.domain.execution import Track
+
+    settings = load_cli_settings()
+    target = Track(to.value)
+
+    async def plan(sessions: async_sessionmaker[AsyncSession]) -> RerouteReport:
+        from twintrack.core.rollout import plan_reroute
+
+        return await plan_reroute(
+            sessions,
+            to=target,
+            limit=limit,
+            owner_id=owner,
+            include_dbos_streams=include_dbos_streams,
+        )
+
+    async def move(container: Container) -> RerouteReport:
+        from twintrack.core.rollout import reroute
+
+        return await reroute(
+            container.service,
+            to=target,
+            limit=limit,
+            owner_id=owner,
+            include_dbos_streams=include_dbos_streams,
+        )
+
+    report = _with_container(settings, move) if yes else _with_sessions(settings, plan)
+    typer.echo(json.dumps(report.to_json(), indent=2) if as_json else format_report(report))
+    if report.failed:
+        raise typer.Exit(EXIT_FAILED)

@@ -1,0 +1,75 @@
+"""The process's Prometheus registry and the metrics workers record, all labelled by track.
+
+The API's HTTP metrics live in `entrypoints/api/metrics.py` on this same registry, so
+`twintrack dev`
+(API and worker in one process) shows both at `/metrics`; a standalone worker serves them
+on WORKER_METRICS_PORT when set.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+EXECUTIONS_FINISHED = Counter(
+    "twintrack_executions_finished",
+    "Executions a worker ran to an end, by final status.",
+    ["track", "status"],
+    registry=REGISTRY,
+)
+EXECUTION_SECONDS = Histogram(
+    "twintrack_execution_seconds",
+    "Time a worker spent running one execution attempt.",
+    ["track"],
+    registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+EXECUTIONS_RUNNING = Gauge(
+    "twintrack_executions_running",
+    "Executions this process is running now.",
+    ["track"],
+    registry=REGISTRY,
+)
+CLAIMS = Counter(
+    "twintrack_claims",
+    "Executions a worker took (claimed) to run.",
+    ["track"],
+    registry=REGISTRY,
+)
+LEASES_LOST = Counter(
+    "twintrack_leases_lost",
+    "Runs abandoned because the worker lost its lease (it stopped writing at once).",
+    ["track"],
+    registry=REGISTRY,
+)
+RECOVERIES = Counter(
+    "twintrack_recoveries",
+    "Executions the sweeper recovered, by reason (expired_claim, max_attempts, ...).",
+    ["track", "reason"],
+    registry=REGISTRY,
+)
+DEAD_LETTERS = Counter(
+    "twintrack_dead_letters",
+    "Task messages sent to the dead-letter topic (unparseable, unknown execution).",
+    ["track"],
+    registry=REGISTRY,
+)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text and its content type, for any process that serves metrics."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def serve(port: int, host: str = "0.0.0.0") -> None:
+    """Expose the registry over HTTP from a background thread (standalone workers)."""
+    start_http_server(port, addr=host, registry=REGISTRY)

@@ -1,1 +1,0 @@
-"""Execution tracks: adapters behind the ports of `twintrack.ports`."""

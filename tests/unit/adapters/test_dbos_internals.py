@@ -1,0 +1,86 @@
+"""Pins of the DBOS 3.4 internals the DBOS track relies on (see adapters/dbos/system_db.py and
+adapters/dbos/runtime.py): an upgrade that renames or reshapes one fails here, by name, before
+anything subtler breaks. The end-to-end suite exercises each of them for real."""
+
+from __future__ import annotations
+
+import inspect
+
+from dbos import DBOS, DBOSClient
+from dbos._serialization import WorkflowSerializationFormat
+from dbos._sys_db import SystemDatabase
+from dbos._sys_db_postgres import PostgresSystemDatabase
+
+
+def params(fn: object) -> list[str]:
+    return [p for p in inspect.signature(fn).parameters if p != "self"]  # type: ignore[arg-type]
+
+
+def test_recovering_other_executors() -> None:
+    assert params(DBOS._recover_pending_workflows) == ["executor_ids"]
+
+
+def test_stream_writes_outside_a_step_context() -> None:
+    assert params(SystemDatabase.write_stream_from_step)[:4] == [
+        "workflow_uuid",
+        "function_id",
+        "key",
+        "value",
+    ]
+    assert "serialization_type" in params(SystemDatabase.write_stream_from_step)
+    assert params(SystemDatabase.close_stream_from_step) == ["workflow_uuid", "function_id", "key"]
+    assert WorkflowSerializationFormat.PORTABLE.value == "portable"
+
+
+def test_waking_stream_readers_and_promoting_delayed_workflows() -> None:
+    assert params(PostgresSystemDatabase._flush_notifications) == []
+    assert params(SystemDatabase.transition_delayed_workflows) == []
+
+
+def test_the_client_keeps_its_system_database() -> None:
+    assert "self._sys_db" in inspect.getsource(DBOSClient.__init__)
+
+
+def test_stopping_the_queue_thread_alone() -> None:
+    """runtime.stop_dequeuing finds DBOS's queue manager thread by its target and sets the stop
+    event it was started with (its first argument), which the per-queue workers share."""
+    import dbos._dbos as dbos_module
+    from dbos._queue import queue_thread, queue_worker_thread
+
+    assert params(queue_thread) == ["stop_event", "dbos"]
+    assert params(queue_worker_thread)[:2] == ["stop_event", "dbos"]
+    assert "target=queue_thread, args=(evt, self)" in inspect.getsource(DBOS._launch)
+    assert "self._background_threads" in inspect.getsource(DBOS.__init__)
+    assert callable(dbos_module._get_dbos_instance)
+    assert "stop_event.wait(" in inspect.getsource(queue_worker_thread)
+
+
+def test_requeueing_and_rewinding_through_the_client() -> None:
+    """The repair sweep lists workflows by id, rewinds a finished one to its first step (same
+    id) and recovery re-enqueues a PENDING one of a given executor."""
+    assert {"workflow_ids", "load_input", "load_output"} <= set(
+        params(DBOSClient.list_workflows_async)
+    )
+    assert params(DBOSClient.rewind_workflow_async)[:1] == ["workflow_id"]
+    assert "queue_name" in params(DBOSClient.rewind_workflow_async)
+    assert params(SystemDatabase.reenqueue_for_recovery) == [
+        "workflow_id",
+        "executor_ids",
+        "recovery_queue_name",
+    ]
+
+
+def test_a_running_thread_keeps_its_target_and_arguments() -> None:
+    """CPython keeps `_target` and `_args` on a Thread until its target returns: that is how
+    the queue thread's stop event is found."""
+    import threading
+
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, args=(5.0,))
+    thread.start()
+    try:
+        assert thread._target == release.wait  # type: ignore[attr-defined]
+        assert thread._args == (5.0,)  # type: ignore[attr-defined]
+    finally:
+        release.set()
+        thread.join()
