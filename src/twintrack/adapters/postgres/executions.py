@@ -10,10 +10,8 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncIterator, Collection, Iterable
 from contextlib import asynccontextmanager
-from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy import (
     ColumnElement,
     Executable,
@@ -50,6 +48,7 @@ from twintrack.domain.execution import (
 )
 from twintrack.domain.ids import new_execution_id
 from twintrack.domain.limits import RUNNING_STATUSES, OwnerLimits
+from twintrack.domain.records import ExecutionRecord as ExecutionRecord  # re-exported
 
 _S = ExecutionStatus
 _UNIQUE_VIOLATION = "23505"
@@ -63,35 +62,6 @@ _TREE_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('twintrack_tree'), hash
 _OWNER_LOCK = text(
     "SELECT pg_advisory_xact_lock(hashtext('twintrack_owner_running'), hashtext(:owner_id))"
 )
-
-
-class ExecutionRecord(BaseModel):
-    """One execution row (DESIGN §1.2), as stored."""
-
-    model_config = ConfigDict(frozen=True, from_attributes=True)
-
-    id: str
-    root_id: str
-    parent_id: str | None
-    depth: int
-    owner_id: str
-    flow_id: str
-    flow_version: int
-    track: Track
-    events_backend: EventsBackend
-    status: ExecutionStatus
-    options: ExecutionOptions
-    trigger_events: tuple[TriggerEvent, ...]
-    outputs: dict[str, Any]
-    error_message: str | None
-    error_node_id: str | None
-    attempt: int
-    next_event_index: int
-    created_at: datetime
-    queued_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
-    updated_at: datetime
 
 
 def _record(row: ExecutionRow) -> ExecutionRecord:

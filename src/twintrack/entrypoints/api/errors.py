@@ -15,12 +15,13 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from twintrack.adapters.postgres.retry import is_transient
+from twintrack.api_models import ErrorBody
+from twintrack.api_models import ErrorResponse as ErrorResponse  # re-exported for routes
 from twintrack.core.errors import AlreadyExists, InvalidCursor, NotFound
 from twintrack.core.service import Conflict, TrackUnavailable
 from twintrack.domain.execution import IllegalTransition
@@ -56,18 +57,6 @@ _HTTP_CODES = {
     422: "invalid_request",
     503: "unavailable",
 }
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    details: Any = None
-
-
-class ErrorResponse(BaseModel):
-    """The body of every error answer."""
-
-    error: ErrorBody
 
 
 class ApiError(Exception):
