@@ -152,6 +152,7 @@ class ServiceFactory:
                 max_running_executions_per_owner=s.max_running_executions_per_owner,
             ),
             terminal_row_wait_s=s.terminal_row_wait_s,
+            idempotency_key_ttl_s=s.idempotency_key_ttl_s,
         )
         return Container(
             settings=s,

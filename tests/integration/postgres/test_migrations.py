@@ -33,6 +33,7 @@ EXPECTED_TABLES = {
     "tally_increments",
     "execution_commands",
     "kafka_event_logs",
+    "idempotency_keys",
 }
 
 # Everything a migration could leave behind in the public schema, by kind.

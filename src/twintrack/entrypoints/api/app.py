@@ -20,6 +20,7 @@ from twintrack.entrypoints.api.errors import UnhandledErrors, install_error_hand
 from twintrack.entrypoints.api.limits import BodyLimit, StreamSlots
 from twintrack.entrypoints.api.metrics import RequestMetrics
 from twintrack.entrypoints.api.routes import events, executions, flows, health
+from twintrack.entrypoints.api.waits import EndWatch
 
 DESCRIPTION = """\
 Flow executions on two tracks (Kafka, DBOS). Every route under `/v1` needs
@@ -58,6 +59,7 @@ def create_app(
     app.state.container = container
     app.state.authenticator = ApiKeyAuthenticator(container.keys, ttl_s=auth_cache_ttl_s)
     app.state.stream_slots = StreamSlots(max_sse_streams_per_key)
+    app.state.end_watch = EndWatch(container.service.finished_among)
     outage = tuple(unavailable_errors)
     install_error_handlers(app, outage)
     for router in (flows.router, executions.router, events.router, health.router):

@@ -20,10 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from twintrack.adapters.postgres.retry import is_transient
-from twintrack.api_models import ErrorBody
+from twintrack.api_models import IDEMPOTENCY_KEY_HEADER, ErrorBody
 from twintrack.api_models import ErrorResponse as ErrorResponse  # re-exported for routes
 from twintrack.core.errors import AlreadyExists, InvalidCursor, NotFound
-from twintrack.core.service import Conflict, TrackUnavailable
+from twintrack.core.service import Conflict, IdempotencyKeyReused, TrackUnavailable
 from twintrack.domain.execution import IllegalTransition
 from twintrack.domain.flow import FlowValidationError
 from twintrack.domain.limits import LimitExceeded
@@ -140,6 +140,9 @@ def to_response(exc: BaseException, outage: tuple[type[BaseException], ...] = ()
     if isinstance(exc, FlowValidationError):
         details = [issue(i.location, i.message) for i in exc.issues]
         return error_response(422, "invalid_request", str(exc), details)
+    if isinstance(exc, IdempotencyKeyReused):
+        details = [issue(f"header.{IDEMPOTENCY_KEY_HEADER}", str(exc))]
+        return error_response(422, "idempotency_key_reused", str(exc), details)
     if isinstance(exc, LimitExceeded):
         return error_response(429, "limit_exceeded", str(exc), exc.details)
     if isinstance(exc, Conflict | IllegalTransition | AlreadyExists):
@@ -229,6 +232,7 @@ def install_error_handlers(app: FastAPI, outage: tuple[type[BaseException], ...]
         InvalidCursor,
         FlowValidationError,
         Conflict,
+        IdempotencyKeyReused,
         IllegalTransition,
         AlreadyExists,
         LimitExceeded,

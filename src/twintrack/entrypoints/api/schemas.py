@@ -14,9 +14,12 @@ from pydantic import BaseModel
 
 from twintrack.api_models import (
     ID_PATTERN,
+    IDEMPOTENCY_KEY_HEADER,
+    MAX_IDEMPOTENCY_KEY_CHARS,
     MAX_REASON_CHARS,
     MAX_VERSION,
     MAX_WAIT_S,
+    REPLAYED_HEADER,
     CommandAccepted,
     CommandRequest,
     CreateExecution,
@@ -32,11 +35,14 @@ from twintrack.api_models import (
 )
 
 __all__ = [
+    "IDEMPOTENCY_KEY_HEADER",
     "ID_PATTERN",
     "ID_RE",
+    "MAX_IDEMPOTENCY_KEY_CHARS",
     "MAX_REASON_CHARS",
     "MAX_VERSION",
     "MAX_WAIT_S",
+    "REPLAYED_HEADER",
     "CommandAccepted",
     "CommandRequest",
     "CreateExecution",
