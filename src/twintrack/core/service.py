@@ -36,11 +36,11 @@ from twintrack.domain.execution import (
     Track,
     TriggerEvent,
 )
-from twintrack.domain.flow import Flow, check_options, validate_flow
+from twintrack.domain.flow import Flow, FlowValidationError, check_options, validate_flow
 from twintrack.domain.ids import EXECUTION_PREFIX, new_execution_id
 from twintrack.domain.limits import LimitExceeded, OwnerLimits
 from twintrack.domain.rollout import choose_track, events_backend_for
-from twintrack.engine import check_event_size, result_from_terminal_event
+from twintrack.engine import EventTooLarge, check_event_size, result_from_terminal_event
 from twintrack.nodes.base import NodeError, SpawnedChild
 from twintrack.nodes.registry import NodeRegistry
 
@@ -262,7 +262,8 @@ class ExecutionService:
         that one execution. A request that finds the key but not yet its execution (the first
         one crashed, or is still creating it) creates or completes it under the same id, as a
         re-run parent does for its children. IdempotencyKeyReused for another request under
-        the key. A create that fails before its row exists frees the key for a retry.
+        the key. A create refused as asked (no such flow, options that do not fit) frees the
+        key it reserved, so a corrected request may use it.
         """
         fingerprint = request_fingerprint(flow_id, version, options, events, track)
         held = await self.executions.reserve_key(
@@ -289,9 +290,13 @@ class ExecutionService:
             )
         except AlreadyExists:  # a concurrent request with the key inserted it first
             return await self.announce_if_missing(held.execution_id), False
-        except Exception:
-            with contextlib.suppress(Exception):  # the create's own error is the answer
-                await self.executions.release_key(owner_id, key, held.execution_id)
+        except (NotFound, FlowValidationError, EventTooLarge):
+            # Refused as asked: the same request fails the same way for anyone, so the key
+            # protects nothing and may serve a corrected request. After any other failure it
+            # stays: a request still creating under it (or a retry) must keep its execution.
+            if held.reserved:
+                with contextlib.suppress(Exception):  # the refusal is the answer
+                    await self.executions.release_key(owner_id, key, held.execution_id)
             raise
         return record, True
 

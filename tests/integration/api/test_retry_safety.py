@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -155,6 +156,36 @@ async def test_a_create_that_failed_frees_its_key(
     created = await client.post("/v1/executions", json={"flow_id": flow_id}, headers=headers)
     assert created.status_code == 201, created.text
     assert "Idempotent-Replayed" not in created.headers
+
+
+async def test_a_create_that_failed_on_an_outage_keeps_its_key_for_the_retry(
+    client: httpx.AsyncClient, container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 503 may hide a create that is still going on (or that committed): the retry must
+    land on the id the key reserved, never make a second execution."""
+    alice = await _key(container, "alice")
+    flow_id = await new_flow(client, alice)
+    service = container.service
+    real_create = service.create
+    calls = 0
+
+    async def stalled_once(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise TimeoutError("the broker did not answer in time")
+        return await real_create(*args, **kwargs)
+
+    monkeypatch.setattr(service, "create", stalled_once)
+    headers = {**alice, KEY: "k"}
+    refused = await client.post("/v1/executions", json={"flow_id": flow_id}, headers=headers)
+    assert_error(refused, 503, "unavailable")
+    reserved = await container.executions.reserve_key("alice", "k", "", "ex_other", 3600)
+    assert not reserved.reserved  # still held by the failed request
+    retried = await client.post("/v1/executions", json={"flow_id": flow_id}, headers=headers)
+    assert retried.status_code == 201, retried.text
+    assert retried.json()["id"] == reserved.execution_id
+    assert await _count(container, "alice") == 1
 
 
 async def test_a_request_that_finds_its_key_but_no_execution_creates_it_under_that_id(

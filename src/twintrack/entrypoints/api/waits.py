@@ -26,6 +26,7 @@ class EndWatch:
         self._interval_s = interval_s
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        self._failing = False
 
     @property
     def waiting(self) -> int:
@@ -62,10 +63,14 @@ class EndWatch:
             try:
                 finished = await self._finished_among(ids)
             except Exception as exc:
-                # An outage: keep watching. Waiters that time out meanwhile read the row once
-                # more, and that read answers 503 if the database is still away.
-                report("warning", "long-poll watch failed", error=f"{type(exc).__name__}: {exc}")
+                # An outage: keep watching (said once, not every tick). Waiters that time out
+                # meanwhile read the row once more, which answers 503 if it is still down.
+                if not self._failing:
+                    error = f"{type(exc).__name__}: {exc}"
+                    report("warning", "long-poll watch failed; retrying", error=error)
+                self._failing = True
                 continue
+            self._failing = False
             for execution_id in finished:
                 for future in self._waiters.pop(execution_id, ()):
                     if not future.done():

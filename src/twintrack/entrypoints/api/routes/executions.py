@@ -59,6 +59,16 @@ router = APIRouter(
 )
 
 _CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    201: {
+        "description": "Created; or, under an `Idempotency-Key` used before, the execution "
+        "that key made (as it is now)",
+        "headers": {
+            REPLAYED_HEADER: {
+                "description": "`true` when this answer did not create: the key had made it",
+                "schema": {"type": "string", "enum": ["true"]},
+            }
+        },
+    },
     403: {"model": ErrorResponse, "description": "`track` was set by a key that is not admin"},
     404: {"model": ErrorResponse, "description": "No such flow (or version) for this owner"},
     422: {
