@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+import twintrack
 from twintrack.client import (
     AsyncClient,
     Client,
@@ -156,6 +159,18 @@ def test_importing_the_client_loads_none_of_the_server() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_no_http_client_code_lives_outside_the_client_package() -> None:
+    """The CLIs (and any later console) talk to the API through twintrack.client only."""
+    package = Path(twintrack.__file__).parent
+    offenders = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if "client" not in path.relative_to(package).parts[:1]
+        and re.search(r"^\s*(import|from)\s+httpx\b", path.read_text(), re.MULTILINE)
+    ]
+    assert offenders == []
 
 
 def test_url_and_key_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
