@@ -21,7 +21,6 @@ from twintrack.adapters.kafka.clients import KafkaConfig, ensure_topics
 from twintrack.adapters.kafka.events import KafkaEventBus
 from twintrack.adapters.kafka.tasks import KafkaTaskQueue
 from twintrack.adapters.kafka.worker import KafkaWorker
-from twintrack.adapters.postgres import retry
 from twintrack.adapters.postgres.claims import ClaimStore
 from twintrack.adapters.postgres.commands import PostgresCommandChannel
 from twintrack.adapters.postgres.counters import CounterStore
@@ -31,6 +30,7 @@ from twintrack.adapters.postgres.flows import FlowStore
 from twintrack.adapters.postgres.keys import KeyStore
 from twintrack.adapters.postgres.workers import WorkerRegistry, new_worker_id
 from twintrack.config import ConfigError, Settings
+from twintrack.core import transient
 from twintrack.core.children_sweep import ChildSweeper
 from twintrack.core.ports import CommandChannel, EventBus, TaskQueue
 from twintrack.core.recovery import RecoverySweeper, SweepPolicy
@@ -114,7 +114,7 @@ class ServiceFactory:
         self._check()
         s = self.settings
         assert s.database_url is not None
-        retry.set_default_deadline(s.db_retry_deadline_s)
+        transient.set_default_deadline(s.db_retry_deadline_s)
         db_engine = create_engine(s.database_url, pool_size=20, max_overflow=20)
         sessions = create_session_factory(db_engine)
         flows, executions = FlowStore(sessions), ExecutionStore(sessions)

@@ -11,7 +11,7 @@ from twintrack.adapters.dbos.runtime import (
     make_client,
 )
 from twintrack.adapters.dbos.system_db import promote_delayed
-from twintrack.adapters.postgres.retry import retry_transient
+from twintrack.core.transient import retry_transient
 from twintrack.domain.execution import EventsBackend, Track
 
 

@@ -17,9 +17,9 @@ from pydantic import ValidationError
 
 from twintrack.adapters.kafka.clients import KafkaConfig, make_consumer, make_producer
 from twintrack.adapters.kafka.tasks import TaskMessage
-from twintrack.adapters.postgres.retry import retry_transient
 from twintrack.core.errors import NotFound
 from twintrack.core.run_host import RunHost
+from twintrack.core.transient import retry_transient
 from twintrack.domain.execution import Track
 from twintrack.observability.metrics import DEAD_LETTERS
 

@@ -6,44 +6,17 @@ version N keeps running (and showing) exactly what it started with.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import func
 
-from twintrack.adapters.postgres.pagination import Page, newest_first, to_page
+from twintrack.adapters.postgres.pagination import newest_first, to_page
 from twintrack.adapters.postgres.tables import FlowRow, FlowVersionRow
 from twintrack.core.errors import NotFound
+from twintrack.core.records import FlowRecord, FlowRef, FlowSummary, Page
 from twintrack.domain.ids import new_flow_id
-
-
-class FlowRef(NamedTuple):
-    id: str
-    version: int
-
-
-class FlowSummary(BaseModel):
-    """A flow without its definition, as listed."""
-
-    model_config = ConfigDict(frozen=True)
-
-    id: str
-    owner_id: str
-    name: str
-    latest_version: int
-    created_at: datetime
-    updated_at: datetime
-
-
-class FlowRecord(FlowSummary):
-    """One version of a flow with its definition; `name` is the name saved with that version."""
-
-    version: int
-    definition: dict[str, Any]
-    version_created_at: datetime
 
 
 def _summary(row: FlowRow) -> FlowSummary:

@@ -20,9 +20,9 @@ from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from twintrack.adapters.postgres.retry import is_transient
 from twintrack.core.errors import AlreadyExists, InvalidCursor, NotFound
 from twintrack.core.service import Conflict, TrackUnavailable
+from twintrack.core.transient import is_transient
 from twintrack.domain.execution import IllegalTransition
 from twintrack.domain.flow import FlowValidationError
 from twintrack.domain.limits import LimitExceeded

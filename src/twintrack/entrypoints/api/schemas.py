@@ -12,8 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from twintrack.adapters.postgres.executions import ExecutionRecord
-from twintrack.adapters.postgres.flows import FlowSummary
+from twintrack.core.records import ExecutionRecord, FlowSummary
 from twintrack.domain.commands import Command
 from twintrack.domain.execution import (
     EventsBackend,

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, status
 
-from twintrack.adapters.postgres.pagination import MAX_PAGE_SIZE
+from twintrack.core.records import MAX_PAGE_SIZE
 from twintrack.domain.flow import Flow, FlowValidationError, parse_flow_json
 from twintrack.entrypoints.api.auth import Owner, require_owner
 from twintrack.entrypoints.api.deps import Flows, Registry

@@ -1,0 +1,107 @@
+"""The records the use cases work with: executions, flows, claims and pages, as stored.
+
+Immutable values, so a caller never holds a session or a lazy-loading ORM object; the stores
+(adapters/postgres, adapters/memory) build them and the API serialises them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from twintrack.domain.execution import (
+    EventsBackend,
+    ExecutionOptions,
+    ExecutionStatus,
+    Track,
+    TriggerEvent,
+)
+
+T = TypeVar("T")
+
+
+class ExecutionRecord(BaseModel):
+    """One execution row (DESIGN §1.2), as stored."""
+
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    id: str
+    root_id: str
+    parent_id: str | None
+    depth: int
+    owner_id: str
+    flow_id: str
+    flow_version: int
+    track: Track
+    events_backend: EventsBackend
+    status: ExecutionStatus
+    options: ExecutionOptions
+    trigger_events: tuple[TriggerEvent, ...]
+    outputs: dict[str, Any]
+    error_message: str | None
+    error_node_id: str | None
+    attempt: int
+    next_event_index: int
+    created_at: datetime
+    queued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+
+class FlowRef(NamedTuple):
+    id: str
+    version: int
+
+
+class FlowSummary(BaseModel):
+    """A flow without its definition, as listed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    owner_id: str
+    name: str
+    latest_version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class FlowRecord(FlowSummary):
+    """One version of a flow with its definition; `name` is the name saved with that version."""
+
+    version: int
+    definition: dict[str, Any]
+    version_created_at: datetime
+
+
+MAX_PAGE_SIZE = 1000
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of results; `next_cursor` is None on the last page."""
+
+    model_config = ConfigDict(frozen=True)
+
+    items: list[T]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    execution_id: str
+    worker_id: str
+    generation: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class ExpiredClaim:
+    execution_id: str
+    worker_id: str
+    generation: int
+    status: ExecutionStatus
+    attempt: int
