@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from twintrack.core.records import ExecutionRecord, FlowRecord, FlowSummary
 from twintrack.domain.commands import Command
 from twintrack.domain.events import Event
 from twintrack.domain.execution import (
@@ -22,7 +23,6 @@ from twintrack.domain.execution import (
     Track,
     TriggerEvent,
 )
-from twintrack.domain.records import ExecutionRecord, FlowRecord, FlowSummary
 
 __all__ = [
     "IDEMPOTENCY_KEY_HEADER",

@@ -21,7 +21,6 @@ from twintrack.adapters.kafka.clients import KafkaConfig, ensure_topics
 from twintrack.adapters.kafka.events import KafkaEventBus
 from twintrack.adapters.kafka.tasks import KafkaTaskQueue
 from twintrack.adapters.kafka.worker import KafkaWorker
-from twintrack.adapters.postgres import retry
 from twintrack.adapters.postgres.claims import ClaimStore
 from twintrack.adapters.postgres.commands import PostgresCommandChannel
 from twintrack.adapters.postgres.counters import CounterStore
@@ -31,6 +30,7 @@ from twintrack.adapters.postgres.flows import FlowStore
 from twintrack.adapters.postgres.keys import KeyStore
 from twintrack.adapters.postgres.workers import WorkerRegistry, new_worker_id
 from twintrack.config import ConfigError, Settings
+from twintrack.core import transient
 from twintrack.core.children_sweep import ChildSweeper
 from twintrack.core.ports import CommandChannel, EventBus, TaskQueue
 from twintrack.core.recovery import RecoverySweeper, SweepPolicy
@@ -99,6 +99,19 @@ class Container:
         return checks
 
 
+async def migrate(url: str) -> None:
+    """Our schema and DBOS's system tables (schema `dbos`): what `twintrack migrate` does.
+
+    DBOS's own migrations run here too because the API process only uses a DBOS client,
+    which never creates them. Lives here, where adapters meet, so neither knows the other."""
+    from twintrack.adapters.dbos.runtime import blocking
+    from twintrack.adapters.dbos.runtime import migrate as migrate_dbos
+    from twintrack.adapters.postgres.migrations import upgrade_head
+
+    await upgrade_head(url)
+    await blocking(migrate_dbos, url)
+
+
 class ServiceFactory:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -114,7 +127,7 @@ class ServiceFactory:
         self._check()
         s = self.settings
         assert s.database_url is not None
-        retry.set_default_deadline(s.db_retry_deadline_s)
+        transient.set_default_deadline(s.db_retry_deadline_s)
         db_engine = create_engine(s.database_url, pool_size=20, max_overflow=20)
         sessions = create_session_factory(db_engine)
         flows, executions = FlowStore(sessions), ExecutionStore(sessions)
@@ -180,9 +193,25 @@ class ServiceFactory:
             NodeNotReadyError,
             RequestTimedOutError,
         )
+        from sqlalchemy import exc as sa_exc
 
         # BrokerUnavailable (a bounded broker call ran out) is a TimeoutError: 503 already.
-        return (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError)
+        return (
+            KafkaConnectionError,
+            KafkaTimeoutError,
+            NodeNotReadyError,
+            RequestTimedOutError,
+            sa_exc.OperationalError,
+            sa_exc.InterfaceError,
+        )
+
+    @staticmethod
+    def store_errors() -> tuple[type[BaseException], ...]:
+        """The database driver's errors: 503 when the transient rule says the connection was
+        lost (core/transient.py), else 500."""
+        from sqlalchemy import exc as sa_exc
+
+        return (sa_exc.DBAPIError, sa_exc.TimeoutError, sa_exc.DisconnectionError)
 
     def run_host(self, container: Container, worker_id: str | None = None) -> RunHost:
         """What every worker process runs claimed executions with, whatever their track.

@@ -138,9 +138,9 @@ async def test_work_delivered_during_the_outage_runs_once_the_database_is_back(
         flow_id = await api.create_flow(flows.crashable(ms=50))
         ex = (await api.create(flow_id))["id"]
         # Queued as `start` does it, with its delivery still to come.
-        async with service.executions.locked(ex) as (session, record):
-            record = await service._write_locked(
-                session, record, ExecutionStatus.QUEUED, EventType.EXECUTION_QUEUED, {}
+        async with service.executions.locked(ex) as locked:
+            record = await service.write_locked(
+                locked, ExecutionStatus.QUEUED, EventType.EXECUTION_QUEUED, {}
             )
 
         own_postgres.stop_keeping_data()

@@ -13,7 +13,7 @@ import httpx
 from pydantic import ValidationError
 
 from twintrack.api_models import ErrorResponse
-from twintrack.domain.records import ExecutionRecord
+from twintrack.core.records import ExecutionRecord
 
 
 class TwintrackError(Exception):

@@ -112,7 +112,8 @@ class Attempts:
         worker asking, whose own run ended). A live claim of another worker means it still
         runs: nothing happens.
         """
-        async with self._executions.locked(execution_id) as (session, record):
+        async with self._executions.locked(execution_id) as row:
+            session, record = row.session, row.record
             if record.status not in ACTIVE:
                 return False
             claim = (
@@ -154,7 +155,7 @@ class Attempts:
                 attempt=record.attempt,
                 detail=reason,
             )
-            await self._service.fail_locked(session, record, reason)
+            await self._service.fail_locked(row, reason)
         RECOVERIES.labels(record.track.value, GAVE_UP).inc()
         log.warning("execution given up", execution_id=execution_id, reason=reason)
         return True

@@ -21,13 +21,14 @@ import structlog
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from twintrack.adapters.postgres.claims import ACTIVE, ClaimStore, ExpiredClaim, touch_unclaimed
+from twintrack.adapters.postgres.claims import ACTIVE, ClaimStore, touch_unclaimed
 from twintrack.adapters.postgres.executions import ExecutionStore
 from twintrack.adapters.postgres.leader import AdvisoryLeader
 from twintrack.adapters.postgres.tables import ExecutionRow
 from twintrack.core.attempts import Attempts, audit, stopped_renewing
 from twintrack.core.children_sweep import ChildSweeper
 from twintrack.core.ports import TaskQueue
+from twintrack.core.records import ExpiredClaim
 from twintrack.core.service import ExecutionService
 from twintrack.domain.execution import ExecutionStatus, Track
 from twintrack.observability.metrics import RECOVERIES

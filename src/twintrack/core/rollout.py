@@ -58,9 +58,9 @@ import structlog
 from sqlalchemy import ColumnElement, TextClause, exists, extract, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from twintrack.adapters.postgres.executions import ExecutionRecord
 from twintrack.adapters.postgres.tables import NON_TERMINAL_SQL, ExecutionRecoveryRow, ExecutionRow
 from twintrack.core.errors import NotFound
+from twintrack.core.records import ExecutionRecord
 from twintrack.core.service import ExecutionService, TrackUnavailable
 from twintrack.domain.execution import EventsBackend, ExecutionStatus, Track
 from twintrack.observability.metrics import RECOVERIES
@@ -305,7 +305,8 @@ async def _move_one(
 ) -> Moved | Skipped:
     """Move one execution under its row lock, or say why not; raises when delivery fails."""
     try:
-        async with service.executions.locked(execution_id) as (session, record):
+        async with service.executions.locked(execution_id) as row:
+            session, record = row.session, row.record
             reason = await _refusal(session, record, to, include_dbos_streams)
             if reason is not None:
                 return Skipped(execution_id, reason)

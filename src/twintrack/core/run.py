@@ -14,10 +14,10 @@ from typing import Any, Protocol
 
 import structlog
 
-from twintrack.adapters.postgres.executions import ExecutionRecord
-from twintrack.adapters.postgres.retry import retry_or_abandon
 from twintrack.core.ports import EventBus
+from twintrack.core.records import ExecutionRecord
 from twintrack.core.service import ExecutionService, ParentStopping
+from twintrack.core.transient import retry_or_abandon
 from twintrack.domain.events import Event, EventType
 from twintrack.domain.flow import Flow
 from twintrack.engine import (

@@ -16,14 +16,14 @@ from typing import Any
 
 import structlog
 
-from twintrack.adapters.postgres.claims import Claim, ClaimStore
-from twintrack.adapters.postgres.executions import ExecutionRecord
-from twintrack.adapters.postgres.retry import retry_transient
+from twintrack.adapters.postgres.claims import ClaimStore
 from twintrack.adapters.postgres.workers import WorkerRegistry
 from twintrack.core.attempts import Attempts
 from twintrack.core.ports import CommandChannel, CommandMessage
+from twintrack.core.records import Claim, ExecutionRecord
 from twintrack.core.run import LeaseLost, run_execution
 from twintrack.core.service import ExecutionService
+from twintrack.core.transient import retry_transient
 from twintrack.domain.commands import Command
 from twintrack.domain.execution import ExecutionStatus, Track
 from twintrack.engine import ExecutionControl, ExecutionResult

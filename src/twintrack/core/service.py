@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from twintrack.adapters.postgres.executions import ExecutionRecord, ExecutionStore
-from twintrack.adapters.postgres.flows import FlowRecord, FlowStore
-from twintrack.adapters.postgres.pagination import MAX_PAGE_SIZE, Page
+from twintrack.adapters.postgres.executions import ExecutionStore
+from twintrack.adapters.postgres.flows import FlowStore
 from twintrack.core.errors import AlreadyExists, NotFound
 from twintrack.core.ports import CommandChannel, EventBus, TaskQueue
+from twintrack.core.records import MAX_PAGE_SIZE, ExecutionRecord, FlowRecord, Page
 from twintrack.core.stops import stop_reason
+from twintrack.core.stores import LockedExecution
 from twintrack.domain.commands import Command
 from twintrack.domain.events import Event, EventType
 from twintrack.domain.execution import (
@@ -41,7 +41,7 @@ from twintrack.domain.ids import EXECUTION_PREFIX, new_execution_id
 from twintrack.domain.limits import LimitExceeded, OwnerLimits
 from twintrack.domain.rollout import choose_track, events_backend_for
 from twintrack.engine import EventTooLarge, check_event_size, result_from_terminal_event
-from twintrack.nodes.base import NodeError, SpawnedChild
+from twintrack.nodes.base import NodeError, SpawnedChild, child_depth
 from twintrack.nodes.registry import NodeRegistry
 
 log = structlog.get_logger()
@@ -337,25 +337,24 @@ class ExecutionService:
         LimitExceeded (429) when the owner already has MAX_RUNNING_EXECUTIONS_PER_OWNER
         started, unfinished executions: the execution stays `created`, to be started later.
         """
-        async with self.executions.locked(execution_id, owner_id) as (session, record):
+        async with self.executions.locked(execution_id, owner_id) as row:
+            record = row.record
             if record.status.is_terminal:
                 raise Conflict(f"execution {execution_id} is already {record.status}")
             if record.status is not _S.CREATED:
                 return record
-            running = await self.executions.running_count(session, record.owner_id)
-            self.limits.check_running(running, record.owner_id)
-            record = await self._write_locked(
-                session, record, _S.QUEUED, EventType.EXECUTION_QUEUED, {"track": record.track}
+            self.limits.check_running(await row.owner_running_count(), record.owner_id)
+            record = await self.write_locked(
+                row, _S.QUEUED, EventType.EXECUTION_QUEUED, {"track": record.track}
             )
         await self.queues[record.track].enqueue(
             record.id, record.attempt + 1, record.events_backend
         )
         return record
 
-    async def _write_locked(
+    async def write_locked(
         self,
-        session: AsyncSession,
-        record: ExecutionRecord,
+        row: LockedExecution,
         target: ExecutionStatus,
         event_type: EventType,
         data: dict[str, Any],
@@ -363,17 +362,12 @@ class ExecutionService:
         index: int | None = None,
         error_message: str | None = None,
     ) -> ExecutionRecord:
-        """Publish one event, then move the status: callers hold the row lock."""
+        """Publish one event, then move the status, under the row lock `row` holds."""
+        record = row.record
         at = record.next_event_index if index is None else index
         event = Event(execution_id=record.id, index=at, type=event_type, data=data)
         await self.buses[record.events_backend].publish(event, wait=True)
-        return await self.executions.transition(
-            record.id,
-            target,
-            session=session,
-            next_event_index=at + 1,
-            error_message=error_message,
-        )
+        return await row.transition(target, next_event_index=at + 1, error_message=error_message)
 
     # -- commands --------------------------------------------------------------------------
 
@@ -414,15 +408,15 @@ class ExecutionService:
 
     async def _stop_one(self, execution_id: str, reason: str) -> None:
         try:
-            async with self.executions.locked(execution_id) as (session, record):
+            async with self.executions.locked(execution_id) as row:
+                record = row.record
                 if record.status.is_terminal:
                     return
                 if record.status in (_S.CREATED, _S.QUEUED):
                     # No worker holds it: end it here. A worker that gets its task later skips it;
                     # the track drops what it prepared once the ending is in the stream.
                     await self._end_unclaimed(
-                        session,
-                        record,
+                        row,
                         _S.STOPPED,
                         EventType.EXECUTION_STOPPED,
                         {"reason": reason, "cancelled_nodes": [], "outputs": record.outputs},
@@ -440,8 +434,7 @@ class ExecutionService:
 
     async def _end_unclaimed(
         self,
-        session: AsyncSession,
-        record: ExecutionRecord,
+        row: LockedExecution,
         target: ExecutionStatus,
         event_type: EventType,
         data: dict[str, Any],
@@ -453,15 +446,14 @@ class ExecutionService:
         (attempt > 0: re-queued, or abandoned) the index comes from the bus itself; an ending
         that run already wrote stands instead of a second one.
         """
+        record = row.record
         index = record.next_event_index
         if record.attempt > 0:
             last = await self.buses[record.events_backend].last_event(record.id)
             if last is not None and last.type.is_terminal:
                 ended = result_from_terminal_event(last)
-                await self.executions.transition(
-                    record.id,
+                await row.transition(
                     ended.status,
-                    session=session,
                     outputs=ended.outputs,
                     error_message=ended.error.message if ended.error else None,
                     error_node_id=ended.error.node_id if ended.error else None,
@@ -470,9 +462,7 @@ class ExecutionService:
                 return
             if last is not None:
                 index = max(index, last.index + 1)
-        await self._write_locked(
-            session, record, target, event_type, data, index=index, error_message=reason
-        )
+        await self.write_locked(row, target, event_type, data, index=index, error_message=reason)
 
     async def fail_unclaimed(
         self, execution_id: str, reason: str, *, from_statuses: Sequence[ExecutionStatus]
@@ -481,20 +471,18 @@ class ExecutionService:
 
         Returns False when the execution had moved on.
         """
-        async with self.executions.locked(execution_id) as (session, record):
-            if record.status not in from_statuses:
+        async with self.executions.locked(execution_id) as row:
+            if row.record.status not in from_statuses:
                 return False
-            await self.fail_locked(session, record, reason)
+            await self.fail_locked(row, reason)
         return True
 
-    async def fail_locked(
-        self, session: AsyncSession, record: ExecutionRecord, reason: str
-    ) -> None:
+    async def fail_locked(self, row: LockedExecution, reason: str) -> None:
         """`fail_unclaimed` within the caller's transaction (holding the row lock), so a caller
         can end the claim in the same commit (giving up after MAX_ATTEMPTS)."""
+        record = row.record
         await self._end_unclaimed(
-            session,
-            record,
+            row,
             _S.FAILED,
             EventType.EXECUTION_FAILED,
             {"error": {"message": reason, "node_id": None}, "outputs": record.outputs},
@@ -515,12 +503,7 @@ class ExecutionService:
         flow_id: str | None,
     ) -> SpawnedChild:
         """Create and start a child on the parent's track; the parent does not wait for it."""
-        depth = parent.depth + 1
-        if depth > self.policy.max_depth:
-            raise NodeError(
-                f"cannot spawn a child at depth {depth}: EXECUTION_MAX_DEPTH is "
-                f"{self.policy.max_depth}"
-            )
+        child_depth(parent.depth, self.policy.max_depth)
         same_flow = flow_id is None or flow_id == parent.flow_id
         child_id = child_execution_id(parent.id, node_id)
         options = ExecutionOptions(

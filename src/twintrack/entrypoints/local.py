@@ -22,7 +22,7 @@ from twintrack.engine import (
     InMemoryCounters,
     run_flow,
 )
-from twintrack.nodes.base import Counters, NodeError, SpawnedChild
+from twintrack.nodes.base import Counters, NodeError, SpawnedChild, child_depth
 
 LOCAL_FLOW_ID = "local"
 Publish = Callable[[Event], Awaitable[None]]
@@ -42,12 +42,7 @@ class _LocalSpawner:
                 f"flow '{flow_id}' is not available to `twintrack run`, which runs only the "
                 "given flow (leave flow_id unset to emit to the same flow)"
             )
-        depth = self._depth + 1
-        if depth > self._runner.max_depth:
-            raise NodeError(
-                f"cannot spawn a child at depth {depth}: EXECUTION_MAX_DEPTH is "
-                f"{self._runner.max_depth}"
-            )
+        depth = child_depth(self._depth, self._runner.max_depth)
         child_id = self._runner.launch(
             [TriggerEvent(name=event, payload=payload)], depth, parent_id=self._parent_id
         )

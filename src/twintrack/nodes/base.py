@@ -56,6 +56,17 @@ class SpawnedChild:
     announced: bool = False
 
 
+def child_depth(parent_depth: int, max_depth: int) -> int:
+    """The depth of a child of a parent at `parent_depth`: the one depth-cap rule, for every
+    spawner (both tracks and `twintrack run`). NodeError when it would pass EXECUTION_MAX_DEPTH."""
+    depth = parent_depth + 1
+    if depth > max_depth:
+        raise NodeError(
+            f"cannot spawn a child at depth {depth}: EXECUTION_MAX_DEPTH is {max_depth}"
+        )
+    return depth
+
+
 class ChildSpawner(Protocol):
     """Creates and starts a child execution; raises NodeError when it must not (depth cap).
 

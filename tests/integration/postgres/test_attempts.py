@@ -15,8 +15,9 @@ from tests.e2e import flows
 from tests.e2e.conftest import MODES
 from tests.e2e.stack import Stack, open_stack
 from tests.faults.recovery_helpers import audits, claim_holder, env_for
-from twintrack.adapters.postgres.claims import Claim, ClaimStore
+from twintrack.adapters.postgres.claims import ClaimStore
 from twintrack.core.attempts import Attempts
+from twintrack.core.records import Claim
 from twintrack.core.recovery import RecoverySweeper, SweepPolicy
 from twintrack.domain.attempts import exhausted, failed_runs
 from twintrack.domain.events import EventType

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from twintrack.adapters.postgres import ExecutionStore, FlowStore
-from twintrack.adapters.postgres.executions import ExecutionRecord
 from twintrack.core.errors import InvalidCursor, NotFound
+from twintrack.core.records import ExecutionRecord
 from twintrack.domain.execution import EventsBackend, ExecutionStatus, Track, TriggerEvent
 from twintrack.domain.limits import LimitExceeded, OwnerLimits
 
@@ -99,14 +99,15 @@ async def test_concurrent_starts_of_one_owner_never_pass_the_running_limit(
     limits = OwnerLimits(max_running_executions_per_owner=3)
 
     async def start(record: ExecutionRecord) -> bool:
-        async with executions.locked(record.id) as (session, locked):
-            running = await executions.running_count(session, locked.owner_id)
+        async with executions.locked(record.id) as row:
+            locked = row.record
+            running = await row.owner_running_count()
             try:
                 limits.check_running(running, locked.owner_id)
             except LimitExceeded:
                 return False
             await asyncio.sleep(0.01)  # widen the window a racing count would slip through
-            await executions.transition(locked.id, S.QUEUED, session=session)
+            await row.transition(S.QUEUED)
             return True
 
     started = await asyncio.gather(*(start(r) for r in created))
@@ -115,8 +116,8 @@ async def test_concurrent_starts_of_one_owner_never_pass_the_running_limit(
     assert statuses.count(S.QUEUED) == 3
     assert statuses.count(S.CREATED) == 9
     bob = await _root(flows, executions, "bob")
-    async with executions.locked(bob.id) as (session, _):
-        assert await executions.running_count(session, "bob") == 0
+    async with executions.locked(bob.id) as row:
+        assert await row.owner_running_count() == 0
 
 
 async def test_running_count_covers_queued_running_and_paused_only(
@@ -135,8 +136,8 @@ async def test_running_count_covers_queued_running_and_paused_only(
         record = await _create(executions, "alice", root.flow_id)
         for status in steps:
             await executions.transition(record.id, status)
-    async with executions.locked(root.id) as (session, _):
-        assert await executions.running_count(session, "alice") == 3
+    async with executions.locked(root.id) as row:
+        assert await row.owner_running_count() == 3
 
 
 async def test_tree_pages_cover_every_member_once_with_the_whole_trees_counts(
@@ -179,13 +180,13 @@ async def test_a_start_stuck_behind_a_held_owner_count_gives_up_in_bounded_time(
     owner gives up after `wait_s` with TimeoutError (503), and the held lock is not harmed."""
     root = await _root(flows, executions)
     other = await _create(executions, "alice", root.flow_id)
-    async with executions.locked(root.id) as (held, _):
-        await executions.running_count(held, "alice")
+    async with executions.locked(root.id) as held:
+        await held.owner_running_count()
         began = time.monotonic()
         with pytest.raises(TimeoutError, match="owner alice"):
-            async with executions.locked(other.id) as (session, _):
-                await executions.running_count(session, "alice", wait_s=0.3)
+            async with executions.locked(other.id) as row:
+                await row.owner_running_count(wait_s=0.3)
         assert 0.25 < time.monotonic() - began < 3
-        assert await executions.running_count(held, "alice") == 0
-    async with executions.locked(other.id) as (session, _):  # free again once committed
-        assert await executions.running_count(session, "alice", wait_s=0.3) == 0
+        assert await held.owner_running_count() == 0
+    async with executions.locked(other.id) as row:  # free again once committed
+        assert await row.owner_running_count(wait_s=0.3) == 0

@@ -13,16 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from twintrack.adapters.postgres import (
     AlreadyExists,
     CounterStore,
-    ExecutionRecord,
     ExecutionStore,
     FlowStore,
     InvalidCursor,
     KeyStore,
     NotFound,
-    Page,
     UnexpectedStatus,
 )
 from twintrack.adapters.postgres.db import create_engine, split_libpq_params, to_async_url
+from twintrack.core.records import ExecutionRecord, Page
 from twintrack.domain.execution import (
     EventsBackend,
     ExecutionOptions,

@@ -10,7 +10,8 @@ import psycopg
 import pytest
 from sqlalchemy import exc as sa_exc
 
-from twintrack.adapters.postgres.retry import is_transient, retry_or_abandon, retry_transient
+import twintrack.adapters.postgres.retry  # noqa: F401  (registers the PostgreSQL rule)
+from twintrack.core.transient import is_transient, retry_or_abandon, retry_transient
 from twintrack.domain.events import Event
 from twintrack.domain.flow import validate_flow
 from twintrack.engine import EventSequencer, run_flow

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from dbos import DBOSClient, EnqueueOptions
+from twintrack.adapters.dbos.names import QUEUE_NAME, WORKFLOW_NAME
 from twintrack.adapters.dbos.runtime import (
-    QUEUE_NAME,
-    WORKFLOW_NAME,
     DbosConfig,
     blocking,
     make_client,
 )
 from twintrack.adapters.dbos.system_db import promote_delayed
-from twintrack.adapters.postgres.retry import retry_transient
+from twintrack.core.transient import retry_transient
 from twintrack.domain.execution import EventsBackend, Track
 
 

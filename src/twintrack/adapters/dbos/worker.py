@@ -21,8 +21,8 @@ import structlog
 from twintrack.adapters.dbos import workflow
 from twintrack.adapters.dbos.runtime import DbosRuntime
 from twintrack.adapters.postgres.claims import ACTIVE
-from twintrack.adapters.postgres.retry import retry_transient
 from twintrack.core.run_host import RunHost
+from twintrack.core.transient import retry_transient
 from twintrack.domain.execution import ExecutionStatus, Track
 
 log = structlog.get_logger()

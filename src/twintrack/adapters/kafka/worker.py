@@ -17,14 +17,14 @@ from pydantic import ValidationError
 
 from twintrack.adapters.kafka.clients import KafkaConfig, make_consumer, make_producer
 from twintrack.adapters.kafka.tasks import TaskMessage
-from twintrack.adapters.postgres.retry import retry_transient
 from twintrack.core.errors import NotFound
 from twintrack.core.run_host import RunHost
+from twintrack.core.transient import retry_transient
 from twintrack.domain.execution import Track
 from twintrack.observability.metrics import DEAD_LETTERS
 
 log = structlog.get_logger()
-_TRACK = "kafka"
+
 _STOP_TAKING_S = 10.0  # bounds a claim in flight when the worker is told to stop
 
 
@@ -167,5 +167,5 @@ class KafkaWorker:
         await self._dead_letters.send_and_wait(
             self.config.dead_letter_topic, key=message.key, value=message.value, headers=headers
         )
-        DEAD_LETTERS.labels(_TRACK).inc()
+        DEAD_LETTERS.labels(Track.KAFKA.value).inc()
         log.warning("task dead-lettered", reason=reason, offset=message.offset)

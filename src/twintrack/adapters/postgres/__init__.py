@@ -6,10 +6,9 @@ records, so callers never hold a session or a lazy-loading ORM object.
 
 from twintrack.adapters.postgres.counters import CounterStore
 from twintrack.adapters.postgres.db import create_engine, create_session_factory, to_async_url
-from twintrack.adapters.postgres.executions import ExecutionRecord, ExecutionStore
-from twintrack.adapters.postgres.flows import FlowRecord, FlowRef, FlowStore, FlowSummary
+from twintrack.adapters.postgres.executions import ExecutionStore
+from twintrack.adapters.postgres.flows import FlowStore
 from twintrack.adapters.postgres.keys import ApiKeyRecord, CreatedApiKey, KeyStore
-from twintrack.adapters.postgres.pagination import Page
 from twintrack.core.errors import (
     AlreadyExists,
     InvalidCursor,
@@ -17,6 +16,7 @@ from twintrack.core.errors import (
     StoreError,
     UnexpectedStatus,
 )
+from twintrack.core.records import ExecutionRecord, FlowRecord, FlowRef, FlowSummary, Page
 
 __all__ = [
     "AlreadyExists",

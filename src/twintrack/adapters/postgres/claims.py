@@ -9,40 +9,22 @@ deleted while the execution lives, so generations only grow; release just ends t
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, and_, exists, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from twintrack.adapters.postgres.executions import ExecutionRecord, ExecutionStore
+from twintrack.adapters.postgres.executions import ExecutionStore
 from twintrack.adapters.postgres.tables import ExecutionClaimRow, ExecutionRecoveryRow, ExecutionRow
 from twintrack.core.errors import NotFound
+from twintrack.core.records import Claim, ExecutionRecord, ExpiredClaim
 from twintrack.domain.attempts import HANDOVER
 from twintrack.domain.execution import EventsBackend, ExecutionStatus, Track
 
 _S = ExecutionStatus
 RELEASED = ""  # worker_id of a claim nobody holds (released, or taken back by recovery)
 ACTIVE = (_S.RUNNING, _S.PAUSED)
-
-
-@dataclass(frozen=True)
-class Claim:
-    execution_id: str
-    worker_id: str
-    generation: int
-    expires_at: datetime
-
-
-@dataclass(frozen=True)
-class ExpiredClaim:
-    execution_id: str
-    worker_id: str
-    generation: int
-    status: ExecutionStatus
-    attempt: int
 
 
 async def touch_unclaimed(

@@ -14,8 +14,8 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from twintrack.adapters.postgres.retry import retry_or_abandon
 from twintrack.adapters.postgres.tables import TallyCounterRow, TallyIncrementRow
+from twintrack.core.transient import retry_or_abandon
 
 
 class CounterStore:

@@ -16,6 +16,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
 
+import twintrack.adapters.postgres.retry  # noqa: F401  (registers the lost-connection rule)
+
 ASYNC_DRIVERNAME = "postgresql+asyncpg"
 _POSTGRES_SCHEMES = frozenset({"postgres", "postgresql"})
 

@@ -38,7 +38,6 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from twintrack.adapters.postgres.pagination import (
-    Page,
     check_limit,
     decode_tree_cursor,
     encode_tree_cursor,
@@ -47,6 +46,7 @@ from twintrack.adapters.postgres.pagination import (
 )
 from twintrack.adapters.postgres.tables import ExecutionRow, IdempotencyKeyRow
 from twintrack.core.errors import AlreadyExists, NotFound, UnexpectedStatus
+from twintrack.core.records import ExecutionRecord, Page
 from twintrack.domain.execution import (
     ALLOWED_TRANSITIONS,
     TERMINAL_STATUSES,
@@ -59,7 +59,6 @@ from twintrack.domain.execution import (
 )
 from twintrack.domain.ids import new_execution_id
 from twintrack.domain.limits import RUNNING_STATUSES, OwnerLimits
-from twintrack.domain.records import ExecutionRecord as ExecutionRecord  # re-exported
 
 _S = ExecutionStatus
 _UNIQUE_VIOLATION = "23505"
@@ -211,8 +210,9 @@ class ExecutionStore:
                 limits.check_tree(int(size or 0), root_id)  # raising rolls the insert back
             return _record(row)
 
+    @staticmethod
     async def running_count(
-        self, session: AsyncSession, owner_id: str, *, wait_s: float = OWNER_LOCK_WAIT_S
+        session: AsyncSession, owner_id: str, *, wait_s: float = OWNER_LOCK_WAIT_S
     ) -> int:
         """The owner's started, unfinished executions, counted under the owner's advisory lock.
 
@@ -425,7 +425,7 @@ class ExecutionStore:
     @asynccontextmanager
     async def locked(
         self, execution_id: str, owner_id: str | None = None
-    ) -> AsyncIterator[tuple[AsyncSession, ExecutionRecord]]:
+    ) -> AsyncIterator[LockedRow]:
         """Hold the execution's row lock for one transaction (commit on normal exit).
 
         Writers that must publish an event and move the status as one step (start, stop before
@@ -439,7 +439,7 @@ class ExecutionStore:
             )
             if row is None:
                 raise NotFound("execution", execution_id)
-            yield session, _record(row)
+            yield LockedRow(self, session, _record(row))
 
     async def advance_event_index(self, execution_id: str, next_index: int) -> int:
         """Raise `next_event_index` to at least `next_index` (never lowers it); return its value.
@@ -522,3 +522,41 @@ def _delete_expired_keys(ttl: Any) -> Executable:
     return delete(IdempotencyKeyRow).where(
         tuple_(IdempotencyKeyRow.owner_id, IdempotencyKeyRow.key).in_(expired.scalar_subquery())
     )
+
+
+class LockedRow:
+    """One execution under its row lock, within one transaction (`ExecutionStore.locked`).
+
+    Everything done through it commits together when the `locked` block ends, or not at all.
+    `session` is for the other Postgres adapters that join the transaction (claims, audit).
+    """
+
+    def __init__(self, store: ExecutionStore, session: AsyncSession, record: ExecutionRecord):
+        self._store = store
+        self.session = session
+        self.record = record
+
+    async def transition(
+        self,
+        target: ExecutionStatus,
+        *,
+        outputs: dict[str, Any] | None = None,
+        error_message: str | None = None,
+        error_node_id: str | None = None,
+        next_event_index: int | None = None,
+    ) -> ExecutionRecord:
+        """`ExecutionStore.transition` inside this transaction; the handle sees the new row."""
+        self.record = await self._store.transition(
+            self.record.id,
+            target,
+            session=self.session,
+            outputs=outputs,
+            error_message=error_message,
+            error_node_id=error_node_id,
+            next_event_index=next_event_index,
+        )
+        return self.record
+
+    async def owner_running_count(self, *, wait_s: float = OWNER_LOCK_WAIT_S) -> int:
+        """The owner's started, unfinished executions, exact until this transaction commits."""
+        return await self._store.running_count(self.session, self.record.owner_id, wait_s=wait_s)

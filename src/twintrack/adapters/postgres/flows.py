@@ -6,23 +6,17 @@ version N keeps running (and showing) exactly what it started with.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import func
 
-from twintrack.adapters.postgres.pagination import Page, newest_first, to_page
+from twintrack.adapters.postgres.pagination import newest_first, to_page
 from twintrack.adapters.postgres.tables import FlowRow, FlowVersionRow
 from twintrack.core.errors import NotFound
+from twintrack.core.records import FlowRecord, FlowRef, FlowSummary, Page
 from twintrack.domain.ids import new_flow_id
-from twintrack.domain.records import FlowRecord as FlowRecord  # re-exported
-from twintrack.domain.records import FlowSummary as FlowSummary
-
-
-class FlowRef(NamedTuple):
-    id: str
-    version: int
 
 
 def _summary(row: FlowRow) -> FlowSummary:

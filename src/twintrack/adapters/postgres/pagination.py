@@ -11,27 +11,16 @@ import binascii
 import json
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy import ColumnElement, Select, tuple_
 from sqlalchemy.orm import QueryableAttribute
 
 from twintrack.core.errors import InvalidCursor
+from twintrack.core.records import MAX_PAGE_SIZE, Page
 
 T = TypeVar("T")
 Q = TypeVar("Q", bound="Select[Any]")
-
-MAX_PAGE_SIZE = 1000
-
-
-class Page(BaseModel, Generic[T]):
-    """One page of results; `next_cursor` is None on the last page."""
-
-    model_config = ConfigDict(frozen=True)
-
-    items: list[T]
-    next_cursor: str | None = None
 
 
 def encode_cursor(created_at: datetime, row_id: str) -> str:

@@ -15,15 +15,14 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from twintrack.adapters.postgres.retry import is_transient
 from twintrack.api_models import IDEMPOTENCY_KEY_HEADER, ErrorBody
 from twintrack.api_models import ErrorResponse as ErrorResponse  # re-exported for routes
 from twintrack.core.errors import AlreadyExists, InvalidCursor, NotFound
 from twintrack.core.service import Conflict, IdempotencyKeyReused, TrackUnavailable
+from twintrack.core.transient import is_transient
 from twintrack.domain.execution import IllegalTransition
 from twintrack.domain.flow import FlowValidationError
 from twintrack.domain.limits import LimitExceeded
@@ -124,8 +123,6 @@ def _is_outage(exc: BaseException, extra: tuple[type[BaseException], ...]) -> bo
     """A dependency (database, broker) is down or overloaded: the caller may retry later."""
     if isinstance(exc, (TrackUnavailable, OSError, TimeoutError, *extra)):
         return True
-    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
-        return True
     return is_transient(exc)  # a lost or refused database connection, however it is wrapped
 
 
@@ -199,8 +196,16 @@ def _report_outage(request: Request, exc: Exception) -> None:
     )
 
 
-def install_error_handlers(app: FastAPI, outage: tuple[type[BaseException], ...]) -> None:
-    """Map every foreseen exception to the envelope (unforeseen ones: `UnhandledErrors`)."""
+def install_error_handlers(
+    app: FastAPI,
+    outage: tuple[type[BaseException], ...],
+    store_errors: tuple[type[BaseException], ...] = (),
+) -> None:
+    """Map every foreseen exception to the envelope (unforeseen ones: `UnhandledErrors`).
+
+    `outage`: types that always mean a dependency is down (503). `store_errors`: the stores'
+    own error types, answered 503 when the transient rule says the connection was lost and 500
+    otherwise; both come from the bootstrap, so the API names no driver."""
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -238,9 +243,7 @@ def install_error_handlers(app: FastAPI, outage: tuple[type[BaseException], ...]
         LimitExceeded,
         EventTooLarge,
         TrackUnavailable,
-        sa_exc.DBAPIError,
-        sa_exc.TimeoutError,
-        sa_exc.DisconnectionError,
+        *store_errors,
         OSError,
         TimeoutError,
         *outage,

@@ -1,4 +1,4 @@
-"""An execution's events as Server-Sent Events (DESIGN §1.5, §1.6).
+"""An execution's events as Server-Sent Events.
 
 Each message carries `id:` = the event index, `event:` = its type and `data:` = the envelope, so a
 browser's EventSource resumes by itself: it reconnects with `Last-Event-ID` and the stream goes on
@@ -18,8 +18,8 @@ from fastapi.security import HTTPAuthorizationCredentials
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
-from twintrack.adapters.postgres.executions import ExecutionRecord
 from twintrack.core.ports import EventsExpired
+from twintrack.core.records import ExecutionRecord
 from twintrack.core.service import ExecutionService
 from twintrack.domain.events import Event
 from twintrack.entrypoints.api.auth import Owner, bearer_scheme, require_owner

@@ -21,8 +21,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 
-from twintrack.adapters.postgres.executions import ExecutionRecord
-from twintrack.adapters.postgres.pagination import MAX_PAGE_SIZE
+from twintrack.core.records import MAX_PAGE_SIZE, ExecutionRecord
 from twintrack.domain.commands import Command
 from twintrack.domain.execution import ExecutionStatus, Track
 from twintrack.entrypoints.api.auth import Caller, Owner, forbidden, require_owner

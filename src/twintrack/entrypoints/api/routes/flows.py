@@ -1,8 +1,8 @@
 """Flows: create, read any version, update (appends version N+1), list.
 
 Create and update read the raw body and hand it to `parse_flow_json`, the one validator of flow
-documents, so the 1 MiB cap, the NaN/Infinity refusal and every rule of DESIGN §1.1 apply with
-the same locations and messages everywhere a flow is read.
+documents, so the 1 MiB cap, the NaN/Infinity refusal and every rule of flow validation
+(domain/flow.py) apply with the same locations and messages everywhere a flow is read.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, status
 
-from twintrack.adapters.postgres.pagination import MAX_PAGE_SIZE
+from twintrack.core.records import MAX_PAGE_SIZE
 from twintrack.domain.flow import Flow, FlowValidationError, parse_flow_json
 from twintrack.entrypoints.api.auth import Owner, require_owner
 from twintrack.entrypoints.api.deps import Flows, Registry

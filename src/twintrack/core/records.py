@@ -1,13 +1,14 @@
-"""The rows callers read: an execution and a flow, as stored and as the API shows them.
+"""The records the use cases work with: executions, flows, claims and pages, as stored.
 
-Plain pydantic (no SQL), so the stores, the API and `twintrack.client` share one definition
-and a field added to the row reaches every reader at once.
+Immutable values, so a caller never holds a session or a lazy-loading ORM object; the stores
+(adapters/postgres, adapters/memory) build them and the API serialises them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -19,9 +20,11 @@ from twintrack.domain.execution import (
     TriggerEvent,
 )
 
+T = TypeVar("T")
+
 
 class ExecutionRecord(BaseModel):
-    """One execution row: ids, owner, pinned flow version, track, status, timestamps, outcome."""
+    """One execution row (DESIGN §1.2), as stored."""
 
     model_config = ConfigDict(frozen=True, from_attributes=True)
 
@@ -49,6 +52,11 @@ class ExecutionRecord(BaseModel):
     updated_at: datetime
 
 
+class FlowRef(NamedTuple):
+    id: str
+    version: int
+
+
 class FlowSummary(BaseModel):
     """A flow without its definition, as listed."""
 
@@ -68,3 +76,32 @@ class FlowRecord(FlowSummary):
     version: int
     definition: dict[str, Any]
     version_created_at: datetime
+
+
+MAX_PAGE_SIZE = 1000
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of results; `next_cursor` is None on the last page."""
+
+    model_config = ConfigDict(frozen=True)
+
+    items: list[T]
+    next_cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    execution_id: str
+    worker_id: str
+    generation: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class ExpiredClaim:
+    execution_id: str
+    worker_id: str
+    generation: int
+    status: ExecutionStatus
+    attempt: int
