@@ -136,7 +136,9 @@ class RunHost:
         self.registry = registry
         self.worker_id = worker_id
         self.claim_ttl_s = claim_ttl_s
-        self.attempts: RunFailures = failures if failures is not None else Attempts(service, max_attempts)
+        self.attempts: RunFailures = (
+            failures if failures is not None else Attempts(service, max_attempts)
+        )
         self.runs: dict[str, asyncio.Task[ExecutionResult | None]] = {}
         self.leases: dict[str, ClaimLease] = {}
         self.slot_freed = asyncio.Event()
