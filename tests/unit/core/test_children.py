@@ -117,7 +117,8 @@ async def test_a_child_over_the_owner_running_limit_fails_instead_of_waiting() -
     with pytest.raises(NodeError, match="cannot start child"):
         await spawn(app, parent)
     child = await app.executions.get(child_execution_id(parent.id, "spawn"))
-    assert child.status is _S.FAILED and "not started" in str(child.error_message)
+    assert child.status is _S.FAILED
+    assert "not started" in str(child.error_message)
     assert types_of(app, child.id) == ["execution.created", "execution.failed"]
 
 

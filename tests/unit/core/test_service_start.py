@@ -33,7 +33,8 @@ async def test_starting_twice_is_harmless(app: MemoryContainer) -> None:
     record = await app.service.create(OWNER, await new_flow(app))
     first = await app.service.start(OWNER, record.id)
     again = await app.service.start(OWNER, record.id)
-    assert again.status is _S.QUEUED and again.queued_at == first.queued_at
+    assert again.status is _S.QUEUED
+    assert again.queued_at == first.queued_at
     assert types_of(app, record.id) == ["execution.created", "execution.queued"]
     assert enqueued(app) == [(record.id, 1)]
 
