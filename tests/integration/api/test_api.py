@@ -100,6 +100,8 @@ def build_container(
 
 
 def client_for(app_container: ApiContainer, **options: Any) -> httpx.AsyncClient:
+    """The API as processes serve it: the bootstrap's store errors mapped (503 when lost)."""
+    options.setdefault("store_errors", ServiceFactory.store_errors())
     app = create_app(app_container, **options)
     transport = httpx.ASGITransport(app=app)
     return httpx.AsyncClient(transport=transport, base_url="http://testserver")
