@@ -91,7 +91,7 @@ class Call:
 class Kill:
     at: float
     pid: int
-    held: tuple[str, ...]  # executions whose claim the victim held just before
+    held: tuple[str, ...]  # executions whose claim the victim held just before or as it died
 
 
 @dataclass
@@ -406,7 +406,10 @@ class Soak:
         victim = next(p for p in live if p.pid == pid)
         at = await kill_worker(victim)
         self.deployment.workers.remove(victim)
-        claims = tuple(held.get(victim.pid, []))
+        # Read again once it is dead (its claims stay its own until their leases run out): a
+        # takeover it made between the read above and the signal spent an attempt too.
+        died_holding = (await self._claims_by_pid()).get(victim.pid, [])
+        claims = tuple(dict.fromkeys([*held.get(victim.pid, []), *died_holding]))
         self.killed.update(claims)
         self.timeline.kills.append(Kill(at, victim.pid, claims))
         progress(f"soak: SIGKILL worker {victim.pid} holding {len(claims)} claim(s)")
