@@ -26,7 +26,7 @@ from bench.soak import Soak, soak_flow
 from tests.e2e.conftest import MODES
 from tests.e2e.stack import FINISHED, eventually, open_stack
 from tests.faults.recovery_helpers import env_for, worker_id_of
-from twintrack.infra.discovery import ProvidedBroker
+from twintrack.tooling.embedded.discovery import ProvidedBroker
 
 BENCH_MODES: dict[str, BenchMode] = {"dbos": DBOS_KAFKA_EVENTS, "dbos-streams": DBOS_STREAMS}
 MAX_ATTEMPTS = 4
