@@ -7,7 +7,8 @@ output`, each of its own flow (so each has its own durable counter), paced at `r
 from the last index + 1 when the stream breaks, as a user would. Meanwhile a chaos task:
 
 - SIGKILLs the worker holding the most claims every `kill_every_s` and starts a replacement (and
-  restarts any worker that exits by itself, counted);
+  restarts any worker that exits by itself, counted), never one execution's run more than
+  `kill_budget` times (half its MAX_ATTEMPTS: the soak tests recovery, not the give-up);
 - restarts PostgreSQL a third of the way through the planned load window;
 - stalls the broker (SIGSTOP / SIGCONT) at two thirds;
 - probes the API (`/readyz` and a listing) around both, to time the recovery.
@@ -21,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,7 +96,7 @@ class Call:
 class Kill:
     at: float
     pid: int
-    held: tuple[str, ...]  # executions whose claim the victim held just before
+    held: tuple[str, ...]  # executions whose claim the victim held just before or as it died
 
 
 @dataclass
@@ -136,6 +139,25 @@ def _event(received: Received) -> dict[str, Any]:
     }
 
 
+def choose_victim(
+    held: Mapping[int, Sequence[str]], killed: Mapping[str, int], budget: int
+) -> int | None:
+    """The worker (pid) to kill: of those holding claims, none of an execution already killed
+    `budget` times, the one holding the most; None when there is none.
+
+    Without the budget the soak hunts one execution down: once only a few are left running,
+    each is taken over (DBOS: registry silence, sweep, lease; about 6 s) just after the next
+    kill is due, so its new holder is killed right after the claim, run after run, until its
+    MAX_ATTEMPTS real runs have failed and it is given up, which the soak then reported as a
+    flow failure (issue #8 item 4: ten attempts, one per kill of its holder)."""
+    eligible = {
+        pid: len(claims)
+        for pid, claims in held.items()
+        if claims and all(killed.get(e, 0) < budget for e in claims)
+    }
+    return max(eligible, key=lambda p: eligible[p], default=None)
+
+
 class Soak:
     def __init__(self, deployment: Deployment, own: SoakServers, sizes: SoakSizes) -> None:
         self.deployment = deployment
@@ -161,6 +183,8 @@ class Soak:
         self.poll_errors = 0
         self.load_done = False
         self._respawns = 0
+        #: per execution, the kills of a worker that held its claim (each one spent an attempt)
+        self.killed: Counter[str] = Counter()
         self.loop_lag_max_s = 0.0
         self.loop_stalls: list[tuple[float, float]] = []  # (when, how long) of lags over 0.5 s
         self._stop_polling = asyncio.Event()
@@ -366,18 +390,32 @@ class Soak:
             held.setdefault(int(pid), []).append(str(execution_id))
         return held
 
+    @property
+    def kill_budget(self) -> int:
+        """Kills one execution's runs may take: half its attempts (MAX_ATTEMPTS, the service's
+        default 3 unless the soak sets it), the rest left for what else may cost one (a lost
+        lease in the PostgreSQL outage)."""
+        return max(1, int(self.sizes.settings.get("MAX_ATTEMPTS", "3")) // 2)
+
     async def _kill(self) -> bool:
         """SIGKILL the live worker holding the most claims, if any holds one (a worker still
-        starting holds none: killing it would test start-up, not recovery). Whether it did."""
+        starting holds none: killing it would test start-up, not recovery) and none of an
+        execution already killed `kill_budget` times. Whether it did."""
         live = [p for p in self.deployment.workers if p.poll() is None]
         held = await self._claims_by_pid()
-        holding = [p for p in live if held.get(p.pid)]
-        if not holding:
+        pid = choose_victim(
+            {p.pid: held.get(p.pid, []) for p in live}, self.killed, self.kill_budget
+        )
+        if pid is None:
             return False
-        victim = max(holding, key=lambda p: len(held[p.pid]))
+        victim = next(p for p in live if p.pid == pid)
         at = await kill_worker(victim)
         self.deployment.workers.remove(victim)
-        claims = tuple(held.get(victim.pid, []))
+        # Read again once it is dead (its claims stay its own until their leases run out): a
+        # takeover it made between the read above and the signal spent an attempt too.
+        died_holding = (await self._claims_by_pid()).get(victim.pid, [])
+        claims = tuple(dict.fromkeys([*held.get(victim.pid, []), *died_holding]))
+        self.killed.update(claims)
         self.timeline.kills.append(Kill(at, victim.pid, claims))
         progress(f"soak: SIGKILL worker {victim.pid} holding {len(claims)} claim(s)")
         self.deployment.spawn_worker()

@@ -17,7 +17,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tests.integration.api.test_api import (
     FLOW,
@@ -43,8 +43,8 @@ Sessions = async_sessionmaker[AsyncSession]
 
 
 @pytest.fixture
-def container(session_factory: Sessions) -> Container:
-    return build_container(session_factory)
+def container(db_engine: AsyncEngine) -> Container:
+    return build_container(db_engine)
 
 
 @pytest_asyncio.fixture

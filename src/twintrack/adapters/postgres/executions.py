@@ -10,7 +10,6 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncIterator, Collection, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -44,9 +43,10 @@ from twintrack.adapters.postgres.pagination import (
     newest_first,
     to_page,
 )
+from twintrack.adapters.postgres.stops import stop_reason
 from twintrack.adapters.postgres.tables import ExecutionRow, IdempotencyKeyRow
 from twintrack.core.errors import AlreadyExists, NotFound, UnexpectedStatus
-from twintrack.core.records import ExecutionRecord, Page
+from twintrack.core.records import ExecutionRecord, KeyReservation, Page
 from twintrack.domain.execution import (
     ALLOWED_TRANSITIONS,
     TERMINAL_STATUSES,
@@ -113,23 +113,13 @@ async def _apply_or_refuse(
     return current
 
 
-@dataclass(frozen=True)
-class KeyReservation:
-    """Who holds an idempotency key: `reserved` when this call took it (for `execution_id`),
-    else the execution and request fingerprint of the earlier request that did."""
-
-    execution_id: str
-    request_hash: str
-    reserved: bool
-
-
 class ExecutionStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
     @property
     def sessions(self) -> async_sessionmaker[AsyncSession]:
-        """For queries that belong with their feature (rollout reroute), not with the store."""
+        """For the other Postgres adapters that query beside the store (not part of the port)."""
         return self._sessions
 
     async def create(
@@ -459,6 +449,10 @@ class ExecutionStore:
         if value is None:
             raise NotFound("execution", execution_id)
         return value
+
+    async def stop_reason(self, execution_id: str) -> str | None:
+        """See `core.stores.ExecutionStore.stop_reason`."""
+        return await stop_reason(self._sessions, execution_id)
 
     # -- idempotency keys ------------------------------------------------------------------
 
