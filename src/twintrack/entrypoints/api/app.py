@@ -20,7 +20,7 @@ from twintrack.entrypoints.api.errors import UnhandledErrors, install_error_hand
 from twintrack.entrypoints.api.limits import BodyLimit, StreamSlots
 from twintrack.entrypoints.api.metrics import RequestMetrics
 from twintrack.entrypoints.api.routes import events, executions, flows, health
-from twintrack.entrypoints.console import mount_console
+from twintrack.entrypoints.console.mount import mount_console
 
 DESCRIPTION = """\
 Flow executions on two tracks (Kafka, DBOS). Every route under `/v1` needs

@@ -77,7 +77,10 @@ def _sign_in(request: Request) -> Response:
 
 def _error(request: Request, status_code: int, title: str, message: str) -> Response:
     if is_fragment(request):
-        return page(request, "_flash.html", None, status_code, level="error", message=message)
+        # The page stays as it is; the message lands in its #flash slot (out of band).
+        flash = page(request, "_flash.html", None, status_code, level="error", message=message)
+        flash.headers["HX-Reswap"] = "none"
+        return flash
     return page(request, "error.html", None, status_code, title=title, message=message)
 
 

@@ -9,6 +9,7 @@ found" here too.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -143,10 +144,25 @@ async def bulk_stop(
 # -- one execution ---------------------------------------------------------------------------
 
 
-async def _events_so_far(
+_FINISHED: OrderedDict[str, list[Event]] = OrderedDict()
+_FINISHED_SIZE = 256
+
+
+async def events_so_far(
     service: ExecutionService, viewer: Viewer, record: ExecutionRecord
 ) -> list[Event]:
-    return await read_available(await service.subscribe(viewer.owner_id, record.id, 0))
+    """The stream as it is now (the row proved ownership). A finished execution's stream
+    never changes, so it is kept: each replay opens a consumer on the events backend."""
+    cached = _FINISHED.get(record.id)
+    if cached is not None:
+        _FINISHED.move_to_end(record.id)
+        return cached
+    events = await read_available(await service.subscribe(viewer.owner_id, record.id, 0))
+    if record.status.is_terminal and events and events[-1].type.is_terminal:
+        _FINISHED[record.id] = events
+        if len(_FINISHED) > _FINISHED_SIZE:
+            _FINISHED.popitem(last=False)
+    return events
 
 
 @router.get("/{execution_id}")
@@ -180,8 +196,10 @@ async def waterfall_fragment(
 ) -> Response:
     service = _service(request)
     record = await service.get(viewer.owner_id, checked_id("execution", execution_id))
-    events = await _events_so_far(service, viewer, record)
-    return page(request, "_waterfall.html", viewer, wf=waterfall(events), width=760)
+    events = await events_so_far(service, viewer, record)
+    return page(
+        request, "_waterfall.html", viewer, wf=waterfall(events), width=760, execution_id=record.id
+    )
 
 
 @router.get("/{execution_id}/tree")

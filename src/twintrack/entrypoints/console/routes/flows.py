@@ -8,8 +8,9 @@ from twintrack.adapters.postgres.flows import FlowStore
 from twintrack.core.service import ExecutionService
 from twintrack.entrypoints.api.ids import checked_cursor, checked_id
 from twintrack.entrypoints.console.dag import NODE_H, NODE_W, layout
+from twintrack.entrypoints.console.routes.executions import events_so_far
 from twintrack.entrypoints.console.session import CurrentViewer
-from twintrack.entrypoints.console.timeline import node_statuses, read_available
+from twintrack.entrypoints.console.timeline import node_statuses
 from twintrack.entrypoints.console.web import ConsoleRoute, page
 
 router = APIRouter(prefix="/ui/flows", route_class=ConsoleRoute, include_in_schema=False)
@@ -43,8 +44,7 @@ async def flow_page(
     ran = next((e for e in latest.items if e.flow_version == flow.version), None)
     statuses: dict[str, str] = {}
     if ran is not None:
-        events = await read_available(await service.subscribe(viewer.owner_id, ran.id, 0))
-        statuses = node_statuses(events)
+        statuses = node_statuses(await events_so_far(service, viewer, ran))
     return page(
         request,
         "flow.html",

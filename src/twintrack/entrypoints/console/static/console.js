@@ -5,6 +5,11 @@
 // closed), it would start from the URL's index again, so we add `from_index` = the index
 // after the last row shown, and drop any message at or below it: never a gap, never twice.
 (function () {
+  // Error answers carry a page or a message to show (404 "not found", 409, 403): swap them too.
+  htmx.config.responseHandling = [
+    { code: "204", swap: false },
+    { code: "[2345]..", swap: true },
+  ];
   function lastIndex() {
     var rows = document.querySelectorAll("#log tr[data-index]");
     return rows.length ? parseInt(rows[rows.length - 1].dataset.index, 10) : -1;
