@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
+from opentelemetry.trace import TracerProvider
 
 from twintrack.domain.flow import MAX_FLOW_BYTES
 from twintrack.domain.limits import DEFAULT_MAX_SSE_STREAMS_PER_KEY
@@ -21,6 +22,7 @@ from twintrack.entrypoints.api.limits import BodyLimit, StreamSlots
 from twintrack.entrypoints.api.metrics import RequestMetrics
 from twintrack.entrypoints.api.routes import events, executions, flows, health
 from twintrack.entrypoints.console.mount import mount_console
+from twintrack.observability.tracing import RequestSpans, configure_tracing
 
 DESCRIPTION = """\
 Flow executions on two tracks (Kafka, DBOS). Every route under `/v1` needs
@@ -45,6 +47,7 @@ def create_app(
     store_errors: Sequence[type[BaseException]] = (),
     max_sse_streams_per_key: int = DEFAULT_MAX_SSE_STREAMS_PER_KEY,
     console: bool = True,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     """The API over `container` (not started or closed here).
 
@@ -52,7 +55,8 @@ def create_app(
     Kafka client's connection errors), answered 503; `store_errors` are the database driver's
     error types, 503 when the connection was lost and 500 otherwise. Both come from the
     bootstrap: the API itself knows nothing of Kafka, DBOS or SQL. `console` serves the operator
-    console at `/ui` when the container also offers the database (`sessions`) it reads.
+    console at `/ui` when the container also offers the database (`sessions`) it reads. Each
+    request gets a span from `tracer_provider` (default: the global one, a no-op unless set).
     """
     app = FastAPI(
         title="twintrack",
@@ -73,4 +77,7 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(UnhandledErrors, outage=outage)
     app.add_middleware(RequestMetrics)
+    if tracer_provider is None:
+        configure_tracing()  # OTEL_TRACES_EXPORTER; keeps a provider the host already set
+    app.add_middleware(RequestSpans, provider=tracer_provider)
     return app
