@@ -1,60 +1,6 @@
-"""Whether an execution is being stopped: the one question the spawn guard and the child sweeper
-both ask.
+"""Transitional: the stop SQL moved to adapters/postgres/stops.py (`ExecutionStore.stop_reason`
+is the port). Kept only until core/children_sweep.py imports it from there; then delete."""
 
-A running execution that was told to stop stays `running` until its engine obeys, so its status
-alone cannot say it; its durable `stop` command can. A child spawned after that command would
-escape the stop, so a spawn asks this once its child row is committed (see
-`ExecutionService.spawn_child`).
-"""
+from twintrack.adapters.postgres.stops import stop_command_exists
 
-from __future__ import annotations
-
-from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
-from twintrack.adapters.postgres.tables import ExecutionCommandRow, ExecutionRow
-from twintrack.domain.commands import Command
-from twintrack.domain.execution import ExecutionStatus
-
-
-def stop_command_exists() -> ColumnElement[bool]:
-    """SQL: the execution (`ExecutionRow`) has a stored `stop` command."""
-    return (
-        select(ExecutionCommandRow.id)
-        .where(
-            ExecutionCommandRow.execution_id == ExecutionRow.id,
-            ExecutionCommandRow.command == Command.STOP.value,
-        )
-        .exists()
-    )
-
-
-async def stop_reason(sessions: async_sessionmaker[AsyncSession], execution_id: str) -> str | None:
-    """Why the execution is being stopped (its first stop's reason, or its ending once stopped);
-    None while nobody asked it to stop."""
-    first_stop = (
-        select(func.coalesce(ExecutionCommandRow.reason, "stopped"))
-        .where(
-            ExecutionCommandRow.execution_id == execution_id,
-            ExecutionCommandRow.command == Command.STOP.value,
-        )
-        .order_by(ExecutionCommandRow.id)
-        .limit(1)
-        .scalar_subquery()
-    )
-    async with sessions() as session:
-        row = (
-            await session.execute(
-                select(ExecutionRow.status, ExecutionRow.error_message, first_stop).where(
-                    ExecutionRow.id == execution_id
-                )
-            )
-        ).one_or_none()
-    if row is None:
-        return None
-    status, error_message, reason = row
-    if reason is not None:
-        return str(reason)
-    if status is ExecutionStatus.STOPPED:
-        return str(error_message or "stopped")
-    return None
+__all__ = ["stop_command_exists"]
