@@ -8,8 +8,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.integration.api.test_api import Container, Sessions, build_container, client_for
+from tests.integration.api.test_api import Container, build_container, client_for
 from twintrack.observability.tracing import configure_tracing, context_from, current_traceparent
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -17,8 +18,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def container(session_factory: Sessions) -> Container:
-    return build_container(session_factory)
+def container(db_engine: AsyncEngine) -> Container:
+    return build_container(db_engine)
 
 
 async def test_each_request_is_a_server_span_continuing_the_callers_trace(
