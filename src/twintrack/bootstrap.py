@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from twintrack.adapters.dbos.events import DbosStreamEventBus
 from twintrack.adapters.dbos.queue import DbosTaskQueue
-from twintrack.adapters.dbos.recovery import DeadExecutorSweeper
+from twintrack.adapters.dbos.recovery import DbosWorkflows
 from twintrack.adapters.dbos.runtime import DbosConfig, DbosRuntime
 from twintrack.adapters.dbos.worker import DbosWorker
 from twintrack.adapters.kafka.clients import KafkaConfig, ensure_topics
@@ -28,17 +28,31 @@ from twintrack.adapters.postgres.db import create_engine, create_session_factory
 from twintrack.adapters.postgres.executions import ExecutionStore
 from twintrack.adapters.postgres.flows import FlowStore
 from twintrack.adapters.postgres.keys import KeyStore
+from twintrack.adapters.postgres.leader import AdvisoryLeader
+from twintrack.adapters.postgres.recovery import (
+    PostgresRecoveryAudit,
+    PostgresRecoveryStore,
+    PostgresRerouteStore,
+)
 from twintrack.adapters.postgres.workers import WorkerRegistry, new_worker_id
 from twintrack.config import ConfigError, Settings
 from twintrack.core import transient
+from twintrack.core.attempts import Attempts
+from twintrack.core.audit import AuditTrail
 from twintrack.core.children_sweep import ChildSweeper
+from twintrack.core.dead_executors import DeadExecutorSweeper
 from twintrack.core.ports import CommandChannel, EventBus, TaskQueue
 from twintrack.core.recovery import RecoverySweeper, SweepPolicy
 from twintrack.core.run_host import RunHost
 from twintrack.core.service import ExecutionService, RoutingPolicy
+from twintrack.core.sweeper import Sweep, Sweeper
 from twintrack.domain.execution import EventsBackend, Track
 from twintrack.domain.limits import OwnerLimits
 from twintrack.nodes.registry import NodeRegistry, default_registry
+
+# Advisory-lock keys of the two sweeper loops (one leader each, cluster-wide).
+RECOVERY_LOCK = 0x7477696E74726B  # "twintrk"
+DBOS_RECOVERY_LOCK = 0x7477696E64626F73  # "twindbos"
 
 
 @dataclass
@@ -60,6 +74,18 @@ class Container:
     service: ExecutionService
     kafka: KafkaConfig
     _started: bool = field(default=False, repr=False)
+
+    @property
+    def recovery(self) -> PostgresRecoveryStore:
+        return PostgresRecoveryStore(self.sessions, self.executions)
+
+    @property
+    def audit(self) -> AuditTrail:
+        return AuditTrail(PostgresRecoveryAudit(self.sessions), self.executions)
+
+    @property
+    def reroutes(self) -> PostgresRerouteStore:
+        return PostgresRerouteStore(self.sessions)
 
     async def start(self) -> None:
         if self._started:
@@ -197,7 +223,15 @@ class ServiceFactory:
             registry=container.workers,
             worker_id=worker_id,
             claim_ttl_s=self.settings.claim_ttl_s,
-            max_attempts=self.settings.max_attempts,
+            attempts=self.attempts(container),
+        )
+
+    def attempts(self, container: Container, max_attempts: int | None = None) -> Attempts:
+        return Attempts(
+            container.service,
+            store=container.recovery,
+            audit=container.audit,
+            max_attempts=self.settings.max_attempts if max_attempts is None else max_attempts,
         )
 
     def kafka_worker(self, container: Container, host: RunHost) -> KafkaWorker:
@@ -216,34 +250,56 @@ class ServiceFactory:
         queue = container.queues[Track.DBOS]
         assert isinstance(queue, DbosTaskQueue)  # the container's, started with it
         return DeadExecutorSweeper(
-            db_engine=container.db_engine,
-            sessions=container.sessions,
+            store=container.recovery,
+            audit=container.audit,
             registry=container.workers,
-            runtime=worker.runtime,
-            queue=queue,
+            workflows=DbosWorkflows(worker.runtime, queue),
             # two missed heartbeats (one every third of CLAIM_TTL_S), plus a second of slack
             silence_s=2 * s.claim_ttl_s / 3 + 1,
-            interval_s=s.recovery_sweep_interval_s,
             repair_queued_s=s.dbos_repair_queued_s,
         )
 
-    def sweeper(self, container: Container, worker_id: str) -> RecoverySweeper:
+    def sweeper(self, container: Container) -> RecoverySweeper:
         s = self.settings
         return RecoverySweeper(
-            db_engine=container.db_engine,
-            sessions=container.sessions,
             service=container.service,
-            claims=ClaimStore(container.sessions, container.executions),
+            store=container.recovery,
+            audit=container.audit,
             kafka_queue=container.queues.get(Track.KAFKA),
             policy=SweepPolicy(
                 interval_s=s.recovery_sweep_interval_s,
                 max_attempts=s.max_attempts,
                 start_timeout_s=s.start_signal_timeout_s,
             ),
-            worker_id=worker_id,
-            children=ChildSweeper(
-                sessions=container.sessions,
-                service=container.service,
-                grace_s=s.child_sweep_grace_s,
-            ),
+        )
+
+    def child_sweeper(self, container: Container) -> ChildSweeper:
+        return ChildSweeper(
+            service=container.service,
+            store=container.recovery,
+            audit=container.audit,
+            grace_s=self.settings.child_sweep_grace_s,
+        )
+
+    def recovery_loop(self, container: Container, sweeper: RecoverySweeper) -> Sweeper:
+        """The cluster's recovery leader: expired claims, stale tasks, start timeouts, then
+        orphaned children."""
+        return Sweeper(
+            leader=AdvisoryLeader(container.db_engine, RECOVERY_LOCK, "recovery sweeper"),
+            interval_s=self.settings.recovery_sweep_interval_s,
+            sweeps=[
+                Sweep("recovery", sweeper.sweep),
+                Sweep("children", self.child_sweeper(container).sweep),
+            ],
+        )
+
+    def dead_executor_loop(self, container: Container, sweeper: DeadExecutorSweeper) -> Sweeper:
+        """The DBOS workers' own leader: gone executors, then workflows nothing will run."""
+        return Sweeper(
+            leader=AdvisoryLeader(container.db_engine, DBOS_RECOVERY_LOCK, "dead-executor sweeper"),
+            interval_s=self.settings.recovery_sweep_interval_s,
+            sweeps=[
+                Sweep("dead executors", sweeper.sweep),
+                Sweep("repair queued", sweeper.repair_queued),
+            ],
         )

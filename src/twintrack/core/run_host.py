@@ -112,7 +112,7 @@ class RunHost:
         registry: WorkerRegistry,
         worker_id: str,
         claim_ttl_s: float,
-        max_attempts: int = 3,
+        attempts: Attempts,
     ) -> None:
         self.service = service
         self.claims = claims
@@ -121,7 +121,7 @@ class RunHost:
         self.registry = registry
         self.worker_id = worker_id
         self.claim_ttl_s = claim_ttl_s
-        self.attempts = Attempts(service, max_attempts)
+        self.attempts = attempts
         self.runs: dict[str, asyncio.Task[ExecutionResult | None]] = {}
         self.leases: dict[str, ClaimLease] = {}
         self.slot_freed = asyncio.Event()

@@ -38,10 +38,13 @@ class WorkerProcess:
         self.host = factory.run_host(container)
         self.worker = factory.kafka_worker(container, self.host) if Track.KAFKA in tracks else None
         self.dbos = factory.dbos_worker(container, self.host) if Track.DBOS in tracks else None
-        self.sweeper = factory.sweeper(container, self.host.worker_id)
+        self.sweeper = factory.sweeper(container)
         self.dead_executors = (
             factory.dead_executor_sweeper(container, self.dbos) if self.dbos else None
         )
+        self._loops = [factory.recovery_loop(container, self.sweeper)]
+        if self.dead_executors is not None:
+            self._loops.append(factory.dead_executor_loop(container, self.dead_executors))
         self.registry = container.workers
         self._sweeps: list[asyncio.Task[None]] = []
 
@@ -51,13 +54,11 @@ class WorkerProcess:
         self.host.start()
         # Sweep from the first moment: a replacement worker must not wait for its consumer
         # group join (seconds) before it can recover what a dead one left.
-        self._sweeps = [asyncio.create_task(self.sweeper.run(), name="recovery-sweeper")]
+        recovery, *dbos_loops = self._loops
+        self._sweeps = [asyncio.create_task(recovery.run(), name="recovery-sweeper")]
         if self.dbos is not None:
-            await self.dbos.start()
-            assert self.dead_executors is not None
-            self._sweeps.append(
-                asyncio.create_task(self.dead_executors.run(), name="dead-executor-sweeper")
-            )
+            await self.dbos.start()  # recovering workflows needs DBOS launched
+            self._sweeps += [asyncio.create_task(loop.run(), name=loop.name) for loop in dbos_loops]
         if self.worker is not None:
             await self.worker.start()
 
