@@ -3,11 +3,18 @@
 From Settings it builds a `Container` with the stores, the task queue of each available
 track, the event bus of each events backend, the command channel and the service; workers
 and the sweeper are built on top of a container. Nothing else imports a concrete adapter.
+
+Every port can be overridden (`ServiceFactory.build(executions=..., buses=...)`, as
+cosmicpython's `bootstrap(uow=...)`): what is not given is the production adapter.
+`in_memory()` composes the whole service on adapters/memory, with no server and no URL, for
+the use-case unit tests.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -21,20 +28,23 @@ from twintrack.adapters.kafka.clients import KafkaConfig, ensure_topics
 from twintrack.adapters.kafka.events import KafkaEventBus
 from twintrack.adapters.kafka.tasks import KafkaTaskQueue
 from twintrack.adapters.kafka.worker import KafkaWorker
-from twintrack.adapters.postgres.claims import ClaimStore
+from twintrack.adapters.memory import MemoryPorts, MemoryStores
+from twintrack.adapters.memory.recovery import MemoryRecovery
+from twintrack.adapters.postgres.claims import ClaimStore as PgClaimStore
 from twintrack.adapters.postgres.commands import PostgresCommandChannel
-from twintrack.adapters.postgres.counters import CounterStore
+from twintrack.adapters.postgres.counters import CounterStore as PgCounterStore
 from twintrack.adapters.postgres.db import create_engine, create_session_factory
-from twintrack.adapters.postgres.executions import ExecutionStore
-from twintrack.adapters.postgres.flows import FlowStore
-from twintrack.adapters.postgres.keys import KeyStore
+from twintrack.adapters.postgres.executions import ExecutionStore as PgExecutionStore
+from twintrack.adapters.postgres.flows import FlowStore as PgFlowStore
+from twintrack.adapters.postgres.keys import KeyStore as PgKeyStore
 from twintrack.adapters.postgres.leader import AdvisoryLeader
 from twintrack.adapters.postgres.recovery import (
     PostgresRecoveryAudit,
     PostgresRecoveryStore,
     PostgresRerouteStore,
 )
-from twintrack.adapters.postgres.workers import WorkerRegistry, new_worker_id
+from twintrack.adapters.postgres.workers import WorkerRegistry as PgWorkerRegistry
+from twintrack.adapters.postgres.workers import new_worker_id
 from twintrack.config import ConfigError, Settings
 from twintrack.core import transient
 from twintrack.core.attempts import Attempts
@@ -43,8 +53,17 @@ from twintrack.core.children_sweep import ChildSweeper
 from twintrack.core.dead_executors import DeadExecutorSweeper
 from twintrack.core.ports import CommandChannel, EventBus, TaskQueue
 from twintrack.core.recovery import RecoverySweeper, SweepPolicy
+from twintrack.core.recovery_ports import RecoveryStore, RerouteStore
 from twintrack.core.run_host import RunHost
 from twintrack.core.service import ExecutionService, RoutingPolicy
+from twintrack.core.stores import (
+    ClaimStore,
+    CounterStore,
+    ExecutionStore,
+    FlowStore,
+    KeyStore,
+    WorkerRegistry,
+)
 from twintrack.core.sweeper import Sweep, Sweeper
 from twintrack.domain.execution import EventsBackend, Track
 from twintrack.domain.limits import OwnerLimits
@@ -67,36 +86,45 @@ class Container:
     keys: KeyStore
     counters: CounterStore
     workers: WorkerRegistry
+    claims: ClaimStore
     registry: NodeRegistry
     queues: dict[Track, TaskQueue]
     buses: dict[EventsBackend, EventBus]
     commands: CommandChannel
     service: ExecutionService
-    kafka: KafkaConfig
+    #: None when no Kafka adapter is in use (every Kafka port overridden, no broker set)
+    kafka: KafkaConfig | None
     _started: bool = field(default=False, repr=False)
 
     @property
-    def recovery(self) -> PostgresRecoveryStore:
-        return PostgresRecoveryStore(self.sessions, self.executions)
+    def recovery(self) -> RecoveryStore:
+        """What recovery asks and changes (SQL over the executions, claims and commands)."""
+        return PostgresRecoveryStore(self.sessions, PgExecutionStore(self.sessions))
 
     @property
     def audit(self) -> AuditTrail:
         return AuditTrail(PostgresRecoveryAudit(self.sessions), self.executions)
 
     @property
-    def reroutes(self) -> PostgresRerouteStore:
+    def reroutes(self) -> RerouteStore:
         return PostgresRerouteStore(self.sessions)
 
     async def start(self) -> None:
         if self._started:
             return
-        await ensure_topics(self.kafka)
+        if self.kafka is not None and self._uses_kafka():
+            await ensure_topics(self.kafka)
         for queue in self.queues.values():
             await queue.start()
         for bus in self.buses.values():
             await bus.start()
         await self.commands.start()
         self._started = True
+
+    def _uses_kafka(self) -> bool:
+        return any(isinstance(q, KafkaTaskQueue) for q in self.queues.values()) or any(
+            isinstance(b, KafkaEventBus) for b in self.buses.values()
+        )
 
     async def close(self) -> None:
         for closer in (
@@ -129,55 +157,71 @@ class ServiceFactory:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def _check(self) -> None:
-        s = self.settings
-        if not s.database_url:
-            raise ConfigError("DATABASE_URL is not set (or run `twintrack dev` for embedded ones)")
-        if not s.kafka_bootstrap_servers:
-            raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set")
+    def build(
+        self,
+        *,
+        db_engine: AsyncEngine | None = None,
+        flows: FlowStore | None = None,
+        executions: ExecutionStore | None = None,
+        keys: KeyStore | None = None,
+        counters: CounterStore | None = None,
+        workers: WorkerRegistry | None = None,
+        claims: ClaimStore | None = None,
+        registry: NodeRegistry | None = None,
+        queues: Mapping[Track, TaskQueue] | None = None,
+        buses: Mapping[EventsBackend, EventBus] | None = None,
+        commands: CommandChannel | None = None,
+    ) -> Container:
+        """The production container; each argument given replaces that port's adapter.
 
-    def build(self) -> Container:
-        self._check()
+        A given `db_engine` is used (and disposed on close) instead of one made from
+        DATABASE_URL; KAFKA_BOOTSTRAP_SERVERS is needed only while a Kafka adapter is built."""
         s = self.settings
-        assert s.database_url is not None
         transient.set_default_deadline(s.db_retry_deadline_s)
-        db_engine = create_engine(s.database_url, pool_size=20, max_overflow=20)
+        if db_engine is None:
+            if not s.database_url:
+                raise ConfigError(
+                    "DATABASE_URL is not set (or run `twintrack dev` for embedded ones)"
+                )
+            db_engine = create_engine(s.database_url, pool_size=20, max_overflow=20)
+        needs_kafka = queues is None or buses is None
+        if needs_kafka and not s.kafka_bootstrap_servers:
+            raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set")
+        kafka = KafkaConfig.from_settings(s) if s.kafka_bootstrap_servers else None
         sessions = create_session_factory(db_engine)
-        flows, executions = FlowStore(sessions), ExecutionStore(sessions)
-        kafka = KafkaConfig.from_settings(s)
-        registry = default_registry()
-        # Both tracks are always reachable: executions finish on the track they were created
-        # on, whichever way the rollout flag points now.
-        dbos = DbosConfig.from_settings(s)
-        queues: dict[Track, TaskQueue] = {
-            Track.KAFKA: KafkaTaskQueue(kafka),
-            Track.DBOS: DbosTaskQueue(dbos, park_s=s.start_signal_timeout_s + 3600),
-        }
-        buses: dict[EventsBackend, EventBus] = {
-            EventsBackend.KAFKA: KafkaEventBus(kafka, sessions),
-            EventsBackend.DBOS: DbosStreamEventBus(
-                dbos, sessions, max_event_bytes=s.max_event_bytes
-            ),
-        }
-        commands = PostgresCommandChannel(s.database_url, sessions)
-        service = ExecutionService(
+        pg_executions = PgExecutionStore(sessions)
+        flows = flows or PgFlowStore(sessions)
+        executions = executions or pg_executions
+        registry = registry or default_registry()
+        if queues is None or buses is None:
+            assert kafka is not None
+            # Both tracks are always reachable: executions finish on the track they were
+            # created on, whichever way the rollout flag points now.
+            dbos = DbosConfig.from_settings(s)
+            if queues is None:
+                queues = {
+                    Track.KAFKA: KafkaTaskQueue(kafka),
+                    Track.DBOS: DbosTaskQueue(dbos, park_s=s.start_signal_timeout_s + 3600),
+                }
+            if buses is None:
+                buses = {
+                    EventsBackend.KAFKA: KafkaEventBus(kafka, sessions),
+                    EventsBackend.DBOS: DbosStreamEventBus(
+                        dbos, sessions, max_event_bytes=s.max_event_bytes
+                    ),
+                }
+        if commands is None:
+            if not s.database_url:
+                raise ConfigError("DATABASE_URL is not set (the command channel listens on it)")
+            commands = PostgresCommandChannel(s.database_url, sessions)
+        service = compose_service(
+            s,
             flows=flows,
             executions=executions,
             registry=registry,
             queues=queues,
             buses=buses,
             commands=commands,
-            policy=RoutingPolicy(
-                enable_dbos=s.enable_dbos_execution,
-                rollout_percent=s.dbos_rollout_percent,
-                events_backend=s.execution_events_backend,
-                max_depth=s.execution_max_depth,
-            ),
-            limits=OwnerLimits(
-                max_executions_per_tree=s.max_executions_per_tree,
-                max_running_executions_per_owner=s.max_running_executions_per_owner,
-            ),
-            terminal_row_wait_s=s.terminal_row_wait_s,
         )
         return Container(
             settings=s,
@@ -185,12 +229,13 @@ class ServiceFactory:
             sessions=sessions,
             flows=flows,
             executions=executions,
-            keys=KeyStore(sessions),
-            counters=CounterStore(sessions),
-            workers=WorkerRegistry(sessions),
+            keys=keys or PgKeyStore(sessions),
+            counters=counters or PgCounterStore(sessions),
+            workers=workers or PgWorkerRegistry(sessions),
+            claims=claims or PgClaimStore(sessions, pg_executions),
             registry=registry,
-            queues=queues,
-            buses=buses,
+            queues=service.queues,
+            buses=service.buses,
             commands=commands,
             service=service,
             kafka=kafka,
@@ -217,7 +262,7 @@ class ServiceFactory:
         worker_id = worker_id or self.settings.dbos_executor_id or new_worker_id()
         return RunHost(
             service=container.service,
-            claims=ClaimStore(container.sessions, container.executions),
+            claims=container.claims,
             commands=container.commands,
             counters=container.counters,
             registry=container.workers,
@@ -235,6 +280,7 @@ class ServiceFactory:
         )
 
     def kafka_worker(self, container: Container, host: RunHost) -> KafkaWorker:
+        assert container.kafka is not None  # a Kafka worker is built with the Kafka adapters
         return KafkaWorker(
             config=container.kafka, host=host, concurrency=self.settings.worker_concurrency
         )
@@ -260,17 +306,8 @@ class ServiceFactory:
         )
 
     def sweeper(self, container: Container) -> RecoverySweeper:
-        s = self.settings
-        return RecoverySweeper(
-            service=container.service,
-            store=container.recovery,
-            audit=container.audit,
-            kafka_queue=container.queues.get(Track.KAFKA),
-            policy=SweepPolicy(
-                interval_s=s.recovery_sweep_interval_s,
-                max_attempts=s.max_attempts,
-                start_timeout_s=s.start_signal_timeout_s,
-            ),
+        return recovery_sweeper(
+            self.settings, container.service, container.recovery, container.audit
         )
 
     def child_sweeper(self, container: Container) -> ChildSweeper:
@@ -303,3 +340,166 @@ class ServiceFactory:
                 Sweep("repair queued", sweeper.repair_queued),
             ],
         )
+
+
+def recovery_sweeper(
+    settings: Settings, service: ExecutionService, store: RecoveryStore, audit: AuditTrail
+) -> RecoverySweeper:
+    s = settings
+    return RecoverySweeper(
+        service=service,
+        store=store,
+        audit=audit,
+        kafka_queue=service.queues.get(Track.KAFKA),
+        policy=SweepPolicy(
+            interval_s=s.recovery_sweep_interval_s,
+            max_attempts=s.max_attempts,
+            start_timeout_s=s.start_signal_timeout_s,
+        ),
+    )
+
+
+def compose_service(
+    settings: Settings,
+    *,
+    flows: FlowStore,
+    executions: ExecutionStore,
+    registry: NodeRegistry,
+    queues: Mapping[Track, TaskQueue],
+    buses: Mapping[EventsBackend, EventBus],
+    commands: CommandChannel,
+) -> ExecutionService:
+    """The service on the given ports, with the routing and limits of `settings`."""
+    s = settings
+    return ExecutionService(
+        flows=flows,
+        executions=executions,
+        registry=registry,
+        queues=queues,
+        buses=buses,
+        commands=commands,
+        policy=RoutingPolicy(
+            enable_dbos=s.enable_dbos_execution,
+            rollout_percent=s.dbos_rollout_percent,
+            events_backend=s.execution_events_backend,
+            max_depth=s.execution_max_depth,
+        ),
+        limits=OwnerLimits(
+            max_executions_per_tree=s.max_executions_per_tree,
+            max_running_executions_per_owner=s.max_running_executions_per_owner,
+        ),
+        terminal_row_wait_s=s.terminal_row_wait_s,
+    )
+
+
+@dataclass
+class MemoryContainer:
+    """A whole service on adapters/memory (`in_memory()`): the same ports as a `Container`,
+    typed as the memory adapters so a test can look inside (what was enqueued, published,
+    commanded, audited). Satisfies the API's `ApiContainer`."""
+
+    settings: Settings
+    stores: MemoryStores
+    ports: MemoryPorts
+    registry: NodeRegistry
+    service: ExecutionService
+    _started: bool = field(default=False, repr=False)
+    recovery: MemoryRecovery = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.recovery = MemoryRecovery(self.stores)
+
+    @property
+    def audit(self) -> AuditTrail:
+        return self.recovery.trail
+
+    def attempts(self, max_attempts: int | None = None) -> Attempts:
+        s = self.settings
+        return Attempts(
+            self.service,
+            store=self.recovery.store,
+            audit=self.recovery.trail,
+            max_attempts=s.max_attempts if max_attempts is None else max_attempts,
+        )
+
+    def sweeper(self) -> RecoverySweeper:
+        return recovery_sweeper(self.settings, self.service, self.recovery.store, self.audit)
+
+    @property
+    def flows(self) -> FlowStore:
+        return self.stores.flows
+
+    @property
+    def executions(self) -> ExecutionStore:
+        return self.stores.executions
+
+    @property
+    def keys(self) -> KeyStore:
+        return self.stores.keys
+
+    @property
+    def counters(self) -> CounterStore:
+        return self.stores.counters
+
+    @property
+    def workers(self) -> WorkerRegistry:
+        return self.stores.workers
+
+    @property
+    def claims(self) -> ClaimStore:
+        return self.stores.claims
+
+    @property
+    def commands(self) -> CommandChannel:
+        return self.ports.commands
+
+    async def start(self) -> None:
+        self._started = True
+
+    async def close(self) -> None:
+        self._started = False
+
+    async def ready(self) -> dict[str, bool]:
+        return {"database": True, "started": self._started}
+
+    def run_host(self, worker_id: str = "worker-1", **overrides: Any) -> RunHost:
+        """A run host on these stores, its failed runs recorded in the memory audit."""
+        s = self.settings
+        options: dict[str, Any] = {
+            "service": self.service,
+            "claims": self.stores.claims,
+            "commands": self.ports.commands,
+            "counters": self.stores.counters,
+            "registry": self.stores.workers,
+            "worker_id": worker_id,
+            "claim_ttl_s": s.claim_ttl_s,
+            "attempts": self.attempts(),
+        }
+        return RunHost(**{**options, **overrides})
+
+
+def in_memory(
+    settings: Settings | None = None,
+    *,
+    registry: NodeRegistry | None = None,
+    ports: MemoryPorts | None = None,
+    stores: MemoryStores | None = None,
+) -> MemoryContainer:
+    """The service on memory adapters: no server, no DATABASE_URL. `settings` default to
+    Settings' defaults (whatever the environment says about servers is ignored)."""
+    settings = settings or Settings(database_url=None, kafka_bootstrap_servers=None)
+    if ports is None:
+        ports = MemoryPorts() if stores is None else MemoryPorts(commands=stores.commands)
+    if stores is None:
+        stores = MemoryStores(commands=ports.commands)
+    registry = registry or default_registry()
+    service = compose_service(
+        settings,
+        flows=stores.flows,
+        executions=stores.executions,
+        registry=registry,
+        queues=ports.task_queues(),
+        buses=ports.event_buses(),
+        commands=ports.command_channel(),
+    )
+    return MemoryContainer(settings, stores, ports, registry, service)

@@ -14,7 +14,6 @@ from sqlalchemy import select
 from tests.e2e import flows
 from tests.e2e.stack import Api, Stack, assert_contiguous, eventually, holder, open_stack
 from twintrack.adapters.kafka.clients import make_consumer
-from twintrack.adapters.postgres.claims import ClaimStore
 from twintrack.adapters.postgres.tables import ExecutionRecoveryRow, WorkerRow
 from twintrack.domain.execution import ExecutionStatus
 
@@ -78,7 +77,7 @@ async def test_a_worker_whose_lease_expired_cannot_write(kafka_stack: Stack) -> 
     await api.command(ex, "start")
     await api.wait_status(ex, "running")
     old = stack.workers[0].host.leases[ex].claim
-    claims = ClaimStore(stack.container.sessions, stack.container.executions)
+    claims = stack.container.claims
     # The worker goes silent (its lease runs out) and recovery hands the execution on.
     await claims.expire_now(ex)
     report = await stack.workers[0].sweeper.sweep()
@@ -117,6 +116,7 @@ async def test_poison_tasks_go_to_the_dead_letter_topic_and_the_worker_goes_on(
 ) -> None:
     stack = kafka_stack
     config = stack.container.kafka
+    assert config is not None
     producer = AIOKafkaProducer(bootstrap_servers=config.bootstrap_servers)
     await producer.start()
     try:

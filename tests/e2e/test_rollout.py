@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from tests.e2e import flows
 from tests.e2e.stack import Stack, assert_contiguous, open_stack
-from twintrack.adapters.postgres.recovery import PostgresRerouteStore
 from twintrack.core.audit import AuditTrail
+from twintrack.core.recovery_ports import RerouteStore
 from twintrack.core.rollout import (
     FINISHED,
     LEFT_DBOS,
@@ -61,7 +61,7 @@ def fast_and_counted() -> dict[str, Any]:
     return flows.crashable(ms=20)
 
 
-def stores(stack: Stack) -> tuple[PostgresRerouteStore, AuditTrail]:
+def stores(stack: Stack) -> tuple[RerouteStore, AuditTrail]:
     """What `reroute` moves executions with besides the service: the deployment's own."""
     return stack.container.reroutes, stack.container.audit
 

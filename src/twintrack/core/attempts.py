@@ -15,7 +15,8 @@ import structlog
 from twintrack.core.audit import AuditTrail
 from twintrack.core.recovery_ports import Reason, Recovery, RecoveryStore
 from twintrack.core.service import ExecutionService
-from twintrack.domain.attempts import ACTIVE, exhausted, failed_runs, give_up_reason
+from twintrack.core.stores import ACTIVE
+from twintrack.domain.attempts import exhausted, failed_runs, give_up_reason
 from twintrack.domain.execution import Track
 
 log = structlog.get_logger()

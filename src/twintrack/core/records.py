@@ -1,4 +1,4 @@
-"""The records the use cases work with: executions, flows, claims and pages, as stored.
+"""The records the use cases work with: executions, flows, claims, API keys and pages, as stored.
 
 Immutable values, so a caller never holds a session or a lazy-loading ORM object; the stores
 (adapters/postgres, adapters/memory) build them and the API serialises them.
@@ -105,3 +105,34 @@ class ExpiredClaim:
     generation: int
     status: ExecutionStatus
     attempt: int
+
+
+class ApiKeyRecord(BaseModel):
+    """A stored key, without its secret."""
+
+    model_config = ConfigDict(frozen=True, from_attributes=True)
+
+    id: str
+    owner_id: str
+    prefix: str
+    is_admin: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class CreatedApiKey(ApiKeyRecord):
+    """A key as returned once, at creation: `key` is the only copy of the secret."""
+
+    key: str
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a request acts as: the key's owner, and whether the key is an admin key.
+
+    Admin only widens what a caller may ask for (choosing the track on create); it never widens
+    what it can see: an admin key still sees only its own owner's flows and executions.
+    """
+
+    owner_id: str
+    is_admin: bool = False

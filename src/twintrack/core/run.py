@@ -142,7 +142,7 @@ async def _announced_children(bus: EventBus, execution_id: str, last: Event) -> 
     return frozenset(found)
 
 
-class _RunSink:
+class _LeasedSink:
     """Numbers and publishes events under the lease, and reports pause/resume to the row."""
 
     def __init__(
@@ -198,7 +198,7 @@ async def run_execution(
         if last is not None:
             start_index = max(start_index, last.index + 1)
             announced = await _announced_children(bus, record.id, last)
-    sink = _RunSink(record, bus, lease, status, start_index)
+    sink = _LeasedSink(record, bus, lease, status, start_index)
     if record.attempt > 1:
         await sink.emit(EventType.EXECUTION_RETRYING, {"attempt": record.attempt})
     result = await run_flow(

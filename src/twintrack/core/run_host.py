@@ -12,17 +12,15 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
-from twintrack.adapters.postgres.claims import ClaimStore
-from twintrack.adapters.postgres.workers import WorkerRegistry
-from twintrack.core.attempts import Attempts
 from twintrack.core.ports import CommandChannel, CommandMessage
 from twintrack.core.records import Claim, ExecutionRecord
 from twintrack.core.run import LeaseLost, run_execution
 from twintrack.core.service import ExecutionService
+from twintrack.core.stores import ClaimStore, WorkerRegistry
 from twintrack.core.transient import retry_transient
 from twintrack.domain.commands import Command
 from twintrack.domain.execution import ExecutionStatus, Track
@@ -64,8 +62,23 @@ class ClaimLease:
             raise LeaseLost(f"lease on {self.claim.execution_id} is lost")
 
 
-class ClaimStatus:
-    """Fenced status writes for one claimed execution."""
+class RunFailures(Protocol):
+    """The attempts ledger (`core.attempts.Attempts`): a run that ended without an outcome is
+    recorded, so a give-up after MAX_ATTEMPTS quotes the last real failure."""
+
+    async def run_failed(
+        self, *, execution_id: str, track: Track, worker_id: str, attempt: int, detail: str
+    ) -> None: ...
+
+    async def give_up_if_exhausted(self, execution_id: str, *, taker: str | None = None) -> bool:
+        """End the execution `failed` if its last run ended without an outcome and no attempt
+        is left; True when it was given up now."""
+        ...
+
+
+class ClaimedStatusWriter:
+    """The run's `StatusWriter`: status moves fenced by its claim, so a worker that lost the
+    lease cannot write (a refused move reads as LeaseLost)."""
 
     def __init__(self, claims: ClaimStore, claim: Claim) -> None:
         self._claims = claims
@@ -112,7 +125,7 @@ class RunHost:
         registry: WorkerRegistry,
         worker_id: str,
         claim_ttl_s: float,
-        attempts: Attempts,
+        attempts: RunFailures,
     ) -> None:
         self.service = service
         self.claims = claims
@@ -235,7 +248,7 @@ class RunHost:
                 bus=self.service.buses[record.events_backend],
                 control=control,
                 lease=lease,
-                status=ClaimStatus(self.claims, claim),
+                status=ClaimedStatusWriter(self.claims, claim),
                 counters=self.counters,
                 worker_id=self.worker_id,
             )

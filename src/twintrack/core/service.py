@@ -18,13 +18,10 @@ from typing import Any
 
 import structlog
 
-from twintrack.adapters.postgres.executions import ExecutionStore
-from twintrack.adapters.postgres.flows import FlowStore
 from twintrack.core.errors import AlreadyExists, NotFound
 from twintrack.core.ports import CommandChannel, EventBus, TaskQueue
 from twintrack.core.records import MAX_PAGE_SIZE, ExecutionRecord, FlowRecord, Page
-from twintrack.core.stops import stop_reason
-from twintrack.core.stores import LockedExecution
+from twintrack.core.stores import ExecutionStore, FlowStore, LockedExecution
 from twintrack.domain.commands import Command
 from twintrack.domain.events import Event, EventType
 from twintrack.domain.execution import (
@@ -437,7 +434,7 @@ class ExecutionService:
             raise NodeError(f"cannot spawn a child: {exc}") from None
         # Asked only now that the child row is committed: a stop stored before this read is
         # seen here, and one stored after it re-reads the tree and finds the child.
-        stopping = await stop_reason(self.executions.sessions, parent.id)
+        stopping = await self.executions.stop_reason(parent.id)
         if stopping is not None:
             await self._stop_one(child.id, f"ancestor {parent.id} was stopped")
             raise ParentStopping(stopping)

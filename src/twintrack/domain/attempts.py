@@ -14,11 +14,7 @@ claim) the execution runs again unless the failed runs have reached MAX_ATTEMPTS
 
 from __future__ import annotations
 
-from twintrack.domain.execution import ExecutionStatus
-
 HANDOVER = "handover"  # the audit reason of a run handed over at shutdown
-#: the statuses a run leaves behind when it ends without an outcome (a worker held it)
-ACTIVE = (ExecutionStatus.RUNNING, ExecutionStatus.PAUSED)
 
 
 def failed_runs(attempt: int, handovers: int) -> int:

@@ -7,6 +7,7 @@ millisecond, so an id sorts after every id this process made before it.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import threading
 import time
@@ -53,3 +54,19 @@ def new_flow_id() -> str:
 
 def new_api_key_id() -> str:
     return new_id(API_KEY_PREFIX)
+
+
+# API key secrets: "tt_" and 256 random bits. Only their SHA-256 is stored; an unsalted fast hash
+# is enough, since there is nothing to brute-force.
+KEY_PREFIX = "tt_"
+_KEY_DISPLAY_CHARS = 8  # of the random part, shown beside the "tt_" so a user can tell keys apart
+
+
+def new_api_key_secret() -> tuple[str, str]:
+    """A new secret and its displayable prefix."""
+    key = KEY_PREFIX + secrets.token_urlsafe(32)
+    return key, key[: len(KEY_PREFIX) + _KEY_DISPLAY_CHARS]
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()

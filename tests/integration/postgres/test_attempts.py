@@ -15,9 +15,9 @@ from tests.e2e import flows
 from tests.e2e.conftest import MODES
 from tests.e2e.stack import Stack, open_stack
 from tests.faults.recovery_helpers import audits, claim_holder, env_for
-from twintrack.adapters.postgres.claims import ClaimStore
 from twintrack.core.records import Claim
 from twintrack.core.recovery import RecoverySweeper, SweepPolicy
+from twintrack.core.stores import ClaimStore as ClaimPort
 from twintrack.domain.attempts import exhausted, failed_runs
 from twintrack.domain.events import EventType
 from twintrack.domain.execution import ExecutionStatus, Track
@@ -64,14 +64,14 @@ async def _started(stack: Stack) -> str:
 
 
 async def _run_on(stack: Stack, ex: str, worker: str) -> Claim:
-    claims = ClaimStore(stack.container.sessions, stack.container.executions)
+    claims = stack.container.claims
     taken = await claims.claim(ex, worker, 30, track=Track.KAFKA)
     assert taken is not None
     return taken[0]
 
 
 async def test_a_handover_spends_no_attempt(stack: Stack) -> None:
-    claims = ClaimStore(stack.container.sessions, stack.container.executions)
+    claims = stack.container.claims
     sweeper = _sweeper(stack)
     ex = await _started(stack)
     assert await claims.hand_back(await _run_on(stack, ex, "w-a")) is not None  # attempt 1
@@ -101,7 +101,7 @@ async def test_a_handover_spends_no_attempt(stack: Stack) -> None:
 
 
 async def test_the_give_up_quotes_the_failure_the_worker_saw(stack: Stack) -> None:
-    claims = ClaimStore(stack.container.sessions, stack.container.executions)
+    claims = stack.container.claims
     attempts = stack.factory.attempts(stack.container, max_attempts=1)
     ex = await _started(stack)
     await _run_on(stack, ex, "w-a")
@@ -120,7 +120,7 @@ async def test_a_give_up_that_cannot_commit_leaves_everything_for_the_next_sweep
     stack: Stack,
 ) -> None:
     """The review's case: the claim must not be taken back by a give-up that then fails."""
-    claims = ClaimStore(stack.container.sessions, stack.container.executions)
+    claims = stack.container.claims
     sweeper = _sweeper(stack)
     ex = await _started(stack)
     await _run_on(stack, ex, "w-a")
@@ -146,7 +146,7 @@ async def test_a_give_up_that_cannot_commit_leaves_everything_for_the_next_sweep
     assert terminal[0]["data"]["error"]["message"] == row["error_message"]
 
 
-async def _run_on_expired_twice(stack: Stack, ex: str, claims: ClaimStore) -> None:
+async def _run_on_expired_twice(stack: Stack, ex: str, claims: ClaimPort) -> None:
     """Attempt 1 expired (re-queued by the sweeper), attempt 2 on w-b expired too."""
     assert (await _sweeper(stack).sweep()).requeued == [ex]
     await _run_on(stack, ex, "w-b")

@@ -34,6 +34,7 @@ from twintrack.adapters.postgres.pagination import (
     newest_first,
     to_page,
 )
+from twintrack.adapters.postgres.stops import stop_reason
 from twintrack.adapters.postgres.tables import ExecutionRow
 from twintrack.core.errors import AlreadyExists, NotFound, UnexpectedStatus
 from twintrack.core.records import ExecutionRecord, Page
@@ -105,7 +106,7 @@ class ExecutionStore:
 
     @property
     def sessions(self) -> async_sessionmaker[AsyncSession]:
-        """For queries that belong with their feature (rollout reroute), not with the store."""
+        """For the other Postgres adapters that query beside the store (not part of the port)."""
         return self._sessions
 
     async def create(
@@ -426,6 +427,10 @@ class ExecutionStore:
         if value is None:
             raise NotFound("execution", execution_id)
         return value
+
+    async def stop_reason(self, execution_id: str) -> str | None:
+        """See `core.stores.ExecutionStore.stop_reason`."""
+        return await stop_reason(self._sessions, execution_id)
 
 
 class LockedRow:

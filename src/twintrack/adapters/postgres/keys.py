@@ -6,56 +6,15 @@ looking the hash up through a unique index leaks nothing useful about the secret
 
 from __future__ import annotations
 
-import hashlib
-import secrets
-from dataclasses import dataclass
-from datetime import datetime
-
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from twintrack.adapters.postgres.tables import ApiKeyRow
 from twintrack.core.errors import NotFound
-from twintrack.domain.ids import new_api_key_id
+from twintrack.core.records import ApiKeyRecord, CreatedApiKey, Principal
+from twintrack.domain.ids import KEY_PREFIX, hash_key, new_api_key_id, new_api_key_secret
 
-KEY_PREFIX = "tt_"
-_DISPLAY_CHARS = 8  # of the random part, shown beside the "tt_" so a user can tell keys apart
-
-
-class ApiKeyRecord(BaseModel):
-    """A stored key, without its secret."""
-
-    model_config = ConfigDict(frozen=True, from_attributes=True)
-
-    id: str
-    owner_id: str
-    prefix: str
-    is_admin: bool
-    created_at: datetime
-    revoked_at: datetime | None
-
-
-class CreatedApiKey(ApiKeyRecord):
-    """A key as returned once, at creation: `key` is the only copy of the secret."""
-
-    key: str
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who a request acts as: the key's owner, and whether the key is an admin key.
-
-    Admin only widens what a caller may ask for (choosing the track on create); it never widens
-    what it can see: an admin key still sees only its own owner's flows and executions.
-    """
-
-    owner_id: str
-    is_admin: bool = False
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
+__all__ = ["KEY_PREFIX", "ApiKeyRecord", "CreatedApiKey", "KeyStore", "Principal", "hash_key"]
 
 
 class KeyStore:
@@ -65,14 +24,14 @@ class KeyStore:
     async def create(self, owner_id: str, admin: bool = False) -> CreatedApiKey:
         """A new key for `owner_id` (an admin key when `admin`); the plaintext is in the result
         and nowhere else."""
-        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        key, prefix = new_api_key_secret()
         stmt = (
             insert(ApiKeyRow)
             .values(
                 id=new_api_key_id(),
                 owner_id=owner_id,
                 key_hash=hash_key(key),
-                prefix=key[: len(KEY_PREFIX) + _DISPLAY_CHARS],
+                prefix=prefix,
                 is_admin=admin,
             )
             .returning(ApiKeyRow)

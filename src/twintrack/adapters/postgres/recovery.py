@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
 from twintrack.adapters.postgres.executions import ExecutionStore, LockedRow
+from twintrack.adapters.postgres.stops import stop_command_exists
 from twintrack.adapters.postgres.tables import (
     NON_TERMINAL_SQL,
     ExecutionClaimRow,
@@ -43,9 +44,8 @@ from twintrack.core.recovery_ports import (
     Unstarted,
     Untouched,
 )
-from twintrack.core.stops import stop_command_exists
-from twintrack.core.stores import LockedExecution
-from twintrack.domain.attempts import ACTIVE, HANDOVER
+from twintrack.core.stores import ACTIVE, LockedExecution
+from twintrack.domain.attempts import HANDOVER
 from twintrack.domain.execution import TERMINAL_STATUSES, EventsBackend, ExecutionStatus, Track
 
 _S = ExecutionStatus

@@ -11,9 +11,8 @@ from typing import Annotated, Protocol, cast
 
 from fastapi import Depends, Request
 
-from twintrack.adapters.postgres.flows import FlowStore
-from twintrack.adapters.postgres.keys import KeyStore
 from twintrack.core.service import ExecutionService
+from twintrack.core.stores import FlowStore, KeyStore
 from twintrack.nodes.registry import NodeRegistry
 
 

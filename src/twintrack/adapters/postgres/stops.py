@@ -1,10 +1,8 @@
-"""Whether an execution is being stopped: the one question the spawn guard and the child sweeper
-both ask.
+"""Whether an execution is being stopped, in SQL: `ExecutionStore.stop_reason` for a spawn, and
+`stop_command_exists()` for queries that must skip (or pick) executions being stopped.
 
-A running execution that was told to stop stays `running` until its engine obeys, so its status
-alone cannot say it; its durable `stop` command can. A child spawned after that command would
-escape the stop, so a spawn asks this once its child row is committed (see
-`ExecutionService.spawn_child`).
+A running execution told to stop stays `running` until its engine obeys, so its status alone
+cannot say it; its durable `stop` command can.
 """
 
 from __future__ import annotations
@@ -30,8 +28,8 @@ def stop_command_exists() -> ColumnElement[bool]:
 
 
 async def stop_reason(sessions: async_sessionmaker[AsyncSession], execution_id: str) -> str | None:
-    """Why the execution is being stopped (its first stop's reason, or its ending once stopped);
-    None while nobody asked it to stop."""
+    """Its first stop's reason ("stopped" without one), or its ending once stopped; None while
+    nobody asked it to stop."""
     first_stop = (
         select(func.coalesce(ExecutionCommandRow.reason, "stopped"))
         .where(
