@@ -28,7 +28,12 @@ from twintrack.adapters.kafka.clients import KafkaConfig, ensure_topics
 from twintrack.adapters.kafka.events import KafkaEventBus
 from twintrack.adapters.kafka.tasks import KafkaTaskQueue
 from twintrack.adapters.kafka.worker import KafkaWorker
-from twintrack.adapters.memory import MemoryPorts, MemoryStores
+from twintrack.adapters.memory import (
+    MemoryCommandChannel,
+    MemoryEventBus,
+    MemoryPorts,
+    MemoryStores,
+)
 from twintrack.adapters.memory.recovery import MemoryRecovery
 from twintrack.adapters.postgres.claims import ClaimStore as PgClaimStore
 from twintrack.adapters.postgres.commands import PostgresCommandChannel
@@ -489,7 +494,13 @@ def in_memory(
     Settings' defaults (whatever the environment says about servers is ignored)."""
     settings = settings or Settings(database_url=None, kafka_bootstrap_servers=None)
     if ports is None:
-        ports = MemoryPorts() if stores is None else MemoryPorts(commands=stores.commands)
+        ports = MemoryPorts(
+            buses={
+                b: MemoryEventBus(b, max_event_bytes=settings.max_event_bytes)
+                for b in EventsBackend
+            },
+            commands=stores.commands if stores is not None else MemoryCommandChannel(),
+        )
     if stores is None:
         stores = MemoryStores(commands=ports.commands)
     registry = registry or default_registry()
