@@ -108,9 +108,11 @@ async def test_an_execution_that_left_dbos_never_goes_back(app: MemoryContainer)
     ex = await on_track(app, Track.DBOS)
     assert moved_ids(await move(app, Track.KAFKA)) == {ex}
     plan = await plan_reroute(app.recovery.reroutes, to=Track.DBOS)
-    assert plan.moved == [] and plan.held_back == {LEFT_DBOS: 1}
+    assert plan.moved == []
+    assert plan.held_back == {LEFT_DBOS: 1}
     report = await move(app, Track.DBOS)
-    assert report.moved == [] and report.held_back == {LEFT_DBOS: 1}
+    assert report.moved == []
+    assert report.held_back == {LEFT_DBOS: 1}
     assert (await app.executions.get(ex)).track is Track.KAFKA
 
 
@@ -145,7 +147,8 @@ async def test_a_move_whose_delivery_fails_changes_nothing(
 async def test_a_dry_run_moves_nothing(app: MemoryContainer) -> None:
     ex = await on_track(app, Track.KAFKA)
     plan = await plan_reroute(app.recovery.reroutes, to=Track.DBOS, owner_id=OWNER, limit=5)
-    assert plan.dry_run and moved_ids(plan) == {ex}
+    assert plan.dry_run
+    assert moved_ids(plan) == {ex}
     assert (await app.executions.get(ex)).track is Track.KAFKA
     assert app.recovery.audit.rows == []
     other_owner = await plan_reroute(app.recovery.reroutes, to=Track.DBOS, owner_id="bob")
@@ -158,7 +161,8 @@ async def test_rollout_status_says_when_a_track_is_drained(app: MemoryContainer)
     status = await rollout_status(app.recovery.reroutes)
     dbos, kafka = status.tracks[Track.DBOS], status.tracks[Track.KAFKA]
     assert (dbos.counts[_S.QUEUED], dbos.drained) == (1, False)
-    assert dbos.oldest_unfinished_age_s is not None and dbos.oldest_unfinished_age_s >= 0
+    assert dbos.oldest_unfinished_age_s is not None
+    assert dbos.oldest_unfinished_age_s >= 0
     assert (kafka.counts[_S.CREATED], kafka.drained) == (1, False)
     await app.executions.transition(ex, _S.STOPPED)
     status = await rollout_status(app.recovery.reroutes)

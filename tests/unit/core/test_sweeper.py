@@ -72,7 +72,8 @@ async def test_a_leader_check_that_raises_counts_as_not_leading() -> None:
     loop = Sweeper(leader=leader, interval_s=0.001, sweeps=[Sweep("s", sweep)])
     task = asyncio.create_task(loop.run())
     await asyncio.sleep(0.02)
-    assert sweep.calls == 0 and not task.done()  # still looping
+    assert sweep.calls == 0
+    assert not task.done()  # still looping
     leader.fail = False
     await asyncio.wait_for(sweep.reached.wait(), 5)
     task.cancel()
