@@ -31,8 +31,8 @@ from bench.drive import run_once
 from bench.flows import three_nodes
 from bench.procs import listening_pid
 from twintrack.adapters.postgres.db import create_engine, with_database
-from twintrack.adapters.postgres.migrations import upgrade_all
 from twintrack.adapters.postgres.tables import ExecutionClaimRow, WorkerRow
+from twintrack.bootstrap import migrate
 from twintrack.tooling.embedded.discovery import ProvidedBroker, ProvidedPostgres
 from twintrack.tooling.embedded.discovery import provide_broker as _provide_broker
 from twintrack.tooling.embedded.discovery import provide_postgres as _provide_postgres
@@ -70,7 +70,7 @@ async def create_database(server_url: str, name: str) -> str:
     """A new database on the server, migrated to head; returns its URL."""
     await _admin(server_url, f'CREATE DATABASE "{name}"')
     url = with_database(server_url, name)
-    await upgrade_all(url)
+    await migrate(url)
     return url
 
 

@@ -158,6 +158,19 @@ class Container:
         return checks
 
 
+async def migrate(url: str) -> None:
+    """Our schema and DBOS's system tables (schema `dbos`): what `twintrack migrate` does.
+
+    DBOS's own migrations run here too because the API process only uses a DBOS client,
+    which never creates them. Lives here, where adapters meet, so neither knows the other."""
+    from twintrack.adapters.dbos.runtime import blocking
+    from twintrack.adapters.dbos.runtime import migrate as migrate_dbos
+    from twintrack.adapters.postgres.migrations import upgrade_head
+
+    await upgrade_head(url)
+    await blocking(migrate_dbos, url)
+
+
 class ServiceFactory:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -255,9 +268,25 @@ class ServiceFactory:
             NodeNotReadyError,
             RequestTimedOutError,
         )
+        from sqlalchemy import exc as sa_exc
 
         # BrokerUnavailable (a bounded broker call ran out) is a TimeoutError: 503 already.
-        return (KafkaConnectionError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError)
+        return (
+            KafkaConnectionError,
+            KafkaTimeoutError,
+            NodeNotReadyError,
+            RequestTimedOutError,
+            sa_exc.OperationalError,
+            sa_exc.InterfaceError,
+        )
+
+    @staticmethod
+    def store_errors() -> tuple[type[BaseException], ...]:
+        """The database driver's errors: 503 when the transient rule says the connection was
+        lost (core/transient.py), else 500."""
+        from sqlalchemy import exc as sa_exc
+
+        return (sa_exc.DBAPIError, sa_exc.TimeoutError, sa_exc.DisconnectionError)
 
     def run_host(self, container: Container, worker_id: str | None = None) -> RunHost:
         """What every worker process runs claimed executions with, whatever their track.

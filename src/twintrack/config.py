@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     )
     kafka_bootstrap_servers: str | None = Field(default=None, description="host:port[,...]")
 
-    # -- rollout (DESIGN §1.7) -----------------------------------------------------------------
+    # -- rollout ----------------------------------------------------------------------------
     enable_dbos_execution: bool = Field(
         default=False, description="New executions go to the DBOS track (else Kafka)."
     )

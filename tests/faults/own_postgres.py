@@ -1,8 +1,8 @@
 """A PostgreSQL server of the test's own, to restart: never the session's shared one.
 
 The server lives for the module (initdb is the slow part); each test gets a fresh database on it,
-migrated like production (`upgrade_all`: our schema and DBOS's), so a restart in one test breaks
-nothing another test holds.
+migrated like production (`bootstrap.migrate`: our schema and DBOS's), so a restart in one test
+breaks nothing another test holds.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import structlog
 from sqlalchemy import text
 
 from twintrack.adapters.postgres.db import create_engine, with_database
-from twintrack.adapters.postgres.migrations import upgrade_all
+from twintrack.bootstrap import migrate
 from twintrack.observability.logs import processors
 from twintrack.tooling.embedded.postgres import EmbeddedPostgres
 
@@ -39,7 +39,7 @@ async def own_database_url(own_postgres: EmbeddedPostgres) -> AsyncIterator[str]
         async with admin.connect() as connection:
             await connection.execute(text(f'CREATE DATABASE "{name}"'))
         url = with_database(own_postgres.url, name)
-        await upgrade_all(url)
+        await migrate(url)
         yield url
         if not own_postgres.is_running():
             own_postgres.start_again()

@@ -1,4 +1,4 @@
-"""Commands a user sends to an execution (DESIGN §1.3)."""
+"""Commands a user sends to an execution."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The event envelope every subscriber sees, and the closed set of event types (DESIGN §1.5)."""
+"""The event envelope every subscriber sees, and the closed set of event types."""
 
 from __future__ import annotations
 

@@ -69,7 +69,7 @@ class EventsBackend(StrEnum):
 
 
 class ExecutionOptions(BaseModel):
-    """What a caller may tune per execution (DESIGN §1.2). Unknown keys are rejected."""
+    """What a caller may tune per execution. Unknown keys are rejected."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -1,4 +1,4 @@
-"""The flow model and its validation (DESIGN §1.1).
+"""The flow model and its validation.
 
 Validation collects every problem it can find rather than stopping at the first, and each
 message names the node, edge or field at fault, because a flow author fixes them in one go.
@@ -162,7 +162,8 @@ def _reject_constant(name: str) -> Any:
 
 
 def validate_flow(data: Any, catalog: NodeCatalog) -> Flow:
-    """Validate a decoded flow document against every rule of DESIGN §1.1."""
+    """Validate a decoded flow document against every rule: known node types and ports, edges
+    between existing ports, no cycle, size limits."""
     try:
         doc = _FlowDoc.model_validate(data)
     except ValidationError as exc:

@@ -1,4 +1,4 @@
-"""Per-owner limits, so one key cannot exhaust the cluster (DESIGN §1.9).
+"""Per-owner limits, so one key cannot exhaust the cluster.
 
 Pure rules: callers count (under a lock that makes the count exact) and ask here whether one more
 fits. Each refusal is a `LimitExceeded` naming the setting and its value, which the API answers

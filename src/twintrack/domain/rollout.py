@@ -1,4 +1,4 @@
-"""Which track a new execution goes to (DESIGN §1.7): the flag, or a sticky per-owner cohort."""
+"""Which track a new execution goes to: the flag, or a sticky per-owner cohort."""
 
 from __future__ import annotations
 

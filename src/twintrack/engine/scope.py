@@ -1,4 +1,4 @@
-"""Event scoping (DESIGN §1.1): which nodes an execution skips because of its trigger events."""
+"""Event scoping: which nodes an execution skips because of its trigger events."""
 
 from __future__ import annotations
 

@@ -89,14 +89,14 @@ def run_dev(port: int | None = None, *, verbose: bool = False) -> None:
         if port is not None:
             os.environ["API_PORT"] = str(port)
         settings = load_settings()
-        from twintrack.adapters.postgres.migrations import upgrade_all
+        from twintrack.bootstrap import migrate
         from twintrack.entrypoints.processes import run_all
 
         if verbose:
             configure_from(settings)
         else:
             configure_logging(_quiet_level(settings.log_level), settings.log_format)
-        asyncio.run(upgrade_all(pg.url))
+        asyncio.run(migrate(pg.url))
         _progress("migrated           twintrack and DBOS schemas at the latest version")
         key = asyncio.run(_create_key(settings.database_url or pg.url))
         env_file = Path(".twintrack/dev.env")

@@ -97,6 +97,7 @@ def api_server(container: Container, host: str, port: int) -> uvicorn.Server:
     app = create_app(
         container,
         unavailable_errors=ServiceFactory.outage_errors(),
+        store_errors=ServiceFactory.store_errors(),
         max_sse_streams_per_key=container.settings.max_sse_streams_per_key,
     )
     config = uvicorn.Config(

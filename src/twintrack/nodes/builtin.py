@@ -1,4 +1,4 @@
-"""The built-in node types of DESIGN §1.1."""
+"""The built-in node types: const, math, template, delay, fail, emit, listen, output, tally."""
 
 from __future__ import annotations
 

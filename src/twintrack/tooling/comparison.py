@@ -1,6 +1,6 @@
 """Compare runs of one flow across tracks: normalized event streams, statuses and outputs.
 
-Pure functions over plain JSON (the event envelopes of DESIGN §1.5 as subscribers receive
+Pure functions over plain JSON (the event envelopes as subscribers receive
 them, and execution rows as the API returns them), shared by the comparison suite
 (`tests/comparison/`) and `twintrack compare`.
 

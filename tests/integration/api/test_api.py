@@ -21,6 +21,7 @@ from structlog.testing import capture_logs
 
 from twintrack.adapters.memory import MemoryPorts
 from twintrack.adapters.postgres import ExecutionStore, FlowStore, KeyStore
+from twintrack.bootstrap import ServiceFactory
 from twintrack.core.service import ExecutionService, RoutingPolicy
 from twintrack.domain.commands import Command
 from twintrack.domain.events import Event, EventType
@@ -93,6 +94,8 @@ def build_container(
 
 
 def client_for(app_container: ApiContainer, **options: Any) -> httpx.AsyncClient:
+    """The API as processes serve it: the bootstrap's store errors mapped (503 when lost)."""
+    options.setdefault("store_errors", ServiceFactory.store_errors())
     app = create_app(app_container, **options)
     transport = httpx.ASGITransport(app=app)
     return httpx.AsyncClient(transport=transport, base_url="http://testserver")

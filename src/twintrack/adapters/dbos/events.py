@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from dbos import DBOSClient
 from twintrack.adapters.dbos.runtime import DbosConfig, blocking, make_client
 from twintrack.adapters.dbos.system_db import STREAM_KEY, close_stream, write_stream
-from twintrack.core.sequencing import Sequencer
+from twintrack.core.in_order import InOrderReader
 from twintrack.domain.events import Event
 from twintrack.domain.execution import EventsBackend
 
@@ -131,27 +131,27 @@ class DbosStreamEventBus:
         so reading from offset `from_index` skips nothing the reader needs."""
         if self._client is None:
             raise RuntimeError("DbosStreamEventBus.start() was not called")
-        sequencer = Sequencer(from_index)
+        in_order = InOrderReader(from_index)
         values = self._client.read_stream_async(execution_id, STREAM_KEY, offset=from_index)
         try:
             async for value in values:
                 event = _decode(value, execution_id)
                 if event is None:
                     continue
-                for ready in sequencer.push(event):
+                for ready in in_order.push(event):
                     yield ready
-                if sequencer.ended:
+                if in_order.ended:
                     return
         finally:
             await values.aclose()
         # DBOS ends a read once the workflow is no longer active (cancelled: stopped or
         # rerouted before it ran) even if our terminal event is still on its way: follow the
         # stored rows until it arrives.
-        while not sequencer.ended:
+        while not in_order.ended:
             for event in await self._events(execution_id):
-                for ready in sequencer.push(event):
+                for ready in in_order.push(event):
                     yield ready
-            if not sequencer.ended:
+            if not in_order.ended:
                 await asyncio.sleep(_ROWS_POLL_S)
 
     async def _events(self, execution_id: str) -> list[Event]:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from dbos import DBOSClient, EnqueueOptions
+from twintrack.adapters.dbos.names import QUEUE_NAME, WORKFLOW_NAME
 from twintrack.adapters.dbos.runtime import (
-    QUEUE_NAME,
-    WORKFLOW_NAME,
     DbosConfig,
     blocking,
     make_client,

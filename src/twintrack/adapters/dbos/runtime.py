@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from dbos import DBOS, DBOSClient
+from twintrack.adapters.dbos.names import QUEUE_NAME
 from twintrack.config import Settings
 
-QUEUE_NAME = "twintrack-executions"
 _QUEUE_THREAD_JOIN_S = 15.0
-WORKFLOW_NAME = "twintrack_execution"
 T = TypeVar("T")
 
 _BLOCKING = ThreadPoolExecutor(max_workers=4, thread_name_prefix="dbos-blocking")

@@ -12,7 +12,7 @@ import asyncio
 from typing import Protocol
 
 from dbos import DBOS
-from twintrack.adapters.dbos.runtime import WORKFLOW_NAME
+from twintrack.adapters.dbos.names import WORKFLOW_NAME
 
 
 class StepHost(Protocol):

@@ -31,8 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from twintrack.adapters.kafka.clients import KafkaConfig, make_consumer
 from twintrack.adapters.postgres.tables import KafkaEventLogRow
+from twintrack.core.in_order import InOrderReader
 from twintrack.core.ports import EventsExpired
-from twintrack.core.sequencing import Sequencer
 from twintrack.domain.events import TERMINAL_EVENT_TYPES, Event
 
 # Wire format: ASCII headers, so readers skip stale records without parsing JSON (and kcat
@@ -187,7 +187,7 @@ class EventReader:
             raise ValueError("from_index must be >= 0")
         start = await self.wait_for_start(execution_id)
         key = execution_id.encode()
-        sequencer = Sequencer(from_index)
+        in_order = InOrderReader(from_index)
         check = _RetainedCheck(start, key, execution_id, from_index)
         async with self._consumer_at(start) as consumer:
             while True:
@@ -200,14 +200,14 @@ class EventReader:
                         continue
                     hint = _index_hint(record)
                     terminal = _header(record, TYPE_HEADER) in _TERMINAL_TYPES
-                    if hint is not None and sequencer.stale(hint) and not terminal:
+                    if hint is not None and in_order.stale(hint) and not terminal:
                         continue  # a duplicate or before from_index: no need to parse it
                     event = decode(record, execution_id)
                     if event is None:
                         continue
-                    for ready in sequencer.push(event):
+                    for ready in in_order.push(event):
                         yield ready
-                    if sequencer.ended:
+                    if in_order.ended:
                         return
 
     async def next_index(self, execution_id: str) -> int:

@@ -24,7 +24,7 @@ from twintrack.domain.execution import Track
 from twintrack.observability.metrics import DEAD_LETTERS
 
 log = structlog.get_logger()
-_TRACK = "kafka"
+
 _STOP_TAKING_S = 10.0  # bounds a claim in flight when the worker is told to stop
 
 
@@ -167,5 +167,5 @@ class KafkaWorker:
         await self._dead_letters.send_and_wait(
             self.config.dead_letter_topic, key=message.key, value=message.value, headers=headers
         )
-        DEAD_LETTERS.labels(_TRACK).inc()
+        DEAD_LETTERS.labels(Track.KAFKA.value).inc()
         log.warning("task dead-lettered", reason=reason, offset=message.offset)

@@ -50,17 +50,6 @@ async def upgrade_head(url: str) -> None:
     await _migrate(url, "upgrade", "head")
 
 
-async def upgrade_all(url: str) -> None:
-    """Our schema and DBOS's system tables (schema `dbos`): what `twintrack migrate` does.
-
-    DBOS's own migrations run here too because the API process only uses a DBOS client,
-    which never creates them."""
-    await upgrade_head(url)
-    from twintrack.adapters.dbos.runtime import blocking, migrate
-
-    await blocking(migrate, url)
-
-
 async def downgrade_base(url: str) -> None:
     """Remove every table the migrations created (the Alembic version table stays, empty)."""
     await _migrate(url, "downgrade", "base")

@@ -1,4 +1,4 @@
-"""The HTTP API (DESIGN §1.6): `create_app(container)` over an `ApiContainer`."""
+"""The HTTP API: `create_app(container)` over an `ApiContainer`."""
 
 from twintrack.entrypoints.api.app import create_app
 from twintrack.entrypoints.api.deps import ApiContainer

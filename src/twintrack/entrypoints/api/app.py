@@ -41,13 +41,15 @@ def create_app(
     auth_cache_ttl_s: float = DEFAULT_TTL_S,
     max_body_bytes: int = MAX_FLOW_BYTES,
     unavailable_errors: Sequence[type[BaseException]] = (),
+    store_errors: Sequence[type[BaseException]] = (),
     max_sse_streams_per_key: int = DEFAULT_MAX_SSE_STREAMS_PER_KEY,
 ) -> FastAPI:
     """The API over `container` (not started or closed here).
 
     `unavailable_errors` are exception types that mean "a dependency is down" (for example the
-    Kafka client's connection errors), answered 503 like database outages; the API itself
-    knows nothing of Kafka or DBOS.
+    Kafka client's connection errors), answered 503; `store_errors` are the database driver's
+    error types, 503 when the connection was lost and 500 otherwise. Both come from the
+    bootstrap: the API itself knows nothing of Kafka, DBOS or SQL.
     """
     app = FastAPI(
         title="twintrack",
@@ -59,7 +61,7 @@ def create_app(
     app.state.authenticator = ApiKeyAuthenticator(container.keys, ttl_s=auth_cache_ttl_s)
     app.state.stream_slots = StreamSlots(max_sse_streams_per_key)
     outage = tuple(unavailable_errors)
-    install_error_handlers(app, outage)
+    install_error_handlers(app, outage, tuple(store_errors))
     for router in (flows.router, executions.router, events.router, health.router):
         app.include_router(router)
     # Added innermost first: metrics see every answer, including 413s and 500s.

@@ -131,6 +131,6 @@ def forbidden(field: str, message: str) -> ApiError:
     """403 for a request field the caller's key may not use.
 
     Only for permissions on a field the caller chose to send: a resource of another owner
-    still answers 404, never 403, so ids stay unguessable (DESIGN §1.6).
+    still answers 404, never 403, so ids stay unguessable.
     """
     return ApiError(403, "forbidden", message, [issue(field, message)])

@@ -16,7 +16,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import exc as sa_exc
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -135,8 +134,6 @@ def _is_outage(exc: BaseException, extra: tuple[type[BaseException], ...]) -> bo
     """A dependency (database, broker) is down or overloaded: the caller may retry later."""
     if isinstance(exc, (TrackUnavailable, OSError, TimeoutError, *extra)):
         return True
-    if isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError):
-        return True
     return is_transient(exc)  # a lost or refused database connection, however it is wrapped
 
 
@@ -207,8 +204,16 @@ def _report_outage(request: Request, exc: Exception) -> None:
     )
 
 
-def install_error_handlers(app: FastAPI, outage: tuple[type[BaseException], ...]) -> None:
-    """Map every foreseen exception to the envelope (unforeseen ones: `UnhandledErrors`)."""
+def install_error_handlers(
+    app: FastAPI,
+    outage: tuple[type[BaseException], ...],
+    store_errors: tuple[type[BaseException], ...] = (),
+) -> None:
+    """Map every foreseen exception to the envelope (unforeseen ones: `UnhandledErrors`).
+
+    `outage`: types that always mean a dependency is down (503). `store_errors`: the stores'
+    own error types, answered 503 when the transient rule says the connection was lost and 500
+    otherwise; both come from the bootstrap, so the API names no driver."""
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -245,9 +250,7 @@ def install_error_handlers(app: FastAPI, outage: tuple[type[BaseException], ...]
         LimitExceeded,
         EventTooLarge,
         TrackUnavailable,
-        sa_exc.DBAPIError,
-        sa_exc.TimeoutError,
-        sa_exc.DisconnectionError,
+        *store_errors,
         OSError,
         TimeoutError,
         *outage,

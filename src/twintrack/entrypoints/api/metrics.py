@@ -1,6 +1,6 @@
 """Prometheus metrics, all on one dedicated registry and all labelled with the track.
 
-Every metric carries `track` (DESIGN: the two tracks are compared side by side), `"none"` where a
+Every metric carries `track` (the two tracks are compared side by side), `"none"` where a
 request concerns no execution. The registry is our own, not prometheus-client's default, so
 `/metrics` shows exactly twintrack's metrics and importing this module twice (tests, workers
 sharing a process) never collides. Workers import this module and add theirs to `REGISTRY`.

@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP API (DESIGN §1.6), as they appear in OpenAPI.
+"""Request and response bodies of the HTTP API, as they appear in OpenAPI.
 
 Rows go out as the store's own records (`ExecutionRecord`, `FlowSummary`) so the API shows every
 stored field without a second model to keep in step.
@@ -49,7 +49,7 @@ class FlowEdgeDocument(BaseModel):
 
 
 class FlowDocument(BaseModel):
-    """A flow as written by its author (DESIGN §1.1); at most 1 MiB."""
+    """A flow as written by its author; at most 1 MiB."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -133,9 +133,9 @@ def migrate() -> None:
     settings = load_cli_settings()
     if not settings.database_url:
         raise fail("DATABASE_URL is not set: twintrack migrate needs a database to migrate")
-    from twintrack.adapters.postgres.migrations import upgrade_all
+    from twintrack.bootstrap import migrate
 
-    asyncio.run(upgrade_all(settings.database_url))
+    asyncio.run(migrate(settings.database_url))
     typer.echo("database is at the latest schema")
 
 

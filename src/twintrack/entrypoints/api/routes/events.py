@@ -1,4 +1,4 @@
-"""An execution's events as Server-Sent Events (DESIGN §1.5, §1.6).
+"""An execution's events as Server-Sent Events.
 
 Each message carries `id:` = the event index, `event:` = its type and `data:` = the envelope, so a
 browser's EventSource resumes by itself: it reconnects with `Last-Event-ID` and the stream goes on

@@ -1,8 +1,8 @@
 """Flows: create, read any version, update (appends version N+1), list.
 
 Create and update read the raw body and hand it to `parse_flow_json`, the one validator of flow
-documents, so the 1 MiB cap, the NaN/Infinity refusal and every rule of DESIGN §1.1 apply with
-the same locations and messages everywhere a flow is read.
+documents, so the 1 MiB cap, the NaN/Infinity refusal and every rule of flow validation
+(domain/flow.py) apply with the same locations and messages everywhere a flow is read.
 """
 
 from __future__ import annotations

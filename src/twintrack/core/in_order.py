@@ -5,7 +5,7 @@ from __future__ import annotations
 from twintrack.domain.events import Event
 
 
-class Sequencer:
+class InOrderReader:
     """Turns at-least-once, possibly reordered events into the exact sequence from `from_index`.
 
     Below the next expected index: a duplicate, dropped. Above it: held until the gap fills.
