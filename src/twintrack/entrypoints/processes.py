@@ -42,9 +42,12 @@ class WorkerProcess:
         self.dead_executors = (
             factory.dead_executor_sweeper(container, self.dbos) if self.dbos else None
         )
-        self._loops = [factory.recovery_loop(container, self.sweeper)]
-        if self.dead_executors is not None:
-            self._loops.append(factory.dead_executor_loop(container, self.dead_executors))
+        self.recovery_loop = factory.recovery_loop(container, self.sweeper)
+        self.dead_executor_loop = (
+            factory.dead_executor_loop(container, self.dead_executors)
+            if self.dead_executors is not None
+            else None
+        )
         self.registry = container.workers
         self._sweeps: list[asyncio.Task[None]] = []
 
@@ -54,11 +57,13 @@ class WorkerProcess:
         self.host.start()
         # Sweep from the first moment: a replacement worker must not wait for its consumer
         # group join (seconds) before it can recover what a dead one left.
-        recovery, *dbos_loops = self._loops
-        self._sweeps = [asyncio.create_task(recovery.run(), name="recovery-sweeper")]
+        self._sweeps = [asyncio.create_task(self.recovery_loop.run(), name="recovery-sweeper")]
         if self.dbos is not None:
             await self.dbos.start()  # recovering workflows needs DBOS launched
-            self._sweeps += [asyncio.create_task(loop.run(), name=loop.name) for loop in dbos_loops]
+            assert self.dead_executor_loop is not None
+            self._sweeps.append(
+                asyncio.create_task(self.dead_executor_loop.run(), name="dead-executor-sweeper")
+            )
         if self.worker is not None:
             await self.worker.start()
 
