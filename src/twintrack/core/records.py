@@ -24,7 +24,7 @@ T = TypeVar("T")
 
 
 class ExecutionRecord(BaseModel):
-    """One execution row (DESIGN §1.2), as stored."""
+    """One execution, as stored: where it runs, how far it got, how it ended."""
 
     model_config = ConfigDict(frozen=True, from_attributes=True)
 

@@ -30,7 +30,9 @@ _S = ExecutionStatus
 # running/paused -> queued is the re-delivery of a crashed attempt by recovery.
 ALLOWED_TRANSITIONS: dict[ExecutionStatus, frozenset[ExecutionStatus]] = {
     _S.CREATED: frozenset({_S.QUEUED, _S.FAILED, _S.STOPPED}),
-    _S.QUEUED: frozenset({_S.RUNNING, _S.FAILED, _S.STOPPED}),
+    # queued -> completed records an ending a crashed run already wrote to the stream, found
+    # when the execution is ended before any worker takes it again (a stop after a crash).
+    _S.QUEUED: frozenset({_S.RUNNING, _S.COMPLETED, _S.FAILED, _S.STOPPED}),
     _S.RUNNING: frozenset({_S.PAUSED, _S.COMPLETED, _S.FAILED, _S.STOPPED, _S.QUEUED}),
     _S.PAUSED: frozenset({_S.RUNNING, _S.COMPLETED, _S.FAILED, _S.STOPPED, _S.QUEUED}),
     _S.COMPLETED: frozenset(),

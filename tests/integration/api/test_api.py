@@ -1,7 +1,8 @@
-"""The HTTP API (DESIGN §1.6) over a real PostgreSQL and the real stores and service.
+"""The HTTP API over a real PostgreSQL and the real stores and service.
 
-Only the three ports (task queue, event bus, command channel) are in-memory doubles: this file is
-about HTTP behaviour; the tracks have their own suites on real servers.
+Only the track ports (task queue, event bus, command channel) are in-memory, swapped in through
+`ServiceFactory.build`'s overrides: this file is about HTTP behaviour; the tracks have their own
+suites on real servers.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from structlog.testing import capture_logs
 
 from twintrack.adapters.memory import MemoryPorts
-from twintrack.adapters.postgres import ExecutionStore, FlowStore, KeyStore
+from twintrack.adapters.postgres import FlowStore as PostgresFlowStore
 from twintrack.bootstrap import ServiceFactory
-from twintrack.core.service import ExecutionService, RoutingPolicy
+from twintrack.config import Settings
+from twintrack.core.service import ExecutionService
+from twintrack.core.stores import ExecutionStore, FlowStore, KeyStore
 from twintrack.domain.commands import Command
 from twintrack.domain.events import Event, EventType
 from twintrack.domain.execution import EventsBackend, ExecutionStatus, Track, TriggerEvent
@@ -53,7 +56,9 @@ FLOW: dict[str, Any] = {
 
 @dataclass
 class Container:
-    """The in-test ApiContainer: real stores and service, in-memory ports."""
+    """The in-test ApiContainer: the factory's service on the real Postgres stores, its track
+    ports swapped for in-memory ones through the factory's overrides, and readiness a test
+    can flip."""
 
     service: ExecutionService
     flows: FlowStore
@@ -68,29 +73,30 @@ class Container:
 
 
 def build_container(
-    sessions: Sessions,
+    db_engine: AsyncEngine,
     *,
     enable_dbos: bool = False,
     events_backend: EventsBackend = EventsBackend.KAFKA,
     ports: MemoryPorts | None = None,
 ) -> Container:
     ports = ports or MemoryPorts()
-    flows, executions, registry = FlowStore(sessions), ExecutionStore(sessions), builtin_registry()
-    service = ExecutionService(
-        flows=flows,
-        executions=executions,
-        registry=registry,
+    settings = Settings(
+        database_url=None,
+        kafka_bootstrap_servers=None,
+        enable_dbos_execution=enable_dbos,
+        execution_events_backend=events_backend,
+        execution_max_depth=100,
+    )
+    built = ServiceFactory(settings).build(
+        db_engine=db_engine,
+        registry=builtin_registry(),
         queues=ports.task_queues(),
         buses=ports.event_buses(),
         commands=ports.command_channel(),
-        policy=RoutingPolicy(
-            enable_dbos=enable_dbos,
-            rollout_percent=None,
-            events_backend=events_backend,
-            max_depth=100,
-        ),
     )
-    return Container(service, flows, KeyStore(sessions), registry, executions, ports)
+    return Container(
+        built.service, built.flows, built.keys, built.registry, built.executions, ports
+    )
 
 
 def client_for(app_container: ApiContainer, **options: Any) -> httpx.AsyncClient:
@@ -109,8 +115,8 @@ def logs() -> Iterator[list[MutableMapping[str, Any]]]:
 
 
 @pytest.fixture
-def container(session_factory: Sessions) -> Container:
-    return build_container(session_factory)
+def container(db_engine: AsyncEngine) -> Container:
+    return build_container(db_engine)
 
 
 @pytest_asyncio.fixture
@@ -446,8 +452,8 @@ async def test_create_execution_reports_its_track_and_events_backend(
     assert [(e.index, e.type) for e in created] == [(0, EventType.EXECUTION_CREATED)]
 
 
-async def test_dbos_routing_shows_in_the_created_execution(session_factory: Sessions) -> None:
-    dbos = build_container(session_factory, enable_dbos=True, events_backend=EventsBackend.DBOS)
+async def test_dbos_routing_shows_in_the_created_execution(db_engine: AsyncEngine) -> None:
+    dbos = build_container(db_engine, enable_dbos=True, events_backend=EventsBackend.DBOS)
     headers = await _headers(dbos.keys, "carol")
     async with client_for(dbos) as http:
         flow_id = await new_flow(http, headers)
@@ -455,9 +461,9 @@ async def test_dbos_routing_shows_in_the_created_execution(session_factory: Sess
     assert (created["track"], created["events_backend"]) == ("dbos", "dbos")
 
 
-async def test_an_unavailable_track_is_503(session_factory: Sessions) -> None:
+async def test_an_unavailable_track_is_503(db_engine: AsyncEngine) -> None:
     kafka_only = MemoryPorts.only([Track.KAFKA], [EventsBackend.KAFKA])
-    app_container = build_container(session_factory, enable_dbos=True, ports=kafka_only)
+    app_container = build_container(db_engine, enable_dbos=True, ports=kafka_only)
     headers = await _headers(app_container.keys, "carol")
     async with client_for(app_container) as http:
         flow_id = await new_flow(http, headers)
@@ -887,13 +893,13 @@ async def test_unknown_routes_and_methods_answer_in_the_envelope(
 
 
 async def test_an_unexpected_exception_is_a_logged_generic_500(
-    container: Container, logs: list[MutableMapping[str, Any]]
+    container: Container, session_factory: Sessions, logs: list[MutableMapping[str, Any]]
 ) -> None:
-    class BrokenFlows(FlowStore):
+    class BrokenFlows(PostgresFlowStore):
         async def list(self, owner_id: str, limit: int = 50, cursor: str | None = None) -> Any:
             raise RuntimeError("secret internals")
 
-    container.flows = BrokenFlows(container.flows._sessions)
+    container.flows = BrokenFlows(session_factory)
     headers = await _headers(container.keys, "alice")
     async with client_for(container) as http:
         response = await http.get("/v1/flows", headers=headers)
@@ -906,12 +912,14 @@ async def test_an_unexpected_exception_is_a_logged_generic_500(
     assert isinstance(logs[0]["exc_info"], RuntimeError)
 
 
-async def test_a_database_outage_is_503(container: Container, alice: Headers) -> None:
-    class DownFlows(FlowStore):
+async def test_a_database_outage_is_503(
+    container: Container, session_factory: Sessions, alice: Headers
+) -> None:
+    class DownFlows(PostgresFlowStore):
         async def list(self, owner_id: str, limit: int = 50, cursor: str | None = None) -> Any:
             raise ConnectionRefusedError("connection refused")
 
-    container.flows = DownFlows(container.flows._sessions)
+    container.flows = DownFlows(session_factory)
     async with client_for(container) as http:
         assert_error(await http.get("/v1/flows", headers=alice), 503, "unavailable")
 

@@ -11,10 +11,11 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 import pytest_asyncio
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from tests.integration.api.test_api import FLOW, Container, build_container, client_for
-from twintrack.adapters.postgres.keys import KeyStore, Principal
+from twintrack.core.records import Principal
+from twintrack.core.stores import KeyStore
 from twintrack.entrypoints.api.auth import ApiKeyAuthenticator
 
 pytestmark = pytest.mark.integration
@@ -24,9 +25,9 @@ Headers = dict[str, str]
 
 
 @pytest.fixture
-def container(session_factory: Sessions) -> Container:
+def container(db_engine: AsyncEngine) -> Container:
     # The flag sends new executions to DBOS, so a `kafka` override is visibly an override.
-    return build_container(session_factory, enable_dbos=True)
+    return build_container(db_engine, enable_dbos=True)
 
 
 @pytest_asyncio.fixture

@@ -9,7 +9,7 @@ from twintrack.bootstrap import MemoryContainer
 from twintrack.core.service import Conflict
 from twintrack.domain.commands import Command
 from twintrack.domain.events import Event, EventType
-from twintrack.domain.execution import ExecutionStatus, IllegalTransition, Track
+from twintrack.domain.execution import ExecutionStatus, Track
 
 _S = ExecutionStatus
 
@@ -100,12 +100,6 @@ async def test_stop_after_a_crash_continues_the_stream_where_the_bus_ends(
     assert stopped.next_event_index == 6
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IllegalTransition,
-    reason="found by this suite: recovery re-queues without reading the stream, and the "
-    "state machine has no queued -> completed, so this stop raises (a 500) on Postgres too",
-)
 async def test_stop_after_a_crash_that_already_ended_keeps_that_ending(
     app: MemoryContainer,
 ) -> None:
