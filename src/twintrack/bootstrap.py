@@ -302,7 +302,7 @@ class ServiceFactory:
             registry=container.workers,
             worker_id=worker_id,
             claim_ttl_s=self.settings.claim_ttl_s,
-            attempts=self.attempts(container),
+            failures=self.attempts(container),
         )
 
     def attempts(self, container: Container, max_attempts: int | None = None) -> Attempts:
@@ -507,7 +507,7 @@ class MemoryContainer:
             "registry": self.stores.workers,
             "worker_id": worker_id,
             "claim_ttl_s": s.claim_ttl_s,
-            "attempts": self.attempts(),
+            "failures": self.attempts(),
         }
         return RunHost(**{**options, **overrides})
 

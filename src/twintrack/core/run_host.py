@@ -125,7 +125,7 @@ class RunHost:
         registry: WorkerRegistry,
         worker_id: str,
         claim_ttl_s: float,
-        attempts: RunFailures,
+        failures: RunFailures,
     ) -> None:
         self.service = service
         self.claims = claims
@@ -134,7 +134,7 @@ class RunHost:
         self.registry = registry
         self.worker_id = worker_id
         self.claim_ttl_s = claim_ttl_s
-        self.attempts = attempts
+        self.attempts = failures
         self.runs: dict[str, asyncio.Task[ExecutionResult | None]] = {}
         self.leases: dict[str, ClaimLease] = {}
         self.slot_freed = asyncio.Event()
