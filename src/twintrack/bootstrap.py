@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from twintrack.adapters.dbos.events import DbosStreamEventBus
 from twintrack.adapters.dbos.queue import DbosTaskQueue
-from twintrack.adapters.dbos.recovery import DeadExecutorSweeper
+from twintrack.adapters.dbos.recovery import DbosWorkflows
 from twintrack.adapters.dbos.runtime import DbosConfig, DbosRuntime
 from twintrack.adapters.dbos.worker import DbosWorker
 from twintrack.adapters.kafka.clients import KafkaConfig, ensure_topics
@@ -34,6 +34,7 @@ from twintrack.adapters.memory import (
     MemoryPorts,
     MemoryStores,
 )
+from twintrack.adapters.memory.recovery import MemoryRecovery
 from twintrack.adapters.postgres.claims import ClaimStore as PgClaimStore
 from twintrack.adapters.postgres.commands import PostgresCommandChannel
 from twintrack.adapters.postgres.counters import CounterStore as PgCounterStore
@@ -41,13 +42,23 @@ from twintrack.adapters.postgres.db import create_engine, create_session_factory
 from twintrack.adapters.postgres.executions import ExecutionStore as PgExecutionStore
 from twintrack.adapters.postgres.flows import FlowStore as PgFlowStore
 from twintrack.adapters.postgres.keys import KeyStore as PgKeyStore
+from twintrack.adapters.postgres.leader import AdvisoryLeader
+from twintrack.adapters.postgres.recovery import (
+    PostgresRecoveryAudit,
+    PostgresRecoveryStore,
+    PostgresRerouteStore,
+)
 from twintrack.adapters.postgres.workers import WorkerRegistry as PgWorkerRegistry
 from twintrack.adapters.postgres.workers import new_worker_id
 from twintrack.config import ConfigError, Settings
 from twintrack.core import transient
+from twintrack.core.attempts import Attempts
+from twintrack.core.audit import AuditTrail
 from twintrack.core.children_sweep import ChildSweeper
+from twintrack.core.dead_executors import DeadExecutorSweeper
 from twintrack.core.ports import CommandChannel, EventBus, TaskQueue
 from twintrack.core.recovery import RecoverySweeper, SweepPolicy
+from twintrack.core.recovery_ports import RecoveryStore, RerouteStore
 from twintrack.core.run_host import RunHost
 from twintrack.core.service import ExecutionService, RoutingPolicy
 from twintrack.core.stores import (
@@ -58,9 +69,14 @@ from twintrack.core.stores import (
     KeyStore,
     WorkerRegistry,
 )
+from twintrack.core.sweeper import Sweep, Sweeper
 from twintrack.domain.execution import EventsBackend, Track
 from twintrack.domain.limits import OwnerLimits
 from twintrack.nodes.registry import NodeRegistry, default_registry
+
+# Advisory-lock keys of the two sweeper loops (one leader each, cluster-wide).
+RECOVERY_LOCK = 0x7477696E74726B  # "twintrk"
+DBOS_RECOVERY_LOCK = 0x7477696E64626F73  # "twindbos"
 
 
 @dataclass
@@ -84,6 +100,19 @@ class Container:
     #: None when no Kafka adapter is in use (every Kafka port overridden, no broker set)
     kafka: KafkaConfig | None
     _started: bool = field(default=False, repr=False)
+
+    @property
+    def recovery(self) -> RecoveryStore:
+        """What recovery asks and changes (SQL over the executions, claims and commands)."""
+        return PostgresRecoveryStore(self.sessions, PgExecutionStore(self.sessions))
+
+    @property
+    def audit(self) -> AuditTrail:
+        return AuditTrail(PostgresRecoveryAudit(self.sessions), self.executions)
+
+    @property
+    def reroutes(self) -> RerouteStore:
+        return PostgresRerouteStore(self.sessions)
 
     async def start(self) -> None:
         if self._started:
@@ -273,7 +302,15 @@ class ServiceFactory:
             registry=container.workers,
             worker_id=worker_id,
             claim_ttl_s=self.settings.claim_ttl_s,
-            max_attempts=self.settings.max_attempts,
+            failures=self.attempts(container),
+        )
+
+    def attempts(self, container: Container, max_attempts: int | None = None) -> Attempts:
+        return Attempts(
+            container.service,
+            store=container.recovery,
+            audit=container.audit,
+            max_attempts=self.settings.max_attempts if max_attempts is None else max_attempts,
         )
 
     def kafka_worker(self, container: Container, host: RunHost) -> KafkaWorker:
@@ -292,40 +329,68 @@ class ServiceFactory:
         s = self.settings
         queue = container.queues[Track.DBOS]
         assert isinstance(queue, DbosTaskQueue)  # the container's, started with it
-        assert isinstance(container.workers, PgWorkerRegistry)  # it reads the registry's table
         return DeadExecutorSweeper(
-            db_engine=container.db_engine,
-            sessions=container.sessions,
+            store=container.recovery,
+            audit=container.audit,
             registry=container.workers,
-            runtime=worker.runtime,
-            queue=queue,
+            workflows=DbosWorkflows(worker.runtime, queue),
             # two missed heartbeats (one every third of CLAIM_TTL_S), plus a second of slack
             silence_s=2 * s.claim_ttl_s / 3 + 1,
-            interval_s=s.recovery_sweep_interval_s,
             repair_queued_s=s.dbos_repair_queued_s,
         )
 
-    def sweeper(self, container: Container, worker_id: str) -> RecoverySweeper:
-        s = self.settings
-        assert isinstance(container.claims, PgClaimStore)  # the sweep is SQL over the claims
-        return RecoverySweeper(
-            db_engine=container.db_engine,
-            sessions=container.sessions,
-            service=container.service,
-            claims=container.claims,
-            kafka_queue=container.queues.get(Track.KAFKA),
-            policy=SweepPolicy(
-                interval_s=s.recovery_sweep_interval_s,
-                max_attempts=s.max_attempts,
-                start_timeout_s=s.start_signal_timeout_s,
-            ),
-            worker_id=worker_id,
-            children=ChildSweeper(
-                sessions=container.sessions,
-                service=container.service,
-                grace_s=s.child_sweep_grace_s,
-            ),
+    def sweeper(self, container: Container) -> RecoverySweeper:
+        return recovery_sweeper(
+            self.settings, container.service, container.recovery, container.audit
         )
+
+    def child_sweeper(self, container: Container) -> ChildSweeper:
+        return ChildSweeper(
+            service=container.service,
+            store=container.recovery,
+            audit=container.audit,
+            grace_s=self.settings.child_sweep_grace_s,
+        )
+
+    def recovery_loop(self, container: Container, sweeper: RecoverySweeper) -> Sweeper:
+        """The cluster's recovery leader: expired claims, stale tasks, start timeouts, then
+        orphaned children."""
+        return Sweeper(
+            leader=AdvisoryLeader(container.db_engine, RECOVERY_LOCK, "recovery sweeper"),
+            interval_s=self.settings.recovery_sweep_interval_s,
+            sweeps=[
+                Sweep("recovery", sweeper.sweep),
+                Sweep("children", self.child_sweeper(container).sweep),
+            ],
+        )
+
+    def dead_executor_loop(self, container: Container, sweeper: DeadExecutorSweeper) -> Sweeper:
+        """The DBOS workers' own leader: gone executors, then workflows nothing will run."""
+        return Sweeper(
+            leader=AdvisoryLeader(container.db_engine, DBOS_RECOVERY_LOCK, "dead-executor sweeper"),
+            interval_s=self.settings.recovery_sweep_interval_s,
+            sweeps=[
+                Sweep("dead executors", sweeper.sweep),
+                Sweep("repair queued", sweeper.repair_queued),
+            ],
+        )
+
+
+def recovery_sweeper(
+    settings: Settings, service: ExecutionService, store: RecoveryStore, audit: AuditTrail
+) -> RecoverySweeper:
+    s = settings
+    return RecoverySweeper(
+        service=service,
+        store=store,
+        audit=audit,
+        kafka_queue=service.queues.get(Track.KAFKA),
+        policy=SweepPolicy(
+            interval_s=s.recovery_sweep_interval_s,
+            max_attempts=s.max_attempts,
+            start_timeout_s=s.start_signal_timeout_s,
+        ),
+    )
 
 
 def compose_service(
@@ -374,6 +439,26 @@ class MemoryContainer:
     registry: NodeRegistry
     service: ExecutionService
     _started: bool = field(default=False, repr=False)
+    recovery: MemoryRecovery = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.recovery = MemoryRecovery(self.stores)
+
+    @property
+    def audit(self) -> AuditTrail:
+        return self.recovery.trail
+
+    def attempts(self, max_attempts: int | None = None) -> Attempts:
+        s = self.settings
+        return Attempts(
+            self.service,
+            store=self.recovery.store,
+            audit=self.recovery.trail,
+            max_attempts=s.max_attempts if max_attempts is None else max_attempts,
+        )
+
+    def sweeper(self) -> RecoverySweeper:
+        return recovery_sweeper(self.settings, self.service, self.recovery.store, self.audit)
 
     @property
     def flows(self) -> FlowStore:
@@ -413,8 +498,7 @@ class MemoryContainer:
         return {"database": True, "started": self._started}
 
     def run_host(self, worker_id: str = "worker-1", **overrides: Any) -> RunHost:
-        """A run host on these stores (pass `failures=` to record failed runs: the attempts
-        ledger is still Postgres-only)."""
+        """A run host on these stores, its failed runs recorded in the memory audit."""
         s = self.settings
         options: dict[str, Any] = {
             "service": self.service,
@@ -424,7 +508,7 @@ class MemoryContainer:
             "registry": self.stores.workers,
             "worker_id": worker_id,
             "claim_ttl_s": s.claim_ttl_s,
-            "max_attempts": s.max_attempts,
+            "failures": self.attempts(),
         }
         return RunHost(**{**options, **overrides})
 

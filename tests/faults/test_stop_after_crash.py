@@ -34,7 +34,7 @@ async def test_stop_of_a_requeued_execution_ends_its_stream_contiguously(
         if mode.track == "kafka":
             # What the recovery sweeper does: the execution goes back to `queued`, a new task
             # waits in Kafka, and no worker has taken it yet.
-            report = await stack.factory.sweeper(stack.container, "sweeper").sweep()
+            report = await stack.factory.sweeper(stack.container).sweep()
             assert report.requeued == [ex]
             assert (await api.get(ex))["status"] == "queued"
         # (On DBOS the row stays `running` until a live worker recovers the workflow.)

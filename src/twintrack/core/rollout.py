@@ -1,4 +1,4 @@
-"""Rollout and rollback tooling (DESIGN §1.7): is a track drained, and moving unstarted work.
+"""Rollout and rollback tooling: is a track drained, and moving unstarted work to the other track.
 
 `rollout_status` tells an operator, per track, how many executions are in each status and how
 old the oldest unfinished one is, so they know when a track is drained (nothing unfinished is
@@ -27,7 +27,7 @@ dbos → kafka, kafka events, queued     set the track, send a Kafka task, then 
 dbos → kafka, dbos events, created     (unless `include_dbos_streams=False`) set the track (and
   or queued                            send a Kafka task if queued), cancel the DBOS workflow;
                                        the events stay in its DBOS stream (the events backend
-                                       is fixed at creation, §1.2) and the Kafka worker keeps
+                                       is fixed at creation) and the Kafka worker keeps
                                        writing there. DBOS ends a stream read once the workflow
                                        is inactive; the DBOS stream bus then follows the stored
                                        rows, so a live reader still gets the whole stream.
@@ -55,21 +55,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, TextClause, exists, extract, func, select, text, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from twintrack.adapters.postgres.tables import NON_TERMINAL_SQL, ExecutionRecoveryRow, ExecutionRow
+from twintrack.core.audit import AuditTrail
 from twintrack.core.errors import NotFound
 from twintrack.core.records import ExecutionRecord
+from twintrack.core.recovery_ports import HoldBack, Reason, Recovery, RecoveryAudit, RerouteStore
 from twintrack.core.service import ExecutionService, TrackUnavailable
+from twintrack.core.stores import LockedExecution
 from twintrack.domain.execution import EventsBackend, ExecutionStatus, Track
-from twintrack.observability.metrics import RECOVERIES
 
 log = structlog.get_logger()
 _S = ExecutionStatus
 
 #: the audit reason of a move, in `execution_recoveries`
-REROUTED = "rerouted"
+REROUTED = Reason.REROUTED.value
 #: statuses in which no worker has the execution yet: only these move
 UNSTARTED = (_S.CREATED, _S.QUEUED)
 DEFAULT_CONCURRENCY = 8
@@ -80,8 +79,8 @@ FINISHED = "finished"
 RUNNING = "already running"
 ON_TRACK = "already on that track"
 GONE = "no such execution"
-DBOS_STREAMS = "its events are in a DBOS stream"
-LEFT_DBOS = "it left the DBOS track before: its DBOS workflow id may be spent"
+DBOS_STREAMS = HoldBack.DBOS_STREAMS.value
+LEFT_DBOS = HoldBack.LEFT_DBOS.value
 
 
 def other_track(track: Track) -> Track:
@@ -130,38 +129,22 @@ class RolloutStatus:
         }
 
 
-async def rollout_status(
-    sessions: async_sessionmaker[AsyncSession], *, include_finished: bool = True
-) -> RolloutStatus:
+async def rollout_status(store: RerouteStore, *, include_finished: bool = True) -> RolloutStatus:
     """Per track: executions by status, the oldest unfinished one's age, drained or not.
 
-    The unfinished counts and ages come from the partial index on unfinished executions (the
-    query repeats its predicate literally, so the planner can use it), and the ages from the
-    database clock, so a skewed operator machine cannot misreport them. Finished counts need a
-    scan of the whole table; `include_finished=False` skips them on very large tables.
+    Ages come from the database clock, so a skewed operator machine cannot misreport them.
+    Finished counts need a scan of the whole table; `include_finished=False` skips them on very
+    large tables.
     """
     shown = [s for s in ExecutionStatus if include_finished or not s.is_terminal]
     counts: dict[Track, dict[ExecutionStatus, int]] = {t: dict.fromkeys(shown, 0) for t in Track}
     oldest: dict[Track, float | None] = dict.fromkeys(Track)
-    age = extract("epoch", func.now() - func.min(ExecutionRow.created_at))
-    async with sessions() as session:
-        unfinished = await session.execute(
-            select(ExecutionRow.track, ExecutionRow.status, func.count(), age)
-            .where(text(NON_TERMINAL_SQL))
-            .group_by(ExecutionRow.track, ExecutionRow.status)
-        )
-        for track, status, n, seconds in unfinished:
-            counts[track][status] = n
-            previous = oldest[track]
-            oldest[track] = float(seconds) if previous is None else max(previous, float(seconds))
-        if include_finished:
-            finished = await session.execute(
-                select(ExecutionRow.track, ExecutionRow.status, func.count())
-                .where(text(f"NOT ({NON_TERMINAL_SQL})"))
-                .group_by(ExecutionRow.track, ExecutionRow.status)
-            )
-            for track, status, n in finished:
-                counts[track][status] = n
+    for c in await store.counts(include_finished=include_finished):
+        counts[c.track][c.status] = c.count
+        previous = oldest[c.track]
+        if c.oldest_age_s is not None:
+            age = c.oldest_age_s
+            oldest[c.track] = age if previous is None else max(previous, age)
     return RolloutStatus(
         tracks={t: TrackStatus(t, counts[t], oldest[t]) for t in Track},
         includes_finished=include_finished,
@@ -219,39 +202,19 @@ class RerouteReport:
         }
 
 
-def _left_dbos() -> ColumnElement[bool]:
-    """The execution was rerouted off DBOS at some point (the audit row says so)."""
-    return exists().where(
-        ExecutionRecoveryRow.execution_id == ExecutionRow.id,
-        ExecutionRecoveryRow.reason == REROUTED,
-        ExecutionRecoveryRow.track == Track.KAFKA,
-    )
-
-
-def _held_back(to: Track, include_dbos_streams: bool) -> tuple[str, ColumnElement[bool]] | None:
-    """The rule that keeps some unstarted executions from moving to `to`, if any."""
+def hold_back_rule(to: Track, include_dbos_streams: bool) -> HoldBack | None:
+    """The rule that keeps some unstarted executions from moving to `to`, if any: nothing moves
+    to DBOS after having left it (its workflow id may be spent), and DBOS-stream executions
+    stay on DBOS unless `include_dbos_streams`."""
     if to is Track.DBOS:
-        return LEFT_DBOS, _left_dbos()
+        return HoldBack.LEFT_DBOS
     if not include_dbos_streams:
-        return DBOS_STREAMS, ExecutionRow.events_backend == EventsBackend.DBOS
+        return HoldBack.DBOS_STREAMS
     return None
 
 
-def _unstarted_on(track: Track, owner_id: str | None) -> list[ColumnElement[bool] | TextClause]:
-    # The index predicate, repeated literally: the planner proves the partial index applies
-    # even when the rest arrives as bound parameters (generic plans).
-    where: list[ColumnElement[bool] | TextClause] = [
-        text(NON_TERMINAL_SQL),
-        ExecutionRow.status.in_(UNSTARTED),
-        ExecutionRow.track == track,
-    ]
-    if owner_id is not None:
-        where.append(ExecutionRow.owner_id == owner_id)
-    return where
-
-
 async def plan_reroute(
-    sessions: async_sessionmaker[AsyncSession],
+    store: RerouteStore,
     *,
     to: Track,
     limit: int | None = None,
@@ -261,31 +224,21 @@ async def plan_reroute(
     """What `reroute` with these options would move now, oldest first: a dry run."""
     source = other_track(to)
     report = RerouteReport(source=source, to=to, dry_run=True)
-    rule = _held_back(to, include_dbos_streams)
-    where = _unstarted_on(source, owner_id)
-    query = (
-        select(ExecutionRow.id, ExecutionRow.status, ExecutionRow.events_backend)
-        .where(*where)
-        .order_by(ExecutionRow.created_at, ExecutionRow.id)
-    )
+    rule = hold_back_rule(to, include_dbos_streams)
+    candidates = await store.unstarted(source, owner_id=owner_id, limit=limit, excluding=rule)
+    report.moved = [Moved(c.execution_id, c.status, c.events_backend) for c in candidates]
     if rule is not None:
-        query = query.where(~rule[1])
-    if limit is not None:
-        query = query.limit(limit)
-    async with sessions() as session:
-        rows = (await session.execute(query)).all()
-        report.moved = [Moved(r.id, r.status, r.events_backend) for r in rows]
-        if rule is not None:
-            held = await session.scalar(select(func.count()).where(*where, rule[1]))
-            if held:
-                report.held_back[rule[0]] = int(held)
+        held = await store.held_back(source, owner_id=owner_id, rule=rule)
+        if held:
+            report.held_back[rule.value] = held
     return report
 
 
 async def _refusal(
-    session: AsyncSession, record: ExecutionRecord, to: Track, include_dbos_streams: bool
+    audit: RecoveryAudit, row: LockedExecution, to: Track, include_dbos_streams: bool
 ) -> str | None:
     """Why the locked execution must not move now (None: it moves)."""
+    record = row.record
     if record.status.is_terminal:
         return FINISHED
     if record.status not in UNSTARTED:
@@ -296,35 +249,28 @@ async def _refusal(
         if record.events_backend is EventsBackend.DBOS and not include_dbos_streams:
             return DBOS_STREAMS
         return None
-    left = await session.scalar(select(_left_dbos()).where(ExecutionRow.id == record.id))
-    return LEFT_DBOS if left else None
+    return LEFT_DBOS if await audit.left_dbos(row) else None
 
 
 async def _move_one(
-    service: ExecutionService, execution_id: str, to: Track, include_dbos_streams: bool
+    service: ExecutionService,
+    store: RerouteStore,
+    audit: AuditTrail,
+    execution_id: str,
+    to: Track,
+    include_dbos_streams: bool,
 ) -> Moved | Skipped:
     """Move one execution under its row lock, or say why not; raises when delivery fails."""
+    record: ExecutionRecord
     try:
-        async with service.executions.locked(execution_id) as row:
-            session, record = row.session, row.record
-            reason = await _refusal(session, record, to, include_dbos_streams)
+        async with audit.locked(execution_id) as audited:
+            row = audited.row
+            record = row.record
+            reason = await _refusal(audit.audit, row, to, include_dbos_streams)
             if reason is not None:
                 return Skipped(execution_id, reason)
-            await session.execute(
-                update(ExecutionRow)
-                .where(ExecutionRow.id == execution_id)
-                .values(track=to, updated_at=func.now())
-            )
-            session.add(
-                ExecutionRecoveryRow(
-                    execution_id=execution_id,
-                    track=to,
-                    reason=REROUTED,
-                    previous_worker_id=None,
-                    attempt=record.attempt,
-                )
-            )
-            await session.flush()
+            await store.move(row, to)
+            await audited.record(Recovery(execution_id, to, Reason.REROUTED, record.attempt))
             queue = service.queues[to]
             if record.status is _S.CREATED:
                 await queue.prepare(execution_id, record.events_backend)
@@ -342,13 +288,14 @@ async def _move_one(
         except Exception:
             # Harmless if it stays: its step finds the execution on Kafka and ends.
             log.warning("could not cancel a rerouted DBOS workflow", execution_id=execution_id)
-    RECOVERIES.labels(to.value, REROUTED).inc()
     log.info("execution rerouted", execution_id=execution_id, to=to.value, status=record.status)
     return moved
 
 
 async def reroute(
     service: ExecutionService,
+    store: RerouteStore,
+    audit: AuditTrail,
     *,
     to: Track,
     limit: int | None = None,
@@ -367,11 +314,7 @@ async def reroute(
         if track not in service.queues:
             raise TrackUnavailable(f"the {track} track is not available in this process")
     plan = await plan_reroute(
-        service.executions.sessions,
-        to=to,
-        limit=limit,
-        owner_id=owner_id,
-        include_dbos_streams=include_dbos_streams,
+        store, to=to, limit=limit, owner_id=owner_id, include_dbos_streams=include_dbos_streams
     )
     report = RerouteReport(source=plan.source, to=to, dry_run=False, held_back=dict(plan.held_back))
     slots = asyncio.Semaphore(max(1, concurrency))
@@ -379,7 +322,9 @@ async def reroute(
     async def one(candidate: Moved) -> Moved | Skipped:
         async with slots:
             try:
-                return await _move_one(service, candidate.execution_id, to, include_dbos_streams)
+                return await _move_one(
+                    service, store, audit, candidate.execution_id, to, include_dbos_streams
+                )
             except Exception as exc:
                 log.warning("reroute failed", execution_id=candidate.execution_id, exc_info=True)
                 return Failed(candidate.execution_id, f"{type(exc).__name__}: {exc}")

@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 import structlog
 
-from twintrack.core.attempts import Attempts
 from twintrack.core.ports import CommandChannel, CommandMessage
 from twintrack.core.records import Claim, ExecutionRecord
 from twintrack.core.run import LeaseLost, run_execution
@@ -126,8 +125,7 @@ class RunHost:
         registry: WorkerRegistry,
         worker_id: str,
         claim_ttl_s: float,
-        max_attempts: int = 3,
-        failures: RunFailures | None = None,
+        failures: RunFailures,
     ) -> None:
         self.service = service
         self.claims = claims
@@ -136,9 +134,7 @@ class RunHost:
         self.registry = registry
         self.worker_id = worker_id
         self.claim_ttl_s = claim_ttl_s
-        self.attempts: RunFailures = (
-            failures if failures is not None else Attempts(service, max_attempts)
-        )
+        self.attempts = failures
         self.runs: dict[str, asyncio.Task[ExecutionResult | None]] = {}
         self.leases: dict[str, ClaimLease] = {}
         self.slot_freed = asyncio.Event()

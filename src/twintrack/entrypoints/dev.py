@@ -32,6 +32,7 @@ def _banner(api: str, key: str, env_file: Path, env: dict[str, str]) -> str:
 twintrack dev is running.
 
   API        {api}   (OpenAPI: {api}/docs)
+  Console    {api}/ui   (sign in with the API key)
   API key    {key}   (owner '{DEV_OWNER}', admin)
 
 Try it:

@@ -38,9 +38,15 @@ class WorkerProcess:
         self.host = factory.run_host(container)
         self.worker = factory.kafka_worker(container, self.host) if Track.KAFKA in tracks else None
         self.dbos = factory.dbos_worker(container, self.host) if Track.DBOS in tracks else None
-        self.sweeper = factory.sweeper(container, self.host.worker_id)
+        self.sweeper = factory.sweeper(container)
         self.dead_executors = (
             factory.dead_executor_sweeper(container, self.dbos) if self.dbos else None
+        )
+        self.recovery_loop = factory.recovery_loop(container, self.sweeper)
+        self.dead_executor_loop = (
+            factory.dead_executor_loop(container, self.dead_executors)
+            if self.dead_executors is not None
+            else None
         )
         self.registry = container.workers
         self._sweeps: list[asyncio.Task[None]] = []
@@ -51,12 +57,12 @@ class WorkerProcess:
         self.host.start()
         # Sweep from the first moment: a replacement worker must not wait for its consumer
         # group join (seconds) before it can recover what a dead one left.
-        self._sweeps = [asyncio.create_task(self.sweeper.run(), name="recovery-sweeper")]
+        self._sweeps = [asyncio.create_task(self.recovery_loop.run(), name="recovery-sweeper")]
         if self.dbos is not None:
-            await self.dbos.start()
-            assert self.dead_executors is not None
+            await self.dbos.start()  # recovering workflows needs DBOS launched
+            assert self.dead_executor_loop is not None
             self._sweeps.append(
-                asyncio.create_task(self.dead_executors.run(), name="dead-executor-sweeper")
+                asyncio.create_task(self.dead_executor_loop.run(), name="dead-executor-sweeper")
             )
         if self.worker is not None:
             await self.worker.start()

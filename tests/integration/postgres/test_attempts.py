@@ -15,9 +15,6 @@ from tests.e2e import flows
 from tests.e2e.conftest import MODES
 from tests.e2e.stack import Stack, open_stack
 from tests.faults.recovery_helpers import audits, claim_holder, env_for
-from twintrack.adapters.postgres.claims import ClaimStore
-from twintrack.adapters.postgres.executions import ExecutionStore
-from twintrack.core.attempts import Attempts
 from twintrack.core.records import Claim
 from twintrack.core.recovery import RecoverySweeper, SweepPolicy
 from twintrack.core.stores import ClaimStore as ClaimPort
@@ -51,13 +48,11 @@ async def stack(
 def _sweeper(stack: Stack, **policy: float) -> RecoverySweeper:
     c = stack.container
     return RecoverySweeper(
-        db_engine=c.db_engine,
-        sessions=c.sessions,
         service=c.service,
-        claims=ClaimStore(c.sessions, ExecutionStore(c.sessions)),
+        store=c.recovery,
+        audit=c.audit,
         kafka_queue=c.queues[Track.KAFKA],
         policy=SweepPolicy(max_attempts=2, **policy),  # type: ignore[arg-type]
-        worker_id="sweeper",
     )
 
 
@@ -107,7 +102,7 @@ async def test_a_handover_spends_no_attempt(stack: Stack) -> None:
 
 async def test_the_give_up_quotes_the_failure_the_worker_saw(stack: Stack) -> None:
     claims = stack.container.claims
-    attempts = Attempts(stack.container.service, max_attempts=1)
+    attempts = stack.factory.attempts(stack.container, max_attempts=1)
     ex = await _started(stack)
     await _run_on(stack, ex, "w-a")
     crash = "attempt 1 on worker w-a crashed: RuntimeError: the disk is full"

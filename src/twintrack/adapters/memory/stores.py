@@ -18,7 +18,7 @@ import binascii
 import builtins
 import json
 from collections import defaultdict
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -170,6 +170,8 @@ class MemoryLockedExecution:
         self._store = store
         self.record = record
         self._owner_lock: asyncio.Lock | None = None
+        #: what other memory stores staged in this "transaction", applied with the record
+        self.on_commit: list[Callable[[], None]] = []
 
     async def transition(
         self,
@@ -408,6 +410,8 @@ class MemoryExecutionStore:
                 handle._release()
                 raise
             self.records[execution_id] = handle.record
+            for apply in handle.on_commit:
+                apply()
             handle._release()
 
     async def advance_event_index(self, execution_id: str, next_index: int) -> int:

@@ -11,62 +11,20 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import Row, and_, exists, func, select, text, tuple_, update
+from sqlalchemy import func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from twintrack.adapters.postgres.executions import ExecutionStore
-from twintrack.adapters.postgres.tables import ExecutionClaimRow, ExecutionRecoveryRow, ExecutionRow
+from twintrack.adapters.postgres.recovery import RELEASED, audit_row
+from twintrack.adapters.postgres.tables import ExecutionClaimRow, ExecutionRow
 from twintrack.core.errors import NotFound
-from twintrack.core.records import Claim, ExecutionRecord, ExpiredClaim
-from twintrack.domain.attempts import HANDOVER
-from twintrack.domain.execution import EventsBackend, ExecutionStatus, Track
+from twintrack.core.records import Claim, ExecutionRecord
+from twintrack.core.recovery_ports import Reason, Recovery
+from twintrack.domain.execution import ExecutionStatus, Track
 
 _S = ExecutionStatus
-RELEASED = ""  # worker_id of a claim nobody holds (released, or taken back by recovery)
 ACTIVE = (_S.RUNNING, _S.PAUSED)
-
-
-async def touch_unclaimed(
-    session: AsyncSession,
-    *,
-    track: Track,
-    statuses: Collection[ExecutionStatus],
-    older_than_s: float,
-    limit: int,
-) -> Sequence[Row[str, EventsBackend, int]]:
-    """Executions of `track` in `statuses`, untouched for `older_than_s`, that no live claim
-    holds: what a sweeper re-delivers because nothing else will. At most `limit`, oldest first;
-    rows another sweeper is touching are skipped, not waited for. Their `updated_at` is touched,
-    so the next sweep leaves them alone for another period. Rows of (id, events_backend,
-    attempt)."""
-    live_claim = exists().where(
-        ExecutionClaimRow.execution_id == ExecutionRow.id,
-        ExecutionClaimRow.worker_id != RELEASED,
-        ExecutionClaimRow.expires_at > func.now(),
-    )
-    older = func.now() - text("make_interval(secs => :secs)").bindparams(secs=older_than_s)
-    stale = (
-        select(ExecutionRow.id)
-        .where(
-            ExecutionRow.status.in_(list(statuses)),
-            ExecutionRow.track == track,
-            ExecutionRow.updated_at < older,
-            ~live_claim,
-        )
-        .order_by(ExecutionRow.updated_at)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-        .cte("stale")  # a CTE runs once: a LIMIT in `IN (subquery)` may not hold
-    )
-    result = await session.execute(
-        update(ExecutionRow)
-        .where(ExecutionRow.id == stale.c.id)
-        .values(updated_at=func.now())
-        .returning(ExecutionRow.id, ExecutionRow.events_backend, ExecutionRow.attempt)
-        .execution_options(synchronize_session=False)
-    )
-    return result.all()
 
 
 def _ttl(seconds: float) -> Any:
@@ -220,61 +178,19 @@ class ClaimStore:
                 .values(worker_id=RELEASED, expires_at=func.now())
             )
             session.add(
-                ExecutionRecoveryRow(
-                    execution_id=claim.execution_id,
-                    track=record.track,
-                    reason=HANDOVER,
-                    previous_worker_id=claim.worker_id,
-                    attempt=record.attempt,
-                    detail=f"attempt {record.attempt} handed over by worker {claim.worker_id}, "
-                    "which was shutting down",
+                audit_row(
+                    Recovery(
+                        claim.execution_id,
+                        record.track,
+                        Reason.HANDOVER,
+                        record.attempt,
+                        claim.worker_id,
+                        f"attempt {record.attempt} handed over by worker {claim.worker_id}, "
+                        "which was shutting down",
+                    )
                 )
             )
         return record
-
-    async def expired(self, limit: int = 100) -> list[ExpiredClaim]:
-        """Leases that ran out while their execution was still running or paused."""
-        async with self._sessions() as session:
-            rows = await session.execute(
-                select(
-                    ExecutionClaimRow.execution_id,
-                    ExecutionClaimRow.worker_id,
-                    ExecutionClaimRow.generation,
-                    ExecutionRow.status,
-                    ExecutionRow.attempt,
-                )
-                .join(ExecutionRow, ExecutionRow.id == ExecutionClaimRow.execution_id)
-                .where(
-                    ExecutionClaimRow.expires_at < func.now(),
-                    ExecutionClaimRow.worker_id != RELEASED,
-                    ExecutionRow.status.in_(ACTIVE),
-                    # DBOS-track runs are recovered by DBOS (see adapters/dbos/recovery.py)
-                    ExecutionRow.track == Track.KAFKA,
-                )
-                .order_by(ExecutionClaimRow.expires_at)
-                .limit(limit)
-            )
-            return [ExpiredClaim(*row) for row in rows]
-
-    async def take_back(self, session: AsyncSession, expired: ExpiredClaim) -> bool:
-        """Within the caller's transaction, end an expired lease so its holder is fenced out.
-
-        False when the claim changed since it was read (renewed late, or already taken back).
-        """
-        result = await session.execute(
-            update(ExecutionClaimRow)
-            .where(
-                and_(
-                    ExecutionClaimRow.execution_id == expired.execution_id,
-                    ExecutionClaimRow.worker_id == expired.worker_id,
-                    ExecutionClaimRow.generation == expired.generation,
-                    ExecutionClaimRow.expires_at < func.now(),
-                )
-            )
-            .values(worker_id=RELEASED)
-            .returning(ExecutionClaimRow.execution_id)
-        )
-        return result.first() is not None
 
     async def held_by(self, worker_id: str) -> list[str]:
         async with self._sessions() as session:

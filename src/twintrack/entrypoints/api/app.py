@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
+from opentelemetry.trace import TracerProvider
 
 from twintrack.domain.flow import MAX_FLOW_BYTES
 from twintrack.domain.limits import DEFAULT_MAX_SSE_STREAMS_PER_KEY
@@ -21,6 +22,8 @@ from twintrack.entrypoints.api.limits import BodyLimit, StreamSlots
 from twintrack.entrypoints.api.metrics import RequestMetrics
 from twintrack.entrypoints.api.routes import events, executions, flows, health
 from twintrack.entrypoints.api.waits import EndWatch
+from twintrack.entrypoints.console.mount import mount_console
+from twintrack.observability.tracing import RequestSpans, configure_tracing
 
 DESCRIPTION = """\
 Flow executions on two tracks (Kafka, DBOS). Every route under `/v1` needs
@@ -44,13 +47,17 @@ def create_app(
     unavailable_errors: Sequence[type[BaseException]] = (),
     store_errors: Sequence[type[BaseException]] = (),
     max_sse_streams_per_key: int = DEFAULT_MAX_SSE_STREAMS_PER_KEY,
+    console: bool = True,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     """The API over `container` (not started or closed here).
 
     `unavailable_errors` are exception types that mean "a dependency is down" (for example the
     Kafka client's connection errors), answered 503; `store_errors` are the database driver's
     error types, 503 when the connection was lost and 500 otherwise. Both come from the
-    bootstrap: the API itself knows nothing of Kafka, DBOS or SQL.
+    bootstrap: the API itself knows nothing of Kafka, DBOS or SQL. `console` serves the operator
+    console at `/ui` when the container also offers the database (`sessions`) it reads. Each
+    request gets a span from `tracer_provider` (default: the global one, a no-op unless set).
     """
     app = FastAPI(
         title="twintrack",
@@ -66,8 +73,13 @@ def create_app(
     install_error_handlers(app, outage, tuple(store_errors))
     for router in (flows.router, executions.router, events.router, health.router):
         app.include_router(router)
+    if console and hasattr(container, "sessions"):
+        mount_console(app, container)
     # Added innermost first: metrics see every answer, including 413s and 500s.
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(UnhandledErrors, outage=outage)
     app.add_middleware(RequestMetrics)
+    if tracer_provider is None:
+        configure_tracing()  # OTEL_TRACES_EXPORTER; keeps a provider the host already set
+    app.add_middleware(RequestSpans, provider=tracer_provider)
     return app

@@ -140,9 +140,11 @@ def status(
     settings = load_cli_settings()
 
     async def body(sessions: async_sessionmaker[AsyncSession]) -> RolloutStatus:
+        from twintrack.adapters.postgres.recovery import PostgresRerouteStore
         from twintrack.core.rollout import rollout_status
 
-        return await rollout_status(sessions, include_finished=not unfinished_only)
+        store = PostgresRerouteStore(sessions)
+        return await rollout_status(store, include_finished=not unfinished_only)
 
     result = _with_sessions(settings, body)
     if as_json:
@@ -224,10 +226,11 @@ def reroute_command(
     target = Track(to.value)
 
     async def plan(sessions: async_sessionmaker[AsyncSession]) -> RerouteReport:
+        from twintrack.adapters.postgres.recovery import PostgresRerouteStore
         from twintrack.core.rollout import plan_reroute
 
         return await plan_reroute(
-            sessions,
+            PostgresRerouteStore(sessions),
             to=target,
             limit=limit,
             owner_id=owner,
@@ -239,6 +242,8 @@ def reroute_command(
 
         return await reroute(
             container.service,
+            container.reroutes,
+            container.audit,
             to=target,
             limit=limit,
             owner_id=owner,
