@@ -1,4 +1,5 @@
-"""ExecutionStore: the `executions` table, the one source of truth both tracks read and write.
+"""PostgresExecutionStore: the `executions` table, the one source of truth both tracks read and
+write.
 
 Every status change goes through `transition`, a single conditional UPDATE: the state machine of
 `domain.execution` is enforced in the WHERE clause, so two racing writers cannot both move an
@@ -113,7 +114,7 @@ async def _apply_or_refuse(
     return current
 
 
-class ExecutionStore:
+class PostgresExecutionStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
@@ -519,13 +520,15 @@ def _delete_expired_keys(ttl: Any) -> Executable:
 
 
 class LockedRow:
-    """One execution under its row lock, within one transaction (`ExecutionStore.locked`).
+    """One execution under its row lock, within one transaction (`PostgresExecutionStore.locked`).
 
     Everything done through it commits together when the `locked` block ends, or not at all.
     `session` is for the other Postgres adapters that join the transaction (claims, audit).
     """
 
-    def __init__(self, store: ExecutionStore, session: AsyncSession, record: ExecutionRecord):
+    def __init__(
+        self, store: PostgresExecutionStore, session: AsyncSession, record: ExecutionRecord
+    ):
         self._store = store
         self.session = session
         self.record = record
@@ -539,7 +542,7 @@ class LockedRow:
         error_node_id: str | None = None,
         next_event_index: int | None = None,
     ) -> ExecutionRecord:
-        """`ExecutionStore.transition` inside this transaction; the handle sees the new row."""
+        """`PostgresExecutionStore.transition` in this transaction; the handle sees the new row."""
         self.record = await self._store.transition(
             self.record.id,
             target,
