@@ -64,6 +64,9 @@ def create_app(
         version=_version(),
         description=DESCRIPTION,
         separate_input_output_schemas=False,
+        # Operation ids are the endpoint names (create_execution, stop_execution, ...), so a
+        # client generated from /openapi.json gets readable, stable method names.
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.container = container
     app.state.authenticator = ApiKeyAuthenticator(container.keys, ttl_s=auth_cache_ttl_s)

@@ -296,5 +296,6 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Malformed query parameter, header or cursor"},
     401: {"model": ErrorResponse, "description": "Missing, malformed, unknown or revoked key"},
     404: {"model": ErrorResponse, "description": "No such resource for this owner"},
+    503: {"model": ErrorResponse, "description": "A dependency is down (database, broker): retry"},
     "default": {"model": ErrorResponse, "description": "Any other error, same envelope"},
 }
