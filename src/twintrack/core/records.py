@@ -45,6 +45,8 @@ class ExecutionRecord(BaseModel):
     error_node_id: str | None
     attempt: int
     next_event_index: int
+    #: the W3C traceparent of the request that started it (None when tracing is off)
+    traceparent: str | None = None
     created_at: datetime
     queued_at: datetime | None
     started_at: datetime | None

@@ -29,6 +29,7 @@ from twintrack.engine import (
     run_flow,
 )
 from twintrack.nodes.base import Counters, SpawnedChild
+from twintrack.observability.tracing import RunSpans
 
 log = structlog.get_logger()
 _SPAWN_BACKOFF_S = 0.2
@@ -146,9 +147,16 @@ class _LeasedSink:
     """Numbers and publishes events under the lease, and reports pause/resume to the row."""
 
     def __init__(
-        self, record: ExecutionRecord, bus: EventBus, lease: Lease, status: StatusWriter, at: int
+        self,
+        record: ExecutionRecord,
+        bus: EventBus,
+        lease: Lease,
+        status: StatusWriter,
+        at: int,
+        spans: RunSpans,
     ) -> None:
         self._bus = bus
+        self._spans = spans
         self._lease = lease
         self._status = status
         self.sequencer = EventSequencer(
@@ -161,6 +169,7 @@ class _LeasedSink:
 
     async def emit(self, type: EventType, data: dict[str, Any]) -> Event:
         event = await self.sequencer.emit(type, data)
+        self._spans.see(event)
         if type is EventType.EXECUTION_PAUSED:
             await self._status.paused()
         elif type is EventType.EXECUTION_RESUMED:
@@ -198,26 +207,34 @@ async def run_execution(
         if last is not None:
             start_index = max(start_index, last.index + 1)
             announced = await _announced_children(bus, record.id, last)
-    sink = _LeasedSink(record, bus, lease, status, start_index)
-    if record.attempt > 1:
-        await sink.emit(EventType.EXECUTION_RETRYING, {"attempt": record.attempt})
-    result = await run_flow(
-        flow,
+    spans = RunSpans(
         execution_id=record.id,
-        sink=sink,
-        control=control,
-        options=record.options,
-        services=EngineServices(
-            counters=counters,
-            children=_ServiceSpawner(service, record, lease, control, announced),
-            attempt=record.attempt,
-        ),
-        trigger_events=record.trigger_events,
-        start_data={"attempt": record.attempt, "worker_id": worker_id, "track": record.track},
+        track=record.track.value,
+        attempt=record.attempt,
+        worker_id=worker_id,
+        traceparent=record.traceparent,
     )
-    lease.check()
-    await bus.flush(record.id)
-    await status.finished(result, sink.sequencer.next_index)
+    with spans:
+        sink = _LeasedSink(record, bus, lease, status, start_index, spans)
+        if record.attempt > 1:
+            await sink.emit(EventType.EXECUTION_RETRYING, {"attempt": record.attempt})
+        result = await run_flow(
+            flow,
+            execution_id=record.id,
+            sink=sink,
+            control=control,
+            options=record.options,
+            services=EngineServices(
+                counters=counters,
+                children=_ServiceSpawner(service, record, lease, control, announced),
+                attempt=record.attempt,
+            ),
+            trigger_events=record.trigger_events,
+            start_data={"attempt": record.attempt, "worker_id": worker_id, "track": record.track},
+        )
+        lease.check()
+        await bus.flush(record.id)
+        await status.finished(result, sink.sequencer.next_index)
     log.info(
         "execution finished",
         execution_id=record.id,

@@ -40,6 +40,7 @@ from twintrack.domain.rollout import choose_track, events_backend_for
 from twintrack.engine import EventTooLarge, check_event_size, result_from_terminal_event
 from twintrack.nodes.base import NodeError, SpawnedChild, child_depth
 from twintrack.nodes.registry import NodeRegistry
+from twintrack.observability.tracing import current_traceparent
 
 log = structlog.get_logger()
 
@@ -341,6 +342,9 @@ class ExecutionService:
             if record.status is not _S.CREATED:
                 return record
             self.limits.check_running(await row.owner_running_count(), record.owner_id)
+            traceparent = current_traceparent()
+            if traceparent is not None:
+                await row.remember_trace(traceparent)
             record = await self.write_locked(
                 row, _S.QUEUED, EventType.EXECUTION_QUEUED, {"track": record.track}
             )

@@ -60,6 +60,10 @@ class LockedExecution(Protocol):
         """Move the status (the state machine decides; IllegalTransition otherwise)."""
         ...
 
+    async def remember_trace(self, traceparent: str) -> None:
+        """Keep the trace the execution belongs to, for the worker that will run it."""
+        ...
+
     async def owner_running_count(self) -> int:
         """The owner's started, unfinished executions, exact until this transaction ends
         (concurrent starts of the owner wait; TimeoutError after a bounded wait)."""

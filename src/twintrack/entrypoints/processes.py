@@ -148,6 +148,9 @@ async def run_api(settings: Settings) -> None:
 
 async def run_worker(settings: Settings) -> None:
     async def body(factory: ServiceFactory, container: Container, stop: asyncio.Event) -> None:
+        from twintrack.observability.tracing import configure_tracing
+
+        configure_tracing()  # OTEL_TRACES_EXPORTER: runs continue the trace of their start
         if settings.worker_metrics_port is not None:
             from twintrack.observability.metrics import serve
 

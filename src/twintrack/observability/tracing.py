@@ -1,5 +1,7 @@
-"""OpenTelemetry tracing: one span per API request (this module), W3C trace context in and out
-as a `traceparent` string (for task deliveries to carry into the worker), and the set-up.
+"""OpenTelemetry tracing: the set-up, W3C trace context as a `traceparent` string (stored with
+an execution when it is started, so the worker that runs it continues the trace), and a run's
+spans (`RunSpans`: one per execution run, one per node, built from the run's own events).
+The API's span per request is `entrypoints/api/spans.py`.
 
 Off by default and never in the way of a host application: `configure_tracing` installs a
 TracerProvider only when none is set yet and only when asked to — `OTEL_TRACES_EXPORTER`
@@ -14,14 +16,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from types import TracebackType
 
 import structlog
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import SpanKind, Status, StatusCode
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from twintrack.domain.events import Event, EventType
 
 log = structlog.get_logger()
 TRACER_NAME = "twintrack"
@@ -87,55 +91,83 @@ def context_from(traceparent: str | None) -> context.Context:
     return propagate.extract({"traceparent": traceparent})
 
 
-# -- one span per request ---------------------------------------------------------------------
+# -- one execution run ------------------------------------------------------------------------
+
+_NODE_ENDINGS = {
+    EventType.NODE_COMPLETED: None,
+    EventType.NODE_FAILED: "failed",
+    EventType.NODE_SKIPPED: "skipped",
+}
 
 
-class RequestSpans:
-    """ASGI middleware: a server span per HTTP request, continuing an incoming `traceparent`.
+class RunSpans:
+    """A consumer span for one run of an execution on a worker (either track), continuing the
+    trace of the request that started it, with a child span per node.
 
-    The span is named by the matched route template (`POST /v1/executions/{execution_id}/start`)
-    so traces group by route rather than by id; the status code and any execution id in the
-    path are attributes.
+    Node spans are made from the events the run emits (node.started … node.completed / failed /
+    skipped), so the engine stays free of tracing and a span's times are the events' times.
     """
 
-    def __init__(self, app: ASGIApp, provider: trace.TracerProvider | None = None) -> None:
-        self.app = app
-        self._provider = provider
+    def __init__(
+        self,
+        *,
+        execution_id: str,
+        track: str,
+        attempt: int,
+        worker_id: str,
+        traceparent: str | None,
+        provider: trace.TracerProvider | None = None,
+    ) -> None:
+        self._tracer = (provider or trace.get_tracer_provider()).get_tracer(TRACER_NAME)
+        self._span = self._tracer.start_span(
+            "execution.run",
+            context=context_from(traceparent),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "execution.id": execution_id,
+                "execution.track": track,
+                "execution.attempt": attempt,
+                "worker.id": worker_id,
+            },
+        )
+        self._nodes: dict[str, Span] = {}
 
-    def _tracer(self) -> trace.Tracer:
-        if self._provider is not None:
-            return self._provider.get_tracer(TRACER_NAME)
-        return tracer()
+    def __enter__(self) -> RunSpans:
+        return self
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        parent = propagate.extract(headers)
-        method = scope["method"]
-        with self._tracer().start_as_current_span(
-            f"{method} {scope['path']}", context=parent, kind=SpanKind.SERVER
-        ) as span:
-            span.set_attribute("http.request.method", method)
-            span.set_attribute("url.path", scope["path"])
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for span in self._nodes.values():  # nodes a crash or a lost lease cut short
+            span.set_status(Status(StatusCode.ERROR, "run ended first"))
+            span.end()
+        if exc is not None:
+            self._span.record_exception(exc)
+            self._span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+        self._span.end()
 
-            async def send_and_record(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    code = int(message["status"])
-                    span.set_attribute("http.response.status_code", code)
-                    if code >= 500:
-                        span.set_status(Status(StatusCode.ERROR))
-                await send(message)
-
-            try:
-                await self.app(scope, receive, send_and_record)
-            finally:
-                route = scope.get("route")
-                template = getattr(route, "path", None)
-                if template:
-                    span.update_name(f"{method} {template}")
-                    span.set_attribute("http.route", template)
-                execution_id = scope.get("path_params", {}).get("execution_id")
-                if execution_id:
-                    span.set_attribute("execution.id", execution_id)
+    def see(self, event: Event) -> None:
+        """Follow the run's events: open and close node spans, mark the run's ending."""
+        at = int(event.timestamp.timestamp() * 1e9)
+        node_id = event.data.get("node_id")
+        if event.type is EventType.NODE_STARTED and isinstance(node_id, str):
+            self._nodes[node_id] = self._tracer.start_span(
+                f"node {node_id}",
+                context=trace.set_span_in_context(self._span),
+                start_time=at,
+                attributes={"node.id": node_id, "node.type": str(event.data.get("type", ""))},
+            )
+        elif event.type in _NODE_ENDINGS and isinstance(node_id, str):
+            span = self._nodes.pop(node_id, None)
+            if span is None:  # skipped nodes never started
+                return
+            if event.type is EventType.NODE_FAILED:
+                span.set_status(Status(StatusCode.ERROR, str(event.data.get("error", ""))[:200]))
+            span.end(end_time=at)
+        elif event.type.is_terminal:
+            self._span.set_attribute("execution.status", event.type.value.split(".")[1])
+            if event.type is EventType.EXECUTION_FAILED:
+                self._span.set_status(Status(StatusCode.ERROR, "execution failed"))

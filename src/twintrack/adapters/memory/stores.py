@@ -192,6 +192,9 @@ class MemoryLockedExecution:
         )
         return self.record
 
+    async def remember_trace(self, traceparent: str) -> None:
+        self.record = self.record.model_copy(update={"traceparent": traceparent})
+
     async def owner_running_count(self, *, wait_s: float = OWNER_LOCK_WAIT_S) -> int:
         """Counted under the owner's lock, held until the block ends: of two concurrent starts
         the second counts the first."""

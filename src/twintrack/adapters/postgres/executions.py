@@ -554,6 +554,14 @@ class LockedRow:
         )
         return self.record
 
+    async def remember_trace(self, traceparent: str) -> None:
+        await self.session.execute(
+            update(ExecutionRow)
+            .where(ExecutionRow.id == self.record.id)
+            .values(traceparent=traceparent)
+        )
+        self.record = self.record.model_copy(update={"traceparent": traceparent})
+
     async def owner_running_count(self, *, wait_s: float = OWNER_LOCK_WAIT_S) -> int:
         """The owner's started, unfinished executions, exact until this transaction commits."""
         return await self._store.running_count(self.session, self.record.owner_id, wait_s=wait_s)

@@ -143,6 +143,8 @@ class ExecutionRow(Base):
     next_event_index: Mapped[int] = mapped_column(
         BigInteger, nullable=False, server_default=text("0")
     )
+    # The W3C traceparent of the request that started it, for the worker to continue.
+    traceparent: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()
     queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

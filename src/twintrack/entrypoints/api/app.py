@@ -21,9 +21,10 @@ from twintrack.entrypoints.api.errors import UnhandledErrors, install_error_hand
 from twintrack.entrypoints.api.limits import BodyLimit, StreamSlots
 from twintrack.entrypoints.api.metrics import RequestMetrics
 from twintrack.entrypoints.api.routes import events, executions, flows, health
+from twintrack.entrypoints.api.spans import RequestSpans
 from twintrack.entrypoints.api.waits import EndWatch
 from twintrack.entrypoints.console.mount import mount_console
-from twintrack.observability.tracing import RequestSpans, configure_tracing
+from twintrack.observability.tracing import configure_tracing
 
 DESCRIPTION = """\
 Flow executions on two tracks (Kafka, DBOS). Every route under `/v1` needs
