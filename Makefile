@@ -13,8 +13,11 @@ run: setup
 hello: setup
 	$(BIN)/twintrack run examples/hello.json
 
+# Two test processes, one file at a time each, every process with its own embedded PostgreSQL
+# and broker: the suite mostly waits (leases, stalls, restarts, grace periods), so two of them
+# share a 2-core machine well. Per file, so module-scoped deployments are built once.
 test: setup lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check src tests

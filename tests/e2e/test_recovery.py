@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from sqlalchemy import select
+from sqlalchemy import func, select, text, update
 
 from tests.e2e import flows
 from tests.e2e.stack import Api, Stack, assert_contiguous, eventually, holder, open_stack
+from tests.faults.recovery_helpers import audits
 from twintrack.adapters.kafka.clients import make_consumer
-from twintrack.adapters.postgres.tables import ExecutionRecoveryRow, WorkerRow
+from twintrack.adapters.postgres.tables import ExecutionClaimRow, WorkerRow
+from twintrack.core.records import Claim
 from twintrack.domain.execution import ExecutionStatus
 
 
@@ -54,18 +56,28 @@ async def test_sigkilled_worker_execution_finishes_elsewhere_exactly_once(
     assert [e["type"] for e in events].count("execution.completed") == 1
     new_holder = [e for e in events if e["type"] == "execution.started"][-1]["data"]["worker_id"]
     assert new_holder != killed[0]
-    async with stack.container.sessions() as session:
-        audits = list(
-            await session.scalars(
-                select(ExecutionRecoveryRow).where(ExecutionRecoveryRow.execution_id == ex)
-            )
-        )
     reason = "dead_executor" if row["track"] == "dbos" else "expired_claim"
-    assert [(a.reason, a.previous_worker_id, a.attempt) for a in audits] == [(reason, killed[0], 1)]
+    assert [(a.reason, a.previous_worker_id, a.attempt) for a in await audits(stack, ex)] == [
+        (reason, killed[0], 1)
+    ]
 
 
 async def _at_least(count: Any, n: int) -> bool:
     return bool(await count >= n)
+
+
+async def _run_out(stack: Stack, claim: Claim) -> None:
+    """Expire this claim (this holder, this generation) now; a later claim is left alone."""
+    async with stack.container.sessions.begin() as session:
+        await session.execute(
+            update(ExecutionClaimRow)
+            .where(
+                ExecutionClaimRow.execution_id == claim.execution_id,
+                ExecutionClaimRow.worker_id == claim.worker_id,
+                ExecutionClaimRow.generation == claim.generation,
+            )
+            .values(expires_at=func.now() - text("interval '1 second'"))
+        )
 
 
 async def test_a_worker_whose_lease_expired_cannot_write(kafka_stack: Stack) -> None:
@@ -78,10 +90,15 @@ async def test_a_worker_whose_lease_expired_cannot_write(kafka_stack: Stack) -> 
     await api.wait_status(ex, "running")
     old = stack.workers[0].host.leases[ex].claim
     claims = stack.container.claims
-    # The worker goes silent (its lease runs out) and recovery hands the execution on.
-    await claims.expire_now(ex)
-    report = await stack.workers[0].sweeper.sweep()
-    assert report.requeued == [ex]
+
+    # The worker goes silent (its lease runs out) and its recovery sweeper hands the execution
+    # on. A heartbeat landing before the sweep renews the lease, so it is run out again until
+    # the sweep has taken it back. (A second sweep run here could deadlock with that one.)
+    async def handed_on() -> list[str]:
+        await _run_out(stack, old)
+        return [a.reason for a in await audits(stack, ex)]
+
+    assert await eventually(handed_on, timeout=10) == ["expired_claim"]
     # The old holder is fenced out: its writes are refused ...
     assert await claims.transition(old, ExecutionStatus.COMPLETED, outputs={"x": 1}) is None
     row = await api.wait_status(ex, "completed", timeout=20)

@@ -29,6 +29,10 @@ from twintrack.tooling.embedded.discovery import ProvidedBroker
 
 GRACE_S = 4
 HANDOVER_S = 10  # from the end of the grace period to the run going on elsewhere, at most
+# Nothing here waits for a lease to run out (a hand-over releases the claim), and with
+# MAX_ATTEMPTS=1 a lease lost on a busy machine fails the run: the e2e stack's 3 s lease
+# leaves its heartbeat 1 s of slack, this one 3 s.
+CLAIM_TTL_S = 6
 
 
 @pytest.fixture(params=list(MODES))
@@ -59,6 +63,7 @@ async def test_sigterm_finishes_short_runs_and_hands_long_ones_over_without_an_a
         fault_env,
         tmp_path,
         MAX_ATTEMPTS="1",
+        CLAIM_TTL_S=str(CLAIM_TTL_S),
         WORKER_SHUTDOWN_GRACE_S=str(GRACE_S),
         LOG_LEVEL="INFO",
     ) as stack:
