@@ -83,12 +83,13 @@ async def rerouted_rows(stack: Stack) -> dict[str, list[str]]:
 async def run_cli(stack: Stack, *args: str) -> tuple[int, str]:
     """`twintrack rollout ARGS` with the deployment's environment, as an operator runs it.
 
-    In a thread: the command runs its own event loop (asyncio.run)."""
+    In a thread: the command runs its own event loop (asyncio.run). Its stdout only: logs go to
+    stderr, which Click's `output` would mix in."""
     runner = CliRunner()
     result = await asyncio.to_thread(runner.invoke, rollout_app, list(args), env=stack.env)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout
 
 
 async def finish_all(stack: Stack, ids: list[str], timeout: float = 60) -> list[dict[str, Any]]:
