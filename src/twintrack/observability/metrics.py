@@ -64,6 +64,18 @@ DEAD_LETTERS = Counter(
     registry=REGISTRY,
 )
 
+GUARD_VERDICTS = Counter(
+    "twintrack_rollout_guard_verdicts",
+    "Verdicts of the rollout guard (pass, fail, inconclusive); cohort-wide, so no track label.",
+    ["verdict"],
+    registry=REGISTRY,
+)
+GUARD_ROLLBACKS = Counter(
+    "twintrack_rollout_guard_rollbacks",
+    "Times the rollout guard sent new admissions back to Kafka.",
+    registry=REGISTRY,
+)
+
 
 def render() -> tuple[bytes, str]:
     """The exposition text and its content type, for any process that serves metrics."""

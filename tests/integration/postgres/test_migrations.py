@@ -33,6 +33,9 @@ EXPECTED_TABLES = {
     "tally_increments",
     "execution_commands",
     "kafka_event_logs",
+    "rollout_state",
+    "rollout_history",
+    "rollout_guard_verdicts",
 }
 
 # Everything a migration could leave behind in the public schema, by kind.
