@@ -237,7 +237,7 @@ def owners_on_each_side(percent: int) -> tuple[str, str]:
 
 def verdicts(verdict: str) -> float:
     value = REGISTRY.get_sample_value(
-        "twintrack_rollout_guard_verdicts_total", {"verdict": verdict}
+        "twintrack_rollout_guard_verdicts_total", {"track": "dbos", "verdict": verdict}
     )
     return value or 0.0
 

@@ -219,12 +219,12 @@ class Guard:
             await set_rollout(
                 self.rollout, RolloutChange(rollout_percent=0), changed_by=GUARD, reason=why
             )
-            GUARD_ROLLBACKS.inc()
+            GUARD_ROLLBACKS.labels(track=Track.DBOS.value).inc()
             log.warning("rollout guard rolled new admissions back to kafka", reason=why)
         recorded = await self.store.record(
             GuardVerdict(verdict, reason, failures, rolled_back, figures)
         )
-        GUARD_VERDICTS.labels(verdict=verdict.value).inc()
+        GUARD_VERDICTS.labels(track=Track.DBOS.value, verdict=verdict.value).inc()
         if rolled_back and p.reroute_unstarted and self.reroute is not None:
             try:
                 await self.reroute()

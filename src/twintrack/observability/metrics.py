@@ -66,13 +66,14 @@ DEAD_LETTERS = Counter(
 
 GUARD_VERDICTS = Counter(
     "twintrack_rollout_guard_verdicts",
-    "Verdicts of the rollout guard (pass, fail, inconclusive); cohort-wide, so no track label.",
-    ["verdict"],
+    "Verdicts of the rollout guard (pass, fail, inconclusive) on the track it guards (dbos).",
+    ["track", "verdict"],
     registry=REGISTRY,
 )
 GUARD_ROLLBACKS = Counter(
     "twintrack_rollout_guard_rollbacks",
-    "Times the rollout guard sent new admissions back to Kafka.",
+    "Times the rollout guard sent the new admissions of a track (dbos) back to Kafka.",
+    ["track"],
     registry=REGISTRY,
 )
 
