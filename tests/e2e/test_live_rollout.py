@@ -23,6 +23,7 @@ from tests.e2e.test_rollout import run_cli
 from twintrack.bootstrap import Container, ServiceFactory
 from twintrack.config import load_settings
 from twintrack.core.guard import GUARD
+from twintrack.core.live_rollout import LiveRollout
 from twintrack.domain.execution import Track
 from twintrack.domain.rollout import owner_bucket
 from twintrack.entrypoints.processes import api_server
@@ -69,6 +70,11 @@ async def in_force(container: Container, percent: int | None, timeout: float) ->
         every=0.01,
     )
     return time.monotonic() - started
+
+
+async def newer_than(live: LiveRollout, version: int) -> None:
+    """Until the process holds a state newer than `version`."""
+    await eventually(lambda: _true(live.version > version), timeout=PROPAGATION_S)
 
 
 async def admin_key(stack: Stack, owner: str = "ops") -> str:
@@ -182,8 +188,13 @@ async def test_changing_the_rollout_while_executions_are_created_loses_or_double
             assert await api.command(row["id"], "start") == 202
             return row
 
+        live = stack.container.rollout
+        assert live is not None
         flipping = asyncio.create_task(flip())
-        created = await asyncio.gather(*(create_and_start() for _ in range(40)))
+        created: list[dict[str, Any]] = []
+        for _ in range(4):  # waves, each after the state in force changed again
+            await newer_than(live, live.version)
+            created += await asyncio.gather(*(create_and_start() for _ in range(10)))
         creating = False
         flips = await flipping
         assert flips >= 2
