@@ -36,13 +36,13 @@ from twintrack.adapters.memory import (
 )
 from twintrack.adapters.memory.recovery import MemoryRecovery
 from twintrack.adapters.memory.rollout import MemoryGuardStore, MemoryRolloutStore
-from twintrack.adapters.postgres.claims import ClaimStore as PgClaimStore
+from twintrack.adapters.postgres.claims import PostgresClaimStore
 from twintrack.adapters.postgres.commands import PostgresCommandChannel
-from twintrack.adapters.postgres.counters import CounterStore as PgCounterStore
+from twintrack.adapters.postgres.counters import PostgresCounterStore
 from twintrack.adapters.postgres.db import create_engine, create_session_factory
-from twintrack.adapters.postgres.executions import ExecutionStore as PgExecutionStore
-from twintrack.adapters.postgres.flows import FlowStore as PgFlowStore
-from twintrack.adapters.postgres.keys import KeyStore as PgKeyStore
+from twintrack.adapters.postgres.executions import PostgresExecutionStore
+from twintrack.adapters.postgres.flows import PostgresFlowStore
+from twintrack.adapters.postgres.keys import PostgresKeyStore
 from twintrack.adapters.postgres.leader import AdvisoryLeader
 from twintrack.adapters.postgres.recovery import (
     PostgresRecoveryAudit,
@@ -54,8 +54,7 @@ from twintrack.adapters.postgres.rollout import (
     PostgresRolloutFeed,
     PostgresRolloutStore,
 )
-from twintrack.adapters.postgres.workers import WorkerRegistry as PgWorkerRegistry
-from twintrack.adapters.postgres.workers import new_worker_id
+from twintrack.adapters.postgres.workers import PostgresWorkerRegistry, new_worker_id
 from twintrack.config import ConfigError, Settings
 from twintrack.core import transient
 from twintrack.core.attempts import Attempts
@@ -121,7 +120,7 @@ class Container:
     @property
     def recovery(self) -> RecoveryStore:
         """What recovery asks and changes (SQL over the executions, claims and commands)."""
-        return PostgresRecoveryStore(self.sessions, PgExecutionStore(self.sessions))
+        return PostgresRecoveryStore(self.sessions, PostgresExecutionStore(self.sessions))
 
     @property
     def audit(self) -> AuditTrail:
@@ -227,8 +226,8 @@ class ServiceFactory:
             raise ConfigError("KAFKA_BOOTSTRAP_SERVERS is not set")
         kafka = KafkaConfig.from_settings(s) if s.kafka_bootstrap_servers else None
         sessions = create_session_factory(db_engine)
-        pg_executions = PgExecutionStore(sessions)
-        flows = flows or PgFlowStore(sessions)
+        pg_executions = PostgresExecutionStore(sessions)
+        flows = flows or PostgresFlowStore(sessions)
         executions = executions or pg_executions
         registry = registry or default_registry()
         if queues is None or buses is None:
@@ -273,10 +272,10 @@ class ServiceFactory:
             sessions=sessions,
             flows=flows,
             executions=executions,
-            keys=keys or PgKeyStore(sessions),
-            counters=counters or PgCounterStore(sessions),
-            workers=workers or PgWorkerRegistry(sessions),
-            claims=claims or PgClaimStore(sessions, pg_executions),
+            keys=keys or PostgresKeyStore(sessions),
+            counters=counters or PostgresCounterStore(sessions),
+            workers=workers or PostgresWorkerRegistry(sessions),
+            claims=claims or PostgresClaimStore(sessions, pg_executions),
             registry=registry,
             queues=service.queues,
             buses=service.buses,
@@ -511,6 +510,7 @@ def compose_service(
             max_running_executions_per_owner=s.max_running_executions_per_owner,
         ),
         terminal_row_wait_s=s.terminal_row_wait_s,
+        idempotency_key_ttl_s=s.idempotency_key_ttl_s,
     )
 
 

@@ -89,6 +89,13 @@ class Settings(BaseSettings):
         description="How long an event stream holds its terminal event until the row shows "
         "the ending (a writer that died in between is repaired by recovery).",
     )
+    idempotency_key_ttl_s: float = Field(
+        default=24 * 3600,
+        gt=0,
+        le=30 * 24 * 3600,
+        description="How long an `Idempotency-Key` of a create answers with the execution it "
+        "made (a retry after that creates a new one).",
+    )
 
     # -- per-owner limits (twintrack.domain.limits) ---------------------------------------------
     max_executions_per_tree: int = Field(

@@ -228,6 +228,21 @@ class Stack:
         self.processes.append(proc)
         return proc
 
+    def spawn_api_process(self, name: str, port: int) -> subprocess.Popen[bytes]:
+        """A real `twintrack api` process on `port` (same database and topics), to be killed
+        and started again on the same port."""
+        assert self.log_dir is not None
+        log = (self.log_dir / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "twintrack", "api"],
+            env={**os.environ, **self.env, "API_HOST": "127.0.0.1", "API_PORT": str(port)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes.append(proc)
+        return proc
+
     async def close(self) -> None:
         for proc in self.processes:
             if proc.poll() is None:

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from tests.faults.own_postgres import own_database_url, own_postgres  # noqa: F401 (fixtures)
-from twintrack.adapters.postgres.counters import CounterStore
+from twintrack.adapters.postgres.counters import PostgresCounterStore
 from twintrack.adapters.postgres.db import create_engine, create_session_factory
 from twintrack.tooling.embedded.postgres import EmbeddedPostgres
 
@@ -41,7 +41,7 @@ async def test_the_pool_replaces_connections_a_restart_killed(
 ) -> None:
     engine = create_engine(own_database_url, pool_size=2)
     try:
-        counters = CounterStore(create_session_factory(engine))
+        counters = PostgresCounterStore(create_session_factory(engine))
         assert await counters.increment("pooled") == 1  # leaves a connection in the pool
         # In a thread, as a real restart happens: the loop sees the server close the socket.
         await asyncio.to_thread(own_postgres.restart)
@@ -56,7 +56,7 @@ async def test_a_keyed_increment_counts_once_and_waits_out_an_outage(
 ) -> None:
     engine = create_engine(own_database_url)
     try:
-        counters = CounterStore(create_session_factory(engine))
+        counters = PostgresCounterStore(create_session_factory(engine))
         assert await counters.increment("t", key="ex_a/1/n") == 1
         assert await counters.increment("t", key="ex_a/1/n") == 1  # a repeat counts once
         assert await counters.increment("t", key="ex_a/2/n") == 2  # another attempt counts

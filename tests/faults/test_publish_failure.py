@@ -15,7 +15,7 @@ from tests.faults.broker import own_broker
 from tests.integration.kafka.test_kafka_events import collect, event, new_execution
 from twintrack.adapters.kafka.clients import KafkaConfig, ensure_topics
 from twintrack.adapters.kafka.events import EventPublishError, KafkaEventBus
-from twintrack.adapters.postgres import FlowStore
+from twintrack.adapters.postgres import PostgresFlowStore
 from twintrack.tooling.embedded.broker import EmbeddedBroker
 
 __all__ = ["own_broker"]
@@ -43,7 +43,7 @@ async def _bus(broker: EmbeddedBroker, sessions: Sessions, retry_s: float) -> Ka
 
 @pytest_asyncio.fixture
 async def executions(session_factory: Sessions) -> AsyncIterator[tuple[str, str]]:
-    flow_id = (await FlowStore(session_factory).create("alice", "f", DEFINITION)).id
+    flow_id = (await PostgresFlowStore(session_factory).create("alice", "f", DEFINITION)).id
     yield (
         await new_execution(session_factory, flow_id),
         await new_execution(session_factory, flow_id),

@@ -91,6 +91,16 @@ class Page(BaseModel, Generic[T]):
 
 
 @dataclass(frozen=True)
+class KeyReservation:
+    """Who holds an idempotency key: `reserved` when this call took it (for `execution_id`),
+    else the execution and request fingerprint of the earlier request that did."""
+
+    execution_id: str
+    request_hash: str
+    reserved: bool
+
+
+@dataclass(frozen=True)
 class Claim:
     execution_id: str
     worker_id: str

@@ -9,7 +9,9 @@ never interleave with each other and a worker always continues numbering after t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
@@ -31,11 +33,11 @@ from twintrack.domain.execution import (
     Track,
     TriggerEvent,
 )
-from twintrack.domain.flow import Flow, check_options, validate_flow
+from twintrack.domain.flow import Flow, FlowValidationError, check_options, validate_flow
 from twintrack.domain.ids import EXECUTION_PREFIX, new_execution_id
 from twintrack.domain.limits import LimitExceeded, OwnerLimits
 from twintrack.domain.rollout import choose_track, events_backend_for
-from twintrack.engine import check_event_size, result_from_terminal_event
+from twintrack.engine import EventTooLarge, check_event_size, result_from_terminal_event
 from twintrack.nodes.base import NodeError, SpawnedChild, child_depth
 from twintrack.nodes.registry import NodeRegistry
 
@@ -49,6 +51,18 @@ _CREATED_FIELDS_BYTES = 1024
 
 class Conflict(Exception):
     """The request does not fit the execution's state (for example, a command on a finished one)."""
+
+
+class IdempotencyKeyReused(Exception):
+    """An idempotency key sent again with a different request than the one it first came with:
+    answering with the first request's execution would hide that the caller's intent changed."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"idempotency key {key!r} was first used with a different request; "
+            "send that request again, or use a new key for this one"
+        )
+        self.key = key
 
 
 class TrackUnavailable(Exception):
@@ -107,6 +121,26 @@ def child_execution_id(parent_id: str, node_id: str) -> str:
     return f"{EXECUTION_PREFIX}_{digest}"
 
 
+def request_fingerprint(
+    flow_id: str,
+    version: int | None,
+    options: ExecutionOptions | None,
+    events: Sequence[TriggerEvent],
+    track: Track | None,
+) -> str:
+    """What an idempotency key is checked against: the create's arguments, canonically
+    (an absent `options` and the defaults are the same request)."""
+    request = {
+        "flow_id": flow_id,
+        "version": version,
+        "options": (options or ExecutionOptions()).model_dump(mode="json"),
+        "events": [e.model_dump(mode="json") for e in events],
+        "track": None if track is None else track.value,
+    }
+    canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def aggregate_status(statuses: Collection[ExecutionStatus]) -> ExecutionStatus:
     """A tree is running while any member is unfinished, else its worst ending."""
     for status in (_S.RUNNING, _S.PAUSED, _S.QUEUED, _S.CREATED, _S.FAILED, _S.STOPPED):
@@ -128,6 +162,7 @@ class ExecutionService:
         policy: RoutingPolicy | PolicySource,
         limits: OwnerLimits | None = None,
         terminal_row_wait_s: float = 60.0,
+        idempotency_key_ttl_s: float = 24 * 3600.0,
     ) -> None:
         self.flows = flows
         self.executions = executions
@@ -140,6 +175,7 @@ class ExecutionService:
         )
         self.limits = limits or OwnerLimits()
         self.terminal_row_wait_s = terminal_row_wait_s
+        self.idempotency_key_ttl_s = idempotency_key_ttl_s
         self._flow_cache: OrderedDict[tuple[str, int], Flow] = OrderedDict()
 
     @property
@@ -237,6 +273,62 @@ class ExecutionService:
         )
         await self._announce_created(record)
         return record
+
+    async def create_once(
+        self,
+        owner_id: str,
+        key: str,
+        flow_id: str,
+        *,
+        version: int | None = None,
+        options: ExecutionOptions | None = None,
+        events: Sequence[TriggerEvent] = (),
+        track: Track | None = None,
+    ) -> tuple[ExecutionRecord, bool]:
+        """`create` under an idempotency key: (the execution, whether this call created it).
+
+        The key is reserved in Postgres with the execution's id chosen up front, so every
+        request with the key, concurrent or retried within IDEMPOTENCY_KEY_TTL_S, ends up with
+        that one execution. A request that finds the key but not yet its execution (the first
+        one crashed, or is still creating it) creates or completes it under the same id, as a
+        re-run parent does for its children. IdempotencyKeyReused for another request under
+        the key. A create refused as asked (no such flow, options that do not fit) frees the
+        key it reserved, so a corrected request may use it.
+        """
+        fingerprint = request_fingerprint(flow_id, version, options, events, track)
+        held = await self.executions.reserve_key(
+            owner_id, key, fingerprint, new_execution_id(), self.idempotency_key_ttl_s
+        )
+        if held.request_hash != fingerprint:
+            raise IdempotencyKeyReused(key)
+        if not held.reserved:
+            try:
+                await self.executions.get(held.execution_id, owner_id)
+            except NotFound:
+                pass  # not made yet: the first request crashed, or is about to insert it
+            else:
+                return await self.announce_if_missing(held.execution_id), False
+        try:
+            record = await self.create(
+                owner_id,
+                flow_id,
+                version=version,
+                options=options,
+                events=events,
+                track=track,
+                execution_id=held.execution_id,
+            )
+        except AlreadyExists:  # a concurrent request with the key inserted it first
+            return await self.announce_if_missing(held.execution_id), False
+        except (NotFound, FlowValidationError, EventTooLarge):
+            # Refused as asked: the same request fails the same way for anyone, so the key
+            # protects nothing and may serve a corrected request. After any other failure it
+            # stays: a request still creating under it (or a retry) must keep its execution.
+            if held.reserved:
+                with contextlib.suppress(Exception):  # the refusal is the answer
+                    await self.executions.release_key(owner_id, key, held.execution_id)
+            raise
+        return record, True
 
     async def _announce_created(self, record: ExecutionRecord) -> None:
         """What the track needs first, then `execution.created` (index 0): both idempotent, so
@@ -499,6 +591,10 @@ class ExecutionService:
 
     async def get(self, owner_id: str | None, execution_id: str) -> ExecutionRecord:
         return await self.executions.get(execution_id, owner_id)
+
+    async def finished_among(self, execution_ids: Collection[str]) -> set[str]:
+        """Which of these executions have ended (any owner's: callers checked ownership)."""
+        return await self.executions.finished_among(execution_ids)
 
     async def list(
         self,

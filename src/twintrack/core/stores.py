@@ -26,6 +26,7 @@ from twintrack.core.records import (
     FlowRecord,
     FlowRef,
     FlowSummary,
+    KeyReservation,
     Page,
     Principal,
 )
@@ -167,6 +168,24 @@ class ExecutionStore(Protocol):
         "stopped"), or its ending once stopped; None while nobody asked it to stop. A running
         execution told to stop stays `running` until its engine obeys, so the status alone
         cannot tell; a spawn asks this once its child exists, so no child escapes a stop."""
+        ...
+
+    async def finished_among(self, execution_ids: Collection[str]) -> set[str]:
+        """Which of these executions have ended (any owner's): one read for every long-poll
+        of a process."""
+        ...
+
+    async def reserve_key(
+        self, owner_id: str, key: str, request_hash: str, execution_id: str, ttl_s: float
+    ) -> KeyReservation:
+        """Take the owner's idempotency `key` for `execution_id` (reserved), unless a request
+        took it within `ttl_s`: then that request's execution id and fingerprint. Of any
+        number of concurrent callers with one key exactly one reserves it; an expired key is
+        taken over. The execution need not exist yet (it is created under the id after)."""
+        ...
+
+    async def release_key(self, owner_id: str, key: str, execution_id: str) -> None:
+        """Free the key if it still names `execution_id` and that execution does not exist."""
         ...
 
 

@@ -123,11 +123,11 @@ async def _create_key(database_url: str) -> str:
 
 async def _create_key_for(database_url: str, owner: str, admin: bool = False) -> str:
     from twintrack.adapters.postgres.db import create_engine, create_session_factory
-    from twintrack.adapters.postgres.keys import KeyStore
+    from twintrack.adapters.postgres.keys import PostgresKeyStore
 
     engine = create_engine(database_url)
     try:
-        created = await KeyStore(create_session_factory(engine)).create(owner, admin=admin)
+        created = await PostgresKeyStore(create_session_factory(engine)).create(owner, admin=admin)
         return created.key
     finally:
         await engine.dispose()

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from structlog.testing import capture_logs
 
 from twintrack.adapters.memory import MemoryPorts
-from twintrack.adapters.postgres import FlowStore as PostgresFlowStore
+from twintrack.adapters.postgres import PostgresFlowStore as PostgresFlowStore
 from twintrack.bootstrap import ServiceFactory
 from twintrack.config import Settings
 from twintrack.core.service import ExecutionService

@@ -31,7 +31,7 @@ from tests.integration.kafka.test_kafka_events import (
 from twintrack.adapters.kafka.clients import KafkaConfig, ensure_topics
 from twintrack.adapters.kafka.event_reader import TAIL_WINDOW
 from twintrack.adapters.kafka.events import KafkaEventBus
-from twintrack.adapters.postgres import FlowStore
+from twintrack.adapters.postgres import PostgresFlowStore
 from twintrack.core.ports import EventsExpired
 from twintrack.domain.ids import new_execution_id
 from twintrack.tooling.embedded.broker import EmbeddedBroker
@@ -53,7 +53,9 @@ def _config(bootstrap: str, prefix: str, idempotence: bool) -> KafkaConfig:
 
 @pytest_asyncio.fixture
 async def flow_id(session_factory: Sessions) -> str:
-    return (await FlowStore(session_factory).create("alice", "f", {**DEFINITION, "edges": []})).id
+    return (
+        await PostgresFlowStore(session_factory).create("alice", "f", {**DEFINITION, "edges": []})
+    ).id
 
 
 async def _others(bus: KafkaEventBus, partition: int, count: int) -> None:

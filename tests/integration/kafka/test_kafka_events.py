@@ -23,7 +23,7 @@ from tests.fixtures.servers import UniqueName
 from twintrack.adapters.kafka.clients import KafkaConfig, ensure_topics, make_consumer
 from twintrack.adapters.kafka.event_reader import EventBusClosed, EventLogNotFound, record_headers
 from twintrack.adapters.kafka.events import KafkaEventBus
-from twintrack.adapters.postgres import ExecutionStore, FlowStore
+from twintrack.adapters.postgres import PostgresExecutionStore, PostgresFlowStore
 from twintrack.adapters.postgres.tables import KafkaEventLogRow
 from twintrack.domain.events import Event, EventType
 from twintrack.domain.execution import EventsBackend, Track
@@ -123,7 +123,7 @@ async def raw_producer(config: KafkaConfig) -> AsyncIterator[AIOKafkaProducer]:
 
 @pytest_asyncio.fixture
 async def flow_id(session_factory: Sessions) -> str:
-    return (await FlowStore(session_factory).create("alice", "f", DEFINITION)).id
+    return (await PostgresFlowStore(session_factory).create("alice", "f", DEFINITION)).id
 
 
 def partition_of(execution_id: str) -> int:
@@ -137,7 +137,7 @@ async def new_execution(sessions: Sessions, flow_id: str, partition: int | None 
     execution_id = new_execution_id()
     while partition is not None and partition_of(execution_id) != partition:
         execution_id = new_execution_id()
-    await ExecutionStore(sessions).create(
+    await PostgresExecutionStore(sessions).create(
         owner_id="alice",
         flow_id=flow_id,
         flow_version=1,

@@ -33,6 +33,7 @@ EXPECTED_TABLES = {
     "tally_increments",
     "execution_commands",
     "kafka_event_logs",
+    "idempotency_keys",
     "rollout_state",
     "rollout_history",
     "rollout_guard_verdicts",

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from twintrack.adapters.postgres import ExecutionStore, FlowStore
+from twintrack.adapters.postgres import PostgresExecutionStore, PostgresFlowStore
 from twintrack.core.errors import InvalidCursor, NotFound
 from twintrack.core.records import ExecutionRecord
 from twintrack.domain.execution import EventsBackend, ExecutionStatus, Track, TriggerEvent
@@ -27,24 +27,24 @@ DEFINITION: dict[str, Any] = {
 
 
 @pytest.fixture
-def flows(session_factory: Sessions) -> FlowStore:
-    return FlowStore(session_factory)
+def flows(session_factory: Sessions) -> PostgresFlowStore:
+    return PostgresFlowStore(session_factory)
 
 
 @pytest.fixture
-def executions(session_factory: Sessions) -> ExecutionStore:
-    return ExecutionStore(session_factory)
+def executions(session_factory: Sessions) -> PostgresExecutionStore:
+    return PostgresExecutionStore(session_factory)
 
 
 async def _root(
-    flows: FlowStore, executions: ExecutionStore, owner: str = "alice"
+    flows: PostgresFlowStore, executions: PostgresExecutionStore, owner: str = "alice"
 ) -> ExecutionRecord:
     flow_id = (await flows.create(owner, "f", DEFINITION)).id
     return await _create(executions, owner, flow_id)
 
 
 async def _create(
-    executions: ExecutionStore,
+    executions: PostgresExecutionStore,
     owner: str,
     flow_id: str,
     parent: ExecutionRecord | None = None,
@@ -63,7 +63,7 @@ async def _create(
 
 
 async def test_concurrent_spawns_in_one_tree_never_pass_the_cap(
-    flows: FlowStore, executions: ExecutionStore
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
 ) -> None:
     """30 children of one tree at once (as many workers would spawn them), cap 10: exactly 9
     children join the root; the rest are refused naming the limit and leave no row."""
@@ -90,7 +90,7 @@ async def test_concurrent_spawns_in_one_tree_never_pass_the_cap(
 
 
 async def test_concurrent_starts_of_one_owner_never_pass_the_running_limit(
-    flows: FlowStore, executions: ExecutionStore
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
 ) -> None:
     """What `ExecutionService.start` does, 12 at once with a limit of 3: exactly 3 go to
     `queued`; the others stay `created`. Another owner is not held back."""
@@ -121,7 +121,7 @@ async def test_concurrent_starts_of_one_owner_never_pass_the_running_limit(
 
 
 async def test_running_count_covers_queued_running_and_paused_only(
-    flows: FlowStore, executions: ExecutionStore
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
 ) -> None:
     root = await _root(flows, executions)
     path = {
@@ -141,7 +141,7 @@ async def test_running_count_covers_queued_running_and_paused_only(
 
 
 async def test_tree_pages_cover_every_member_once_with_the_whole_trees_counts(
-    flows: FlowStore, executions: ExecutionStore
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
 ) -> None:
     root = await _root(flows, executions)
     members = [root]
@@ -174,7 +174,7 @@ async def test_tree_pages_cover_every_member_once_with_the_whole_trees_counts(
 
 
 async def test_a_start_stuck_behind_a_held_owner_count_gives_up_in_bounded_time(
-    flows: FlowStore, executions: ExecutionStore
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
 ) -> None:
     """A start that hangs (a stalled broker) holds the owner's count: the next start of that
     owner gives up after `wait_s` with TimeoutError (503), and the held lock is not harmed."""

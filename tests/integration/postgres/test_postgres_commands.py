@@ -14,7 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from twintrack.adapters.postgres import ExecutionStore, FlowStore
+from twintrack.adapters.postgres import PostgresExecutionStore, PostgresFlowStore
 from twintrack.adapters.postgres.commands import (
     APPLICATION_NAME,
     PAYLOAD_BUDGET_BYTES,
@@ -63,8 +63,8 @@ class Inbox:
 
 
 async def _new_executions(sessions: Sessions, count: int = 1) -> list[str]:
-    flow = await FlowStore(sessions).create("alice", "f", DEFINITION)
-    store = ExecutionStore(sessions)
+    flow = await PostgresFlowStore(sessions).create("alice", "f", DEFINITION)
+    store = PostgresExecutionStore(sessions)
     ids = []
     for _ in range(count):
         record = await store.create(

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from twintrack.adapters.postgres import ExecutionStore, FlowStore
+from twintrack.adapters.postgres import PostgresExecutionStore, PostgresFlowStore
 from twintrack.adapters.postgres.rollout import (
     PostgresGuardStore,
     PostgresRolloutFeed,
@@ -76,7 +76,7 @@ async def test_concurrent_seeds_make_one_state_and_changes_are_serialised_with_h
 
 
 async def _execution(
-    executions: ExecutionStore, flow: Any, track: Track, status: ExecutionStatus
+    executions: PostgresExecutionStore, flow: Any, track: Track, status: ExecutionStatus
 ) -> str:
     record = await executions.create(
         owner_id="o",
@@ -91,7 +91,8 @@ async def _execution(
 async def test_the_guard_figures_count_the_window_and_the_stuck(
     session_factory: Sessions,
 ) -> None:
-    flows, executions = FlowStore(session_factory), ExecutionStore(session_factory)
+    flows = PostgresFlowStore(session_factory)
+    executions = PostgresExecutionStore(session_factory)
     flow = await flows.create("o", "f", {"name": "f", "nodes": [], "edges": []})
     rows: dict[str, tuple[Track, str, float | None, float | None]] = {}
     # (track, status, finished this many seconds ago, created this long before finishing)

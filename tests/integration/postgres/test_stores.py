@@ -12,12 +12,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from twintrack.adapters.postgres import (
     AlreadyExists,
-    CounterStore,
-    ExecutionStore,
-    FlowStore,
     InvalidCursor,
-    KeyStore,
     NotFound,
+    PostgresCounterStore,
+    PostgresExecutionStore,
+    PostgresFlowStore,
+    PostgresKeyStore,
     UnexpectedStatus,
 )
 from twintrack.adapters.postgres.db import create_engine, split_libpq_params, to_async_url
@@ -51,18 +51,18 @@ def _definition(marker: int) -> dict[str, Any]:
 
 
 @pytest.fixture
-def flows(session_factory: Sessions) -> FlowStore:
-    return FlowStore(session_factory)
+def flows(session_factory: Sessions) -> PostgresFlowStore:
+    return PostgresFlowStore(session_factory)
 
 
 @pytest.fixture
-def executions(session_factory: Sessions) -> ExecutionStore:
-    return ExecutionStore(session_factory)
+def executions(session_factory: Sessions) -> PostgresExecutionStore:
+    return PostgresExecutionStore(session_factory)
 
 
 async def _new_execution(
-    flows: FlowStore,
-    executions: ExecutionStore,
+    flows: PostgresFlowStore,
+    executions: PostgresExecutionStore,
     owner_id: str = ALICE,
     track: Track = Track.KAFKA,
     flow_id: str | None = None,
@@ -124,7 +124,9 @@ def test_unix_socket_url_keeps_its_host_parameter() -> None:
 # --- flows -------------------------------------------------------------------------------------
 
 
-async def test_update_appends_versions_and_old_versions_stay_readable(flows: FlowStore) -> None:
+async def test_update_appends_versions_and_old_versions_stay_readable(
+    flows: PostgresFlowStore,
+) -> None:
     ref = await flows.create(ALICE, "first", _definition(1))
     assert ref.version == 1
 
@@ -141,7 +143,7 @@ async def test_update_appends_versions_and_old_versions_stay_readable(flows: Flo
         await flows.get(ALICE, ref.id, version=4)
 
 
-async def test_concurrent_updates_each_get_their_own_version(flows: FlowStore) -> None:
+async def test_concurrent_updates_each_get_their_own_version(flows: PostgresFlowStore) -> None:
     ref = await flows.create(ALICE, "f", _definition(0))
     versions = await asyncio.gather(
         *(flows.update(ALICE, ref.id, "f", _definition(i)) for i in range(1, 21))
@@ -152,7 +154,7 @@ async def test_concurrent_updates_each_get_their_own_version(flows: FlowStore) -
         assert (await flows.get(ALICE, ref.id, version)).definition == _definition(marker)
 
 
-async def test_another_owners_flow_is_not_found(flows: FlowStore) -> None:
+async def test_another_owners_flow_is_not_found(flows: PostgresFlowStore) -> None:
     ref = await flows.create(ALICE, "mine", DEFINITION)
     with pytest.raises(NotFound):
         await flows.get(BOB, ref.id)
@@ -162,7 +164,7 @@ async def test_another_owners_flow_is_not_found(flows: FlowStore) -> None:
     assert (await flows.get(ALICE, ref.id)).version == 1  # the failed update changed nothing
 
 
-async def test_flow_list_pages_cover_every_flow_once_newest_first(flows: FlowStore) -> None:
+async def test_flow_list_pages_cover_every_flow_once_newest_first(flows: PostgresFlowStore) -> None:
     created = [(await flows.create(ALICE, f"f{i}", DEFINITION)).id for i in range(23)]
     await flows.create(BOB, "not alice's", DEFINITION)
 
@@ -172,7 +174,9 @@ async def test_flow_list_pages_cover_every_flow_once_newest_first(flows: FlowSto
     assert [f.id for f in listed] == created[::-1]
 
 
-async def test_a_forged_cursor_is_rejected(flows: FlowStore, executions: ExecutionStore) -> None:
+async def test_a_forged_cursor_is_rejected(
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
+) -> None:
     with pytest.raises(InvalidCursor):
         await flows.list(ALICE, cursor="not-a-cursor")
     with pytest.raises(InvalidCursor):
@@ -183,7 +187,7 @@ async def test_a_forged_cursor_is_rejected(flows: FlowStore, executions: Executi
 
 
 async def test_execution_pins_the_flow_version_it_was_created_with(
-    flows: FlowStore, executions: ExecutionStore
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
 ) -> None:
     ref = await flows.create(ALICE, "f", _definition(1))
     options = ExecutionOptions(debug=True, breakpoints=["a"], inputs={"a": 5})
@@ -213,7 +217,7 @@ async def test_execution_pins_the_flow_version_it_was_created_with(
 
 
 async def test_execution_of_a_missing_flow_version_is_refused(
-    flows: FlowStore, executions: ExecutionStore
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
 ) -> None:
     ref = await flows.create(ALICE, "f", DEFINITION)
     with pytest.raises(NotFound):
@@ -227,7 +231,7 @@ async def test_execution_of_a_missing_flow_version_is_refused(
 
 
 async def test_creating_the_same_execution_id_twice_is_refused(
-    flows: FlowStore, executions: ExecutionStore
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
 ) -> None:
     first = await _new_execution(flows, executions)
     with pytest.raises(AlreadyExists):
@@ -242,7 +246,7 @@ async def test_creating_the_same_execution_id_twice_is_refused(
 
 
 async def test_another_owners_execution_is_not_found(
-    flows: FlowStore, executions: ExecutionStore
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
 ) -> None:
     mine = await _new_execution(flows, executions)
     with pytest.raises(NotFound):
@@ -265,7 +269,7 @@ async def test_another_owners_execution_is_not_found(
 
 
 async def test_tree_returns_every_descendant_down_to_depth_three(
-    flows: FlowStore, executions: ExecutionStore
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
 ) -> None:
     root = await _new_execution(flows, executions)
 
@@ -301,7 +305,7 @@ async def test_tree_returns_every_descendant_down_to_depth_three(
 
 
 async def test_execution_list_pages_cover_every_row_once_despite_concurrent_inserts(
-    flows: FlowStore, executions: ExecutionStore
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
 ) -> None:
     flow_id = (await flows.create(ALICE, "f", DEFINITION)).id
     before = [(await _new_execution(flows, executions, flow_id=flow_id)).id for _ in range(12)]
@@ -323,7 +327,7 @@ async def test_execution_list_pages_cover_every_row_once_despite_concurrent_inse
 
 
 async def test_execution_list_filters_by_flow_status_and_track(
-    flows: FlowStore, executions: ExecutionStore
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
 ) -> None:
     flow_a = (await flows.create(ALICE, "a", DEFINITION)).id
     flow_b = (await flows.create(ALICE, "b", DEFINITION)).id
@@ -346,7 +350,7 @@ async def test_execution_list_filters_by_flow_status_and_track(
 
 
 async def test_a_full_run_sets_each_timestamp_once(
-    flows: FlowStore, executions: ExecutionStore
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
 ) -> None:
     ex = await _new_execution(flows, executions)
 
@@ -376,7 +380,9 @@ async def test_a_full_run_sets_each_timestamp_once(
     assert await executions.get(ex.id) == done
 
 
-async def test_failure_records_the_error(flows: FlowStore, executions: ExecutionStore) -> None:
+async def test_failure_records_the_error(
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
+) -> None:
     ex = await _new_execution(flows, executions)
     await executions.transition(ex.id, S.QUEUED)
     await executions.transition(ex.id, S.RUNNING)
@@ -388,7 +394,7 @@ async def test_failure_records_the_error(flows: FlowStore, executions: Execution
 
 
 async def test_a_redelivered_execution_counts_attempts_and_keeps_its_first_start(
-    flows: FlowStore, executions: ExecutionStore
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
 ) -> None:
     ex = await _new_execution(flows, executions)
     await executions.transition(ex.id, S.QUEUED)
@@ -412,7 +418,10 @@ async def test_a_redelivered_execution_counts_attempts_and_keeps_its_first_start
     ],
 )
 async def test_illegal_transitions_are_refused_and_change_nothing(
-    flows: FlowStore, executions: ExecutionStore, path: list[ExecutionStatus], target: S
+    flows: PostgresFlowStore,
+    executions: PostgresExecutionStore,
+    path: list[ExecutionStatus],
+    target: S,
 ) -> None:
     ex = await _new_execution(flows, executions)
     for status in path:
@@ -427,7 +436,7 @@ async def test_illegal_transitions_are_refused_and_change_nothing(
 
 
 async def test_unexpected_current_status_is_refused(
-    flows: FlowStore, executions: ExecutionStore
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
 ) -> None:
     ex = await _new_execution(flows, executions)
     await executions.transition(ex.id, S.QUEUED)
@@ -439,13 +448,15 @@ async def test_unexpected_current_status_is_refused(
     assert (await executions.get(ex.id)).status == S.QUEUED
 
 
-async def test_transition_of_a_missing_execution_is_not_found(executions: ExecutionStore) -> None:
+async def test_transition_of_a_missing_execution_is_not_found(
+    executions: PostgresExecutionStore,
+) -> None:
     with pytest.raises(NotFound):
         await executions.transition("ex_missing", S.QUEUED)
 
 
 async def test_racing_terminal_transitions_have_exactly_one_winner(
-    flows: FlowStore, executions: ExecutionStore
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
 ) -> None:
     ex = await _new_execution(flows, executions)
     await executions.transition(ex.id, S.QUEUED)
@@ -466,7 +477,9 @@ async def test_racing_terminal_transitions_have_exactly_one_winner(
     assert {loser.current for loser in losers} == {final.status}
 
 
-async def test_event_index_only_moves_forward(flows: FlowStore, executions: ExecutionStore) -> None:
+async def test_event_index_only_moves_forward(
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
+) -> None:
     ex = await _new_execution(flows, executions)
     assert await executions.advance_event_index(ex.id, 5) == 5
     assert await executions.advance_event_index(ex.id, 3) == 5
@@ -479,10 +492,10 @@ async def test_event_index_only_moves_forward(flows: FlowStore, executions: Exec
 
 
 async def test_concurrent_increments_are_all_counted(session_factory: Sessions) -> None:
-    counters: Counters = CounterStore(session_factory)
+    counters: Counters = PostgresCounterStore(session_factory)
     results = await asyncio.gather(*(counters.increment("hits") for _ in range(50)))
     assert sorted(results) == list(range(1, 51))
-    store = CounterStore(session_factory)
+    store = PostgresCounterStore(session_factory)
     assert await store.get("hits") == 50
     assert await store.get("never") == 0
     assert await store.increment("other") == 1
@@ -492,7 +505,7 @@ async def test_concurrent_increments_are_all_counted(session_factory: Sessions) 
 
 
 async def test_a_key_authenticates_its_owner_until_revoked(session_factory: Sessions) -> None:
-    keys = KeyStore(session_factory)
+    keys = PostgresKeyStore(session_factory)
     created = await keys.create(ALICE)
     assert created.key.startswith("tt_")
     assert created.key.startswith(created.prefix)
@@ -517,7 +530,7 @@ async def test_a_key_authenticates_its_owner_until_revoked(session_factory: Sess
 
 
 async def test_keys_are_distinct_and_the_secret_is_never_stored(session_factory: Sessions) -> None:
-    keys = KeyStore(session_factory)
+    keys = PostgresKeyStore(session_factory)
     first, second = await keys.create(ALICE), await keys.create(BOB)
     assert first.key != second.key
     assert await keys.authenticate(second.key) == BOB

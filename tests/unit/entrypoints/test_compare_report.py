@@ -8,7 +8,6 @@ from rich.console import Console
 
 from twintrack.entrypoints.cli.compare import (
     RunResult,
-    _sse_data,
     build_report,
     percentile,
     render_report,
@@ -130,19 +129,6 @@ def test_percentiles_are_nearest_rank() -> None:
     assert percentile(values, 95) == 95.0
     assert percentile([3.0], 95) == 3.0
     assert percentile([], 50) is None
-
-
-def test_sse_lines_become_events() -> None:
-    lines = [
-        ": ping",
-        "id: 0",
-        "event: execution.created",
-        'data: {"index": 0}',
-        "",
-        "id: 1",
-        'data: {"index": 1}',
-    ]
-    assert _sse_data(lines) == [{"index": 0}, {"index": 1}]
 
 
 def test_runs_that_did_not_finish_on_both_tracks_still_fail_the_comparison() -> None:

@@ -35,6 +35,7 @@ from twintrack.core.records import (
     FlowRecord,
     FlowRef,
     FlowSummary,
+    KeyReservation,
     Page,
     Principal,
 )
@@ -225,6 +226,8 @@ class MemoryExecutionStore:
         self.flows = flows
         self.commands = commands
         self.records: dict[str, ExecutionRecord] = {}
+        # (owner, key) -> (execution id, request fingerprint, when taken)
+        self.keys: dict[tuple[str, str], tuple[str, str, datetime]] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._owner_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -432,6 +435,26 @@ class MemoryExecutionStore:
         if record.status is _S.STOPPED:
             return record.error_message or "stopped"
         return None
+
+    async def finished_among(self, execution_ids: Collection[str]) -> set[str]:
+        return {
+            i for i in execution_ids if i in self.records and self.records[i].status.is_terminal
+        }
+
+    async def reserve_key(
+        self, owner_id: str, key: str, request_hash: str, execution_id: str, ttl_s: float
+    ) -> KeyReservation:
+        now = _now()
+        held = self.keys.get((owner_id, key))
+        if held is not None and held[2] >= now - timedelta(seconds=ttl_s):
+            return KeyReservation(held[0], held[1], reserved=False)
+        self.keys[(owner_id, key)] = (execution_id, request_hash, now)
+        return KeyReservation(execution_id, request_hash, reserved=True)
+
+    async def release_key(self, owner_id: str, key: str, execution_id: str) -> None:
+        held = self.keys.get((owner_id, key))
+        if held is not None and held[0] == execution_id and execution_id not in self.records:
+            del self.keys[(owner_id, key)]
 
 
 # -- flows, keys, counters, workers -------------------------------------------------------------

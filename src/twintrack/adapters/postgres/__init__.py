@@ -4,11 +4,11 @@ Stores take an `async_sessionmaker`, open a short transaction per call, and retu
 records, so callers never hold a session or a lazy-loading ORM object.
 """
 
-from twintrack.adapters.postgres.counters import CounterStore
+from twintrack.adapters.postgres.counters import PostgresCounterStore
 from twintrack.adapters.postgres.db import create_engine, create_session_factory, to_async_url
-from twintrack.adapters.postgres.executions import ExecutionStore
-from twintrack.adapters.postgres.flows import FlowStore
-from twintrack.adapters.postgres.keys import ApiKeyRecord, CreatedApiKey, KeyStore
+from twintrack.adapters.postgres.executions import PostgresExecutionStore
+from twintrack.adapters.postgres.flows import PostgresFlowStore
+from twintrack.adapters.postgres.keys import ApiKeyRecord, CreatedApiKey, PostgresKeyStore
 from twintrack.core.errors import (
     AlreadyExists,
     InvalidCursor,
@@ -21,18 +21,18 @@ from twintrack.core.records import ExecutionRecord, FlowRecord, FlowRef, FlowSum
 __all__ = [
     "AlreadyExists",
     "ApiKeyRecord",
-    "CounterStore",
     "CreatedApiKey",
     "ExecutionRecord",
-    "ExecutionStore",
     "FlowRecord",
     "FlowRef",
-    "FlowStore",
     "FlowSummary",
     "InvalidCursor",
-    "KeyStore",
     "NotFound",
     "Page",
+    "PostgresCounterStore",
+    "PostgresExecutionStore",
+    "PostgresFlowStore",
+    "PostgresKeyStore",
     "StoreError",
     "UnexpectedStatus",
     "create_engine",

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from twintrack.adapters.postgres.executions import ExecutionStore
+from twintrack.adapters.postgres.executions import PostgresExecutionStore
 from twintrack.adapters.postgres.recovery import RELEASED, audit_row
 from twintrack.adapters.postgres.tables import ExecutionClaimRow, ExecutionRow
 from twintrack.core.errors import NotFound
@@ -31,8 +31,10 @@ def _ttl(seconds: float) -> Any:
     return func.now() + func.make_interval(0, 0, 0, 0, 0, 0, seconds)
 
 
-class ClaimStore:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], executions: ExecutionStore):
+class PostgresClaimStore:
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], executions: PostgresExecutionStore
+    ):
         self._sessions = sessions
         self._executions = executions
 

@@ -1,11 +1,12 @@
-"""CounterStore: the durable counters behind the `tally` node.
+"""PostgresCounterStore: the durable counters behind the `tally` node.
 
 Each increment is its own committed transaction, so the count is exactly the number of
 increments that happened: the side effect that exactly-once tests count against. A keyed
 increment (the `tally` node keys by execution/attempt/node) also records its key and result
 in the same transaction, which makes it safe to retry through a database outage: a retry
 whose first try committed (the connection died during COMMIT) finds the key and returns the
-same count instead of counting twice. CounterStore satisfies `twintrack.nodes.base.Counters`.
+same count instead of counting twice. PostgresCounterStore satisfies
+`twintrack.nodes.base.Counters`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from twintrack.adapters.postgres.tables import TallyCounterRow, TallyIncrementRo
 from twintrack.core.transient import retry_or_abandon
 
 
-class CounterStore:
+class PostgresCounterStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 

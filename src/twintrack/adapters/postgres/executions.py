@@ -1,4 +1,5 @@
-"""ExecutionStore: the `executions` table, the one source of truth both tracks read and write.
+"""PostgresExecutionStore: the `executions` table, the one source of truth both tracks read and
+write.
 
 Every status change goes through `transition`, a single conditional UPDATE: the state machine of
 `domain.execution` is enforced in the WHERE clause, so two racing writers cannot both move an
@@ -10,13 +11,21 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncIterator, Collection, Iterable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import (
+    ARRAY,
     ColumnElement,
     Executable,
+    Interval,
     Select,
+    Text,
+    any_,
+    bindparam,
     case,
+    delete,
+    exists,
     func,
     insert,
     select,
@@ -24,6 +33,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -35,11 +45,12 @@ from twintrack.adapters.postgres.pagination import (
     to_page,
 )
 from twintrack.adapters.postgres.stops import stop_reason
-from twintrack.adapters.postgres.tables import ExecutionRow
+from twintrack.adapters.postgres.tables import ExecutionRow, IdempotencyKeyRow
 from twintrack.core.errors import AlreadyExists, NotFound, UnexpectedStatus
-from twintrack.core.records import ExecutionRecord, Page
+from twintrack.core.records import ExecutionRecord, KeyReservation, Page
 from twintrack.domain.execution import (
     ALLOWED_TRANSITIONS,
+    TERMINAL_STATUSES,
     EventsBackend,
     ExecutionOptions,
     ExecutionStatus,
@@ -59,6 +70,9 @@ OWNER_LOCK_WAIT_S = 5.0
 _MAX_TRANSITION_ROUNDS = 8
 # Transaction-scoped advisory locks (two-key form, so they never meet the one-key leader locks).
 _TREE_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('twintrack_tree'), hashtext(:root_id))")
+# Expired idempotency keys deleted per new key: more than expire per key, so the table stays
+# about one TTL's worth of keys, and no delete ever runs long.
+_EXPIRED_KEYS_PER_RESERVATION = 100
 _OWNER_LOCK = text(
     "SELECT pg_advisory_xact_lock(hashtext('twintrack_owner_running'), hashtext(:owner_id))"
 )
@@ -100,7 +114,7 @@ async def _apply_or_refuse(
     return current
 
 
-class ExecutionStore:
+class PostgresExecutionStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 
@@ -223,6 +237,15 @@ class ExecutionStore:
         if row is None:
             raise NotFound("execution", execution_id)
         return _record(row)
+
+    async def finished_among(self, execution_ids: Collection[str]) -> set[str]:
+        """Which of these executions have ended: one primary-key query however many."""
+        ids = bindparam("ids", list(execution_ids), type_=ARRAY(Text()))
+        query = select(ExecutionRow.id).where(
+            ExecutionRow.id == any_(ids), ExecutionRow.status.in_(TERMINAL_STATUSES)
+        )
+        async with self._sessions() as session:
+            return set((await session.scalars(query)).all())
 
     async def list(
         self,
@@ -432,15 +455,80 @@ class ExecutionStore:
         """See `core.stores.ExecutionStore.stop_reason`."""
         return await stop_reason(self._sessions, execution_id)
 
+    # -- idempotency keys ------------------------------------------------------------------
+
+    async def reserve_key(
+        self, owner_id: str, key: str, request_hash: str, execution_id: str, ttl_s: float
+    ) -> KeyReservation:
+        """Take `key` for `execution_id`, unless a request within `ttl_s` took it already.
+
+        One INSERT ... ON CONFLICT decides: of concurrent callers with one key exactly one
+        reserves it (an expired row is taken over in place) and every other one reads the
+        winner's row, whose insert it waited for. Expired keys are cleaned up here too.
+        """
+        ttl = bindparam("ttl", timedelta(seconds=ttl_s), type_=Interval())
+        row = pg_insert(IdempotencyKeyRow).values(
+            owner_id=owner_id, key=key, request_hash=request_hash, execution_id=execution_id
+        )
+        claim = row.on_conflict_do_update(
+            index_elements=[IdempotencyKeyRow.owner_id, IdempotencyKeyRow.key],
+            set_={
+                "request_hash": row.excluded.request_hash,
+                "execution_id": row.excluded.execution_id,
+                "created_at": func.now(),
+            },
+            where=IdempotencyKeyRow.created_at < func.now() - ttl,
+        ).returning(IdempotencyKeyRow.execution_id)
+        async with self._sessions.begin() as session:
+            if await session.scalar(claim) is not None:
+                await session.execute(_delete_expired_keys(ttl))
+                return KeyReservation(execution_id, request_hash, reserved=True)
+            held = (
+                await session.execute(
+                    select(IdempotencyKeyRow.execution_id, IdempotencyKeyRow.request_hash).where(
+                        IdempotencyKeyRow.owner_id == owner_id, IdempotencyKeyRow.key == key
+                    )
+                )
+            ).one()
+        return KeyReservation(held.execution_id, held.request_hash, reserved=False)
+
+    async def release_key(self, owner_id: str, key: str, execution_id: str) -> None:
+        """Free a key whose create failed before its execution existed, so the caller may
+        retry it (a key whose execution was made stays: retries must find that one)."""
+        async with self._sessions.begin() as session:
+            await session.execute(
+                delete(IdempotencyKeyRow).where(
+                    IdempotencyKeyRow.owner_id == owner_id,
+                    IdempotencyKeyRow.key == key,
+                    IdempotencyKeyRow.execution_id == execution_id,
+                    ~exists().where(ExecutionRow.id == execution_id),
+                )
+            )
+
+
+def _delete_expired_keys(ttl: Any) -> Executable:
+    """A bounded batch of expired keys, skipping rows another transaction is deciding on."""
+    expired = (
+        select(IdempotencyKeyRow.owner_id, IdempotencyKeyRow.key)
+        .where(IdempotencyKeyRow.created_at < func.now() - ttl)
+        .limit(_EXPIRED_KEYS_PER_RESERVATION)
+        .with_for_update(skip_locked=True)
+    )
+    return delete(IdempotencyKeyRow).where(
+        tuple_(IdempotencyKeyRow.owner_id, IdempotencyKeyRow.key).in_(expired.scalar_subquery())
+    )
+
 
 class LockedRow:
-    """One execution under its row lock, within one transaction (`ExecutionStore.locked`).
+    """One execution under its row lock, within one transaction (`PostgresExecutionStore.locked`).
 
     Everything done through it commits together when the `locked` block ends, or not at all.
     `session` is for the other Postgres adapters that join the transaction (claims, audit).
     """
 
-    def __init__(self, store: ExecutionStore, session: AsyncSession, record: ExecutionRecord):
+    def __init__(
+        self, store: PostgresExecutionStore, session: AsyncSession, record: ExecutionRecord
+    ):
         self._store = store
         self.session = session
         self.record = record
@@ -454,7 +542,7 @@ class LockedRow:
         error_node_id: str | None = None,
         next_event_index: int | None = None,
     ) -> ExecutionRecord:
-        """`ExecutionStore.transition` inside this transaction; the handle sees the new row."""
+        """`PostgresExecutionStore.transition` in this transaction; the handle sees the new row."""
         self.record = await self._store.transition(
             self.record.id,
             target,

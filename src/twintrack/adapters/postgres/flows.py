@@ -1,4 +1,4 @@
-"""FlowStore: flows and their immutable versions, scoped to an owner.
+"""PostgresFlowStore: flows and their immutable versions, scoped to an owner.
 
 Updating a flow never rewrites a version: it appends version N+1, so an execution that pinned
 version N keeps running (and showing) exactly what it started with.
@@ -23,7 +23,7 @@ def _summary(row: FlowRow) -> FlowSummary:
     return FlowSummary.model_validate(row, from_attributes=True)
 
 
-class FlowStore:
+class PostgresFlowStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 

@@ -1,4 +1,4 @@
-"""KeyStore: API keys. The secret is shown once at creation; only its SHA-256 is stored.
+"""PostgresKeyStore: API keys. The secret is shown once at creation; only its SHA-256 is stored.
 
 Keys carry 256 bits of randomness, so an unsalted fast hash is enough (nothing to brute-force), and
 looking the hash up through a unique index leaks nothing useful about the secret through timing.
@@ -14,10 +14,17 @@ from twintrack.core.errors import NotFound
 from twintrack.core.records import ApiKeyRecord, CreatedApiKey, Principal
 from twintrack.domain.ids import KEY_PREFIX, hash_key, new_api_key_id, new_api_key_secret
 
-__all__ = ["KEY_PREFIX", "ApiKeyRecord", "CreatedApiKey", "KeyStore", "Principal", "hash_key"]
+__all__ = [
+    "KEY_PREFIX",
+    "ApiKeyRecord",
+    "CreatedApiKey",
+    "PostgresKeyStore",
+    "Principal",
+    "hash_key",
+]
 
 
-class KeyStore:
+class PostgresKeyStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
 

@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import aliased
 
-from twintrack.adapters.postgres.executions import ExecutionStore, LockedRow
+from twintrack.adapters.postgres.executions import LockedRow, PostgresExecutionStore
 from twintrack.adapters.postgres.stops import stop_command_exists
 from twintrack.adapters.postgres.tables import (
     NON_TERMINAL_SQL,
@@ -54,7 +54,7 @@ UNSTARTED = (_S.CREATED, _S.QUEUED)
 
 
 def _session(row: LockedExecution) -> AsyncSession:
-    """The transaction of a lock taken by the Postgres ExecutionStore."""
+    """The transaction of a lock taken by the Postgres PostgresExecutionStore."""
     if not isinstance(row, LockedRow):
         raise TypeError(f"not a Postgres row lock: {type(row).__name__}")
     return row.session
@@ -122,7 +122,9 @@ class PostgresRecoveryAudit:
 
 
 class PostgresRecoveryStore:
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], executions: ExecutionStore):
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], executions: PostgresExecutionStore
+    ):
         self._sessions = sessions
         self._executions = executions
 

@@ -323,6 +323,25 @@ class KafkaEventLogRow(Base):
     created_at: Mapped[datetime] = _now()
 
 
+class IdempotencyKeyRow(Base):
+    """`Idempotency-Key` of a create: the execution a key made, so a retried create answers
+    with it instead of making another. The key is reserved (with the execution's id chosen up
+    front) before the execution exists, hence no foreign key; the primary key makes two
+    concurrent creates with one key agree on one id. Rows older than IDEMPOTENCY_KEY_TTL_S no
+    longer count and are deleted as new keys come in."""
+
+    __tablename__ = "idempotency_keys"
+
+    owner_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    # SHA-256 of the request a key was first used with: another body under the key is refused.
+    request_hash: Mapped[str] = mapped_column(Text, nullable=False)
+    execution_id: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (Index(None, "created_at"),)
+
+
 metadata = Base.metadata
 
 

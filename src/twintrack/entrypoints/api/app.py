@@ -21,6 +21,7 @@ from twintrack.entrypoints.api.errors import UnhandledErrors, install_error_hand
 from twintrack.entrypoints.api.limits import BodyLimit, StreamSlots
 from twintrack.entrypoints.api.metrics import RequestMetrics
 from twintrack.entrypoints.api.routes import admin, events, executions, flows, health
+from twintrack.entrypoints.api.waits import EndWatch
 from twintrack.entrypoints.console.mount import mount_console
 from twintrack.observability.tracing import RequestSpans, configure_tracing
 
@@ -63,10 +64,14 @@ def create_app(
         version=_version(),
         description=DESCRIPTION,
         separate_input_output_schemas=False,
+        # Operation ids are the endpoint names (create_execution, stop_execution, ...), so a
+        # client generated from /openapi.json gets readable, stable method names.
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.container = container
     app.state.authenticator = ApiKeyAuthenticator(container.keys, ttl_s=auth_cache_ttl_s)
     app.state.stream_slots = StreamSlots(max_sse_streams_per_key)
+    app.state.end_watch = EndWatch(container.service.finished_among)
     outage = tuple(unavailable_errors)
     install_error_handlers(app, outage, tuple(store_errors))
     for router in (flows.router, executions.router, events.router, health.router, admin.router):

@@ -15,12 +15,13 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from twintrack.api_models import IDEMPOTENCY_KEY_HEADER, ErrorBody
+from twintrack.api_models import ErrorResponse as ErrorResponse  # re-exported for routes
 from twintrack.core.errors import AlreadyExists, InvalidCursor, NotFound
-from twintrack.core.service import Conflict, TrackUnavailable
+from twintrack.core.service import Conflict, IdempotencyKeyReused, TrackUnavailable
 from twintrack.core.transient import is_transient
 from twintrack.domain.execution import IllegalTransition
 from twintrack.domain.flow import FlowValidationError
@@ -55,18 +56,6 @@ _HTTP_CODES = {
     422: "invalid_request",
     503: "unavailable",
 }
-
-
-class ErrorBody(BaseModel):
-    code: str
-    message: str
-    details: Any = None
-
-
-class ErrorResponse(BaseModel):
-    """The body of every error answer."""
-
-    error: ErrorBody
 
 
 class ApiError(Exception):
@@ -148,6 +137,9 @@ def to_response(exc: BaseException, outage: tuple[type[BaseException], ...] = ()
     if isinstance(exc, FlowValidationError):
         details = [issue(i.location, i.message) for i in exc.issues]
         return error_response(422, "invalid_request", str(exc), details)
+    if isinstance(exc, IdempotencyKeyReused):
+        details = [issue(f"header.{IDEMPOTENCY_KEY_HEADER}", str(exc))]
+        return error_response(422, "idempotency_key_reused", str(exc), details)
     if isinstance(exc, LimitExceeded):
         return error_response(429, "limit_exceeded", str(exc), exc.details)
     if isinstance(exc, Conflict | IllegalTransition | AlreadyExists):
@@ -245,6 +237,7 @@ def install_error_handlers(
         InvalidCursor,
         FlowValidationError,
         Conflict,
+        IdempotencyKeyReused,
         IllegalTransition,
         AlreadyExists,
         LimitExceeded,
@@ -303,5 +296,6 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Malformed query parameter, header or cursor"},
     401: {"model": ErrorResponse, "description": "Missing, malformed, unknown or revoked key"},
     404: {"model": ErrorResponse, "description": "No such resource for this owner"},
+    503: {"model": ErrorResponse, "description": "A dependency is down (database, broker): retry"},
     "default": {"model": ErrorResponse, "description": "Any other error, same envelope"},
 }

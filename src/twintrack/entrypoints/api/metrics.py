@@ -53,6 +53,12 @@ SSE_EVENTS_SENT = Counter(
 )
 
 
+def tag_variant(request: Request, variant: str) -> None:
+    """Time this request apart from its route's plain calls (a long-poll's `?wait` holds it by
+    design; mixed in, it would hide the route's real latency)."""
+    request.state.route_variant = variant
+
+
 def tag_track(request: Request, track: Track | str) -> None:
     """Label this request's timing with the execution's track, once a route knows it."""
     request.state.track = str(track)
@@ -77,8 +83,10 @@ class RequestMetrics:
             if observed:
                 return
             observed = True
+            state = scope.get("state") or {}
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            track = (scope.get("state") or {}).get("track", NO_TRACK)
+            route += state.get("route_variant", "")
+            track = state.get("track", NO_TRACK)
             HTTP_REQUEST_SECONDS.labels(scope["method"], route, str(status), track).observe(
                 time.perf_counter() - started
             )

@@ -1,146 +1,67 @@
 """Request and response bodies of the HTTP API, as they appear in OpenAPI.
 
-Rows go out as the store's own records (`ExecutionRecord`, `FlowSummary`) so the API shows every
-stored field without a second model to keep in step.
+The bodies a client sends or reads live in `twintrack.api_models`, shared with
+`twintrack.client`; this module adds what only the server needs (id checks, health answers).
+Rows go out as the stores' own records (`ExecutionRecord`, `FlowSummary`), so the API shows
+every stored field without a second model to keep in step.
 """
 
 from __future__ import annotations
 
 import re
-from datetime import datetime
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 
-from twintrack.core.records import ExecutionRecord, FlowSummary
-from twintrack.domain.commands import Command
-from twintrack.domain.execution import (
-    EventsBackend,
-    ExecutionOptions,
-    ExecutionStatus,
-    Track,
-    TriggerEvent,
+from twintrack.api_models import (
+    ID_PATTERN,
+    IDEMPOTENCY_KEY_HEADER,
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_REASON_CHARS,
+    MAX_VERSION,
+    MAX_WAIT_S,
+    REPLAYED_HEADER,
+    CommandAccepted,
+    CommandRequest,
+    CreateExecution,
+    ExecutionCreated,
+    ExecutionPage,
+    ExecutionTreeOut,
+    FlowCreated,
+    FlowDocument,
+    FlowEdgeDocument,
+    FlowNodeDocument,
+    FlowOut,
+    FlowPage,
 )
 
-# Ids this service hands out (`fl_…`, `ex_…`). Anything else cannot exist, so it is answered 404
+__all__ = [
+    "IDEMPOTENCY_KEY_HEADER",
+    "ID_PATTERN",
+    "ID_RE",
+    "MAX_IDEMPOTENCY_KEY_CHARS",
+    "MAX_REASON_CHARS",
+    "MAX_VERSION",
+    "MAX_WAIT_S",
+    "REPLAYED_HEADER",
+    "CommandAccepted",
+    "CommandRequest",
+    "CreateExecution",
+    "ExecutionCreated",
+    "ExecutionPage",
+    "ExecutionTreeOut",
+    "FlowCreated",
+    "FlowDocument",
+    "FlowEdgeDocument",
+    "FlowNodeDocument",
+    "FlowOut",
+    "FlowPage",
+    "Liveness",
+    "Readiness",
+]
+
+# Anything not shaped like an id this service hands out cannot exist, so it is answered 404
 # without a query (and never reaches Postgres, which rejects e.g. NUL characters in text).
 ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,128}\Z")
-ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
-MAX_VERSION = 2**31 - 1  # the column is a 4-byte integer
-MAX_REASON_CHARS = 1000
-
-
-# -- flows ------------------------------------------------------------------------------------
-
-
-class FlowNodeDocument(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: str = Field(description="Unique in the flow, `[A-Za-z0-9_-]{1,64}`.")
-    type: str = Field(description="A node type: const, math, template, delay, fail, emit, ...")
-    config: dict[str, Any] = Field(default_factory=dict)
-
-
-class FlowEdgeDocument(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    from_: str = Field(alias="from", description="`nodeId.port` of an output port.")
-    to: str = Field(description="`nodeId.port` of an input port (at most one edge each).")
-
-
-class FlowDocument(BaseModel):
-    """A flow as written by its author; at most 1 MiB."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    nodes: list[FlowNodeDocument]
-    edges: list[FlowEdgeDocument] = Field(default_factory=list)
-
-
-class FlowCreated(BaseModel):
-    id: str
-    version: int
-
-
-class FlowOut(BaseModel):
-    """One version of a flow; `latest_version` tells whether a newer one exists."""
-
-    id: str
-    owner_id: str
-    version: int
-    latest_version: int
-    name: str
-    definition: FlowDocument
-    created_at: datetime
-    updated_at: datetime
-    version_created_at: datetime
-
-
-class FlowPage(BaseModel):
-    items: list[FlowSummary]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: done.")
-
-
-# -- executions -------------------------------------------------------------------------------
-
-
-class CreateExecution(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    flow_id: str = Field(pattern=ID_PATTERN)
-    version: int | None = Field(
-        default=None, ge=1, le=MAX_VERSION, description="Default: the latest version."
-    )
-    options: ExecutionOptions | None = None
-    events: list[TriggerEvent] = Field(
-        default_factory=list, description="Start as if triggered by these events (`listen`)."
-    )
-    track: Track | None = Field(
-        default=None,
-        description=(
-            "Admin keys only (else 403 `forbidden`): run on this track instead of the one the "
-            "rollout settings pick, e.g. to compare both tracks on one flow. Default: the "
-            "rollout settings decide."
-        ),
-    )
-
-
-class ExecutionCreated(BaseModel):
-    id: str
-    status: ExecutionStatus
-    track: Track
-    events_backend: EventsBackend
-
-
-class ExecutionPage(BaseModel):
-    items: list[ExecutionRecord]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: done.")
-
-
-class ExecutionTreeOut(BaseModel):
-    root_id: str = Field(description="The execution asked for: the root of this subtree.")
-    tree_status: ExecutionStatus = Field(
-        description="Of the whole subtree, not just this page: `running` while any member is "
-        "unfinished, else the worst ending."
-    )
-    size: int = Field(description="Members of the whole subtree (every page together).")
-    executions: list[ExecutionRecord] = Field(
-        description="This page of members: by depth, then age."
-    )
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null: done.")
-
-
-class CommandRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    reason: str | None = Field(default=None, max_length=MAX_REASON_CHARS)
-
-
-class CommandAccepted(BaseModel):
-    id: str
-    command: Command
-    status: ExecutionStatus = Field(description="The status right after the command was taken.")
 
 
 # -- health -----------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Scientist-style, but against the real thing: the flow is created through the API, then run
 `--runs` times on each track (an admin key picks the track on create), each run subscribed to
-its SSE stream before it is started and followed to its terminal event. The Kafka track is the
-control, DBOS the candidate. What must agree:
+its SSE stream before it is started and followed to its terminal event, all through
+`twintrack.client` (its retries, its resuming event streams, its long-poll for the final row).
+The Kafka track is the control, DBOS the candidate. What must agree:
 
 - final statuses: the same multiset on both tracks (any run ending differently is a mismatch);
 - outputs: the same multiset of outputs (deterministic flows: every run equal);
@@ -45,12 +46,16 @@ import typer
 from twintrack.tooling.comparison import Ordering, diff_streams, normalize, stream_problems, view
 
 if TYPE_CHECKING:
-    import httpx
     from rich.console import Console
 
-API_URL_ENV = "TWINTRACK_API_URL"
+    from twintrack.client import AsyncClient, TwintrackError
+
+API_URL_ENV = "TWINTRACK_API_URL"  # the same as twintrack.client's (imported lazily)
 API_KEY_ENV = "TWINTRACK_API_KEY"
 DEFAULT_API_URL = "http://127.0.0.1:8000"
+# A comparison rides out a blip of the deployment (an API process restarting), but a wrong
+# `--api` should not keep the operator waiting long for "cannot reach".
+RETRY_DEADLINE_S = 5.0
 TRACKS = ("kafka", "dbos")  # control first, candidate second
 TERMINAL_TYPES = frozenset({"execution.completed", "execution.failed", "execution.stopped"})
 FINAL_STATUSES = frozenset({"completed", "failed", "stopped"})
@@ -113,122 +118,97 @@ def _between(events: Events, first: Collection[str], then: Collection[str]) -> f
     return None
 
 
-def _sse_data(lines: Sequence[str]) -> Events:
-    """The `data:` payloads of SSE lines (one JSON event each; comments and pings dropped)."""
-    events: Events = []
-    data: list[str] = []
-    for line in [*lines, ""]:
-        if not line:
-            if data:
-                events.append(json.loads("\n".join(data)))
-            data = []
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-    return events
-
-
-def _api_problem(response: httpx.Response) -> tuple[str, list[str]]:
-    """The error envelope's message and each `details` entry as `location: message`."""
-    try:
-        error = response.json()["error"]
-    except (ValueError, KeyError, TypeError):
-        return f"HTTP {response.status_code}: {response.text[:500]}", []
+def _problem(exc: TwintrackError) -> tuple[str, list[str]]:
+    """The API's refusal in a line, and each of its `details` as `location: message`."""
     details = []
-    for item in error.get("details") or []:
+    for item in exc.details if isinstance(exc.details, list) else []:
         if isinstance(item, dict):
             where = item.get("location") or ""
             details.append(f"{where}: {item.get('message')}" if where else str(item.get("message")))
         else:
             details.append(str(item))
-    return f"HTTP {response.status_code} {error.get('code')}: {error.get('message')}", details
+    return str(exc), details
 
 
-class Client:
-    """The few API calls a comparison makes, on one connection pool."""
+class Runner:
+    """The few API calls a comparison makes, through `twintrack.client` (retries included)."""
 
-    def __init__(self, http: httpx.AsyncClient, timeout_s: float) -> None:
-        self.http = http
+    def __init__(self, client: AsyncClient, timeout_s: float) -> None:
+        self.client = client
         self.timeout_s = timeout_s
 
     async def create_flow(self, flow: Any) -> str:
-        response = await self.http.post("/v1/flows", json=flow)
-        if response.status_code != 201:
-            message, details = _api_problem(response)
-            raise UsageError(f"the API refused the flow ({message})", details)
-        return str(response.json()["id"])
+        from twintrack.client import ConnectionFailed, TwintrackError
+
+        try:
+            return (await self.client.create_flow(flow)).id
+        except ConnectionFailed:
+            raise
+        except TwintrackError as exc:
+            message, details = _problem(exc)
+            raise UsageError(f"the API refused the flow ({message})", details) from None
 
     async def run(self, flow_id: str, track: str, run: int, inputs: dict[str, Any]) -> RunResult:
+        from twintrack.client import ConnectionFailed, TwintrackError
+
         result = RunResult(track=track, run=run)
-        body: dict[str, Any] = {"flow_id": flow_id, "track": track}
-        if inputs:
-            body["options"] = {"inputs": inputs}
-        created = await self.http.post("/v1/executions", json=body)
-        if created.status_code != 201:
-            message, details = _api_problem(created)
+        options = {"inputs": inputs} if inputs else None
+        try:
+            created = await self.client.create_execution(flow_id, options=options, track=track)
+        except ConnectionFailed:
+            raise
+        except TwintrackError as exc:
+            message, details = _problem(exc)
             hint = ""
-            if created.status_code == 403:
+            if exc.status_code == 403:
                 hint = " (use an admin key: `twintrack keys create --owner NAME --admin`)"
-            raise UsageError(f"creating a {track} execution failed: {message}{hint}", details)
-        execution_id = str(created.json()["id"])
-        result.execution_id = execution_id
+            raise UsageError(
+                f"creating a {track} execution failed: {message}{hint}", details
+            ) from None
+        result.execution_id = created.id
         try:
             async with asyncio.timeout(self.timeout_s):
-                result.events = await self._start_and_follow(execution_id)
-                record = await self._final_row(execution_id)
+                result.events = await self._start_and_follow(created.id)
+                # The stream holds its terminal event until the row shows the ending, so this
+                # long-poll answers at once.
+                record = await self.client.wait(created.id)
         except TimeoutError:
             result.status = "timeout"
             result.problem = f"did not end within {self.timeout_s:g}s"
-            await self._stop(execution_id)
+            await self._stop(created.id)
             return result
         except Exception as exc:  # one broken run is a finding, not the end of the comparison
             result.problem = f"{type(exc).__name__}: {exc}"
-            await self._stop(execution_id)
+            await self._stop(created.id)
             return result
-        result.status = str(record["status"])
-        result.outputs = record.get("outputs")
+        result.status = record.status.value
+        result.outputs = record.outputs
         return result
-
-    async def _final_row(self, execution_id: str) -> dict[str, Any]:
-        """The row once it is final. The terminal event is published (flushed) before the row
-        moves, so a row read the moment the stream ends can still say `running`."""
-        delay = 0.005
-        while True:
-            response = await self.http.get(f"/v1/executions/{execution_id}")
-            response.raise_for_status()
-            record: dict[str, Any] = response.json()
-            if record["status"] in FINAL_STATUSES:
-                return record
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.2)
 
     async def _stop(self, execution_id: str) -> None:
         """Best effort: a run given up on should not keep running (or queued) unwatched."""
         with contextlib.suppress(Exception):
-            body = {"reason": "twintrack compare gave up on this run"}
-            await self.http.post(f"/v1/executions/{execution_id}/stop", json=body, timeout=5)
+            async with asyncio.timeout(5):
+                await self.client.stop(execution_id, reason="twintrack compare gave up on this run")
 
     async def _start_and_follow(self, execution_id: str) -> Events:
-        """Subscribe first (the stream is open when the headers arrive), then start; the
-        server ends the stream after the terminal event."""
-        url = f"/v1/executions/{execution_id}/events"
-        lines: list[str] = []
-        async with self.http.stream("GET", url, params={"from_index": 0}) as response:
-            if response.status_code != 200:
-                await response.aread()
-                raise RuntimeError(_api_problem(response)[0])
-            started = await self.http.post(f"/v1/executions/{execution_id}/start")
-            if started.status_code != 202:
-                raise RuntimeError(f"start: {_api_problem(started)[0]}")
-            async for line in response.aiter_lines():
-                lines.append(line)
-        events = _sse_data(lines)
-        if not events or events[-1].get("type") not in TERMINAL_TYPES:
+        """Subscribe first (the stream's first event, `execution.created`, is there from the
+        create on), then start; the stream ends after the terminal event."""
+        stream = self.client.events(execution_id)
+        try:
+            first = await anext(stream)
+            await self.client.start(execution_id)
+            events = [first.model_dump(mode="json")]
+            events += [event.model_dump(mode="json") async for event in stream]
+        finally:
+            await stream.aclose()
+        if events[-1].get("type") not in TERMINAL_TYPES:
             raise RuntimeError("the event stream ended before the terminal event")
         return events
 
 
 async def run_comparison(
-    client: Client,
+    client: Runner,
     flow: Any,
     runs: int,
     inputs: dict[str, Any],
@@ -476,12 +456,11 @@ async def _compare(
     timeout_s: float,
     ordering: Ordering,
 ) -> Report:
-    import httpx
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    headers = {"Authorization": f"Bearer {key}"}
-    timeout = httpx.Timeout(30.0, read=timeout_s)
+    from twintrack.client import AsyncClient, ConnectionFailed, RetryPolicy
+
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -490,8 +469,9 @@ async def _compare(
         console=Console(stderr=True),
     )
     started = time.monotonic()
-    async with httpx.AsyncClient(base_url=api, headers=headers, timeout=timeout) as http:
-        client = Client(http, timeout_s)
+    retry = RetryPolicy(deadline_s=RETRY_DEADLINE_S)
+    async with AsyncClient(api, key, retry=retry) as client:
+        runner = Runner(client, timeout_s)
         with progress:
             task = progress.add_task("comparing", total=runs * len(TRACKS), last="")
 
@@ -500,9 +480,9 @@ async def _compare(
                 progress.update(task, advance=1, last=last)
 
             try:
-                results = await run_comparison(client, flow, runs, inputs, advance)
-            except httpx.TransportError as exc:
-                raise UsageError(f"cannot reach the API at {api}: {exc}") from None
+                results = await run_comparison(runner, flow, runs, inputs, advance)
+            except ConnectionFailed as exc:
+                raise UsageError(f"cannot reach the API at {api}: {exc.message}") from None
     elapsed = time.monotonic() - started
     Console(stderr=True).print(f"{len(results)} executions in {elapsed:.1f}s", highlight=False)
     return build_report(results, runs, ordering)
@@ -539,10 +519,6 @@ def compare(
     try:
         if not key:
             raise UsageError(f"an admin API key is needed: --key or {API_KEY_ENV}")
-        try:
-            import httpx  # noqa: F401  (a dev dependency: say so instead of a traceback)
-        except ImportError:
-            raise UsageError("twintrack compare needs the httpx package installed") from None
         flow = _load_flow(flow_file)
         parsed_inputs = _load_inputs(inputs)
         report = asyncio.run(

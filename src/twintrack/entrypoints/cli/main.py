@@ -120,11 +120,11 @@ async def _counters(settings: Settings) -> tuple[Counters | None, Any]:
 
     if not settings.database_url:
         return None, nothing
-    from twintrack.adapters.postgres.counters import CounterStore
+    from twintrack.adapters.postgres.counters import PostgresCounterStore
     from twintrack.adapters.postgres.db import create_engine, create_session_factory
 
     engine = create_engine(settings.database_url)
-    return CounterStore(create_session_factory(engine)), engine.dispose
+    return PostgresCounterStore(create_session_factory(engine)), engine.dispose
 
 
 @app.command()

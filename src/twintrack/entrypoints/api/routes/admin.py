@@ -16,9 +16,12 @@ from twintrack.core.live_rollout import InvalidRolloutChange, RolloutChange, set
 from twintrack.core.rollout import rollout_overview
 from twintrack.domain.execution import EventsBackend
 from twintrack.entrypoints.api.auth import Caller, forbidden
-from twintrack.entrypoints.api.errors import COMMON_RESPONSES, ApiError, issue
+from twintrack.entrypoints.api.errors import COMMON_RESPONSES, ApiError, ErrorResponse, issue
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], responses=COMMON_RESPONSES)
+_FORBIDDEN: dict[int | str, dict[str, Any]] = {
+    403: {"model": ErrorResponse, "description": "the key is not an admin key"}
+}
+router = APIRouter(prefix="/v1/admin", tags=["admin"], responses={**COMMON_RESPONSES, **_FORBIDDEN})
 
 
 class RolloutUpdate(BaseModel):

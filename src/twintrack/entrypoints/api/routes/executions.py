@@ -7,6 +7,11 @@ TrackUnavailable 503). `/tree` pages like the list endpoint, but its default pag
 default-sized tree.
 Choosing the track on create is for admin keys only (403 otherwise): it bypasses the rollout
 settings, which an operator, not an application, should do.
+
+A create with an `Idempotency-Key` is safe to retry (a client that timed out never creates
+twice), and `GET /{id}?wait=N` is a long-poll (at most MAX_WAIT_S) that answers as soon as the
+execution has ended: waiting for a result costs one request, not a poll loop. Both exist for
+`twintrack.client`, and for any other client.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 
 from twintrack.core.records import MAX_PAGE_SIZE, ExecutionRecord
 from twintrack.domain.commands import Command
@@ -23,10 +28,19 @@ from twintrack.entrypoints.api.auth import Caller, Owner, forbidden, require_own
 from twintrack.entrypoints.api.deps import Service
 from twintrack.entrypoints.api.errors import COMMON_RESPONSES, ErrorResponse
 from twintrack.entrypoints.api.ids import checked_cursor, checked_id, checked_tree_cursor
-from twintrack.entrypoints.api.metrics import COMMANDS, EXECUTIONS_CREATED, tag_track
+from twintrack.entrypoints.api.metrics import (
+    COMMANDS,
+    EXECUTIONS_CREATED,
+    tag_track,
+    tag_variant,
+)
 from twintrack.entrypoints.api.payloads import ensure_storable
 from twintrack.entrypoints.api.schemas import (
     ID_PATTERN,
+    IDEMPOTENCY_KEY_HEADER,
+    MAX_IDEMPOTENCY_KEY_CHARS,
+    MAX_WAIT_S,
+    REPLAYED_HEADER,
     CommandAccepted,
     CommandRequest,
     CreateExecution,
@@ -34,6 +48,7 @@ from twintrack.entrypoints.api.schemas import (
     ExecutionPage,
     ExecutionTreeOut,
 )
+from twintrack.entrypoints.api.waits import EndWatch
 
 router = APIRouter(
     prefix="/v1/executions",
@@ -43,11 +58,22 @@ router = APIRouter(
 )
 
 _CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    201: {
+        "description": "Created; or, under an `Idempotency-Key` used before, the execution "
+        "that key made (as it is now)",
+        "headers": {
+            REPLAYED_HEADER: {
+                "description": "`true` when this answer did not create: the key had made it",
+                "schema": {"type": "string", "enum": ["true"]},
+            }
+        },
+    },
     403: {"model": ErrorResponse, "description": "`track` was set by a key that is not admin"},
     404: {"model": ErrorResponse, "description": "No such flow (or version) for this owner"},
     422: {
         "model": ErrorResponse,
-        "description": "Invalid body or options that do not fit the flow; `details` names each",
+        "description": "Invalid body or options that do not fit the flow, `details` naming "
+        "each; or `idempotency_key_reused`: the key came first with another body",
     },
     503: {"model": ErrorResponse, "description": "The chosen track is unavailable; retry"},
 }
@@ -82,19 +108,40 @@ async def create_execution(
     response: Response,
     caller: Caller,
     service: Service,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=IDEMPOTENCY_KEY_HEADER,
+            min_length=1,
+            max_length=MAX_IDEMPOTENCY_KEY_CHARS,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Makes the create safe to retry: the same key (per owner) answers "
+            "with the execution it first made, for IDEMPOTENCY_KEY_TTL_S (24 h); the "
+            f"answer then carries `{REPLAYED_HEADER}: true`. The same key with another "
+            "body is refused (422 `idempotency_key_reused`). Printable ASCII, at most "
+            f"{MAX_IDEMPOTENCY_KEY_CHARS} characters: a UUID per logical create is ideal.",
+        ),
+    ] = None,
 ) -> ExecutionCreated:
     if body.track is not None and not caller.is_admin:
         raise forbidden("track", "only an admin API key may choose the track")
     ensure_storable(body.model_dump())
-    record = await service.create(
-        caller.owner_id,
-        body.flow_id,
-        version=body.version,
-        options=body.options,
-        events=body.events,
-        track=body.track,
-    )
-    EXECUTIONS_CREATED.labels(record.track).inc()
+    arguments: dict[str, Any] = {
+        "version": body.version,
+        "options": body.options,
+        "events": body.events,
+        "track": body.track,
+    }
+    if idempotency_key is None:
+        record, created = await service.create(caller.owner_id, body.flow_id, **arguments), True
+    else:
+        record, created = await service.create_once(
+            caller.owner_id, idempotency_key, body.flow_id, **arguments
+        )
+    if created:
+        EXECUTIONS_CREATED.labels(record.track).inc()
+    else:
+        response.headers[REPLAYED_HEADER] = "true"
     tag_track(request, record.track)
     response.headers["Location"] = f"{request.url.path.rstrip('/')}/{record.id}"
     return ExecutionCreated(
@@ -128,9 +175,27 @@ async def list_executions(
 
 @router.get("/{execution_id}", response_model=ExecutionRecord, summary="The execution's row")
 async def get_execution(
-    execution_id: str, request: Request, owner: Owner, service: Service
+    execution_id: str,
+    request: Request,
+    owner: Owner,
+    service: Service,
+    wait: Annotated[
+        float | None,
+        Query(
+            ge=0,
+            allow_inf_nan=False,
+            description="Long-poll: hold the answer until the execution has ended, at most "
+            f"this many seconds (and never more than {MAX_WAIT_S:g}, whatever is asked), "
+            "then answer with the row as it is then. Without it: at once.",
+        ),
+    ] = None,
 ) -> ExecutionRecord:
     record = await service.get(owner, checked_id("execution", execution_id))
+    if wait and not record.status.is_terminal:
+        tag_variant(request, "?wait")
+        watch: EndWatch = request.app.state.end_watch
+        await watch.wait(record.id, min(wait, MAX_WAIT_S))
+        record = await service.get(owner, record.id)
     tag_track(request, record.track)
     return record
 

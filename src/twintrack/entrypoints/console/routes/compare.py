@@ -15,7 +15,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request, Response
 
-from twintrack.adapters.postgres.flows import FlowStore
+from twintrack.adapters.postgres.flows import PostgresFlowStore
 from twintrack.core.service import ExecutionService
 from twintrack.domain.commands import Command
 from twintrack.domain.execution import Track
@@ -62,7 +62,7 @@ async def run_once(
 
 
 async def _flow_choices(request: Request, viewer: Viewer) -> list[tuple[str, str]]:
-    flows: FlowStore = request.app.state.container.flows
+    flows: PostgresFlowStore = request.app.state.container.flows
     listed = await flows.list(viewer.owner_id, limit=100)
     return [(f.id, f.name) for f in listed.items]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from twintrack.adapters.postgres.flows import FlowStore
+from twintrack.adapters.postgres.flows import PostgresFlowStore
 from twintrack.core.service import ExecutionService
 from twintrack.entrypoints.api.ids import checked_cursor, checked_id
 from twintrack.entrypoints.console.dag import NODE_H, NODE_W, layout
@@ -16,8 +16,8 @@ from twintrack.entrypoints.console.web import ConsoleRoute, page
 router = APIRouter(prefix="/ui/flows", route_class=ConsoleRoute, include_in_schema=False)
 
 
-def _flows(request: Request) -> FlowStore:
-    flows: FlowStore = request.app.state.container.flows
+def _flows(request: Request) -> PostgresFlowStore:
+    flows: PostgresFlowStore = request.app.state.container.flows
     return flows
 
 
