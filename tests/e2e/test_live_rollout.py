@@ -166,7 +166,8 @@ async def test_the_timer_re_reads_a_change_whose_notification_was_lost_and_the_e
 async def test_changing_the_rollout_while_executions_are_created_loses_or_doubles_nothing(
     base_env: dict[str, str], logs: Path
 ) -> None:
-    async with open_stack(base_env, logs) as stack:
+    # A lease that cannot lapse on a loaded machine: a recovery re-run is not what this checks.
+    async with open_stack(base_env, logs, CLAIM_TTL_S="15") as stack:
         await stack.add_worker()  # serves both tracks
         api, key = stack.api, await admin_key(stack)
         flow_id = await api.create_flow(flows.crashable(ms=10))
@@ -266,6 +267,7 @@ async def test_the_guard_rolls_a_failing_dbos_cohort_back_and_leaves_kafka_alone
         "GUARD_INITIAL_DELAY_S": "1",
         "GUARD_MIN_SAMPLES": "5",
         "GUARD_FAILURES_TO_ROLLBACK": "2",
+        "CLAIM_TTL_S": "15",  # no recovery re-run on a loaded machine: attempts stay 1
     }
     async with open_stack(env, logs) as stack:
         stack.container.registry.register(FailsOnDbos(stack.container))  # the test's plugin
