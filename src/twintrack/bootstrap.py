@@ -35,6 +35,7 @@ from twintrack.adapters.memory import (
     MemoryStores,
 )
 from twintrack.adapters.memory.recovery import MemoryRecovery
+from twintrack.adapters.memory.rollout import MemoryGuardStore, MemoryRolloutStore
 from twintrack.adapters.postgres.claims import PostgresClaimStore
 from twintrack.adapters.postgres.commands import PostgresCommandChannel
 from twintrack.adapters.postgres.counters import PostgresCounterStore
@@ -48,6 +49,11 @@ from twintrack.adapters.postgres.recovery import (
     PostgresRecoveryStore,
     PostgresRerouteStore,
 )
+from twintrack.adapters.postgres.rollout import (
+    PostgresGuardStore,
+    PostgresRolloutFeed,
+    PostgresRolloutStore,
+)
 from twintrack.adapters.postgres.workers import PostgresWorkerRegistry, new_worker_id
 from twintrack.config import ConfigError, Settings
 from twintrack.core import transient
@@ -55,11 +61,14 @@ from twintrack.core.attempts import Attempts
 from twintrack.core.audit import AuditTrail
 from twintrack.core.children_sweep import ChildSweeper
 from twintrack.core.dead_executors import DeadExecutorSweeper
+from twintrack.core.guard import Guard, GuardPolicy, GuardStore
+from twintrack.core.live_rollout import LiveRollout, RolloutStateStore, Switches
 from twintrack.core.ports import CommandChannel, EventBus, TaskQueue
 from twintrack.core.recovery import RecoverySweeper, SweepPolicy
 from twintrack.core.recovery_ports import RecoveryStore, RerouteStore
+from twintrack.core.rollout import reroute
 from twintrack.core.run_host import RunHost
-from twintrack.core.service import ExecutionService, RoutingPolicy
+from twintrack.core.service import ExecutionService, PolicySource, RoutingPolicy, StaticPolicy
 from twintrack.core.stores import (
     ClaimStore,
     CounterStore,
@@ -76,6 +85,7 @@ from twintrack.nodes.registry import NodeRegistry, default_registry
 # Advisory-lock keys of the two sweeper loops (one leader each, cluster-wide).
 RECOVERY_LOCK = 0x7477696E74726B  # "twintrk"
 DBOS_RECOVERY_LOCK = 0x7477696E64626F73  # "twindbos"
+GUARD_LOCK = 0x7477696E67756172  # "twinguar"
 
 
 @dataclass
@@ -98,7 +108,14 @@ class Container:
     service: ExecutionService
     #: None when no Kafka adapter is in use (every Kafka port overridden, no broker set)
     kafka: KafkaConfig | None
+    rollout_store: RolloutStateStore
+    #: None with ROLLOUT_SOURCE=environment (the service then routes by the settings alone)
+    rollout: LiveRollout | None = None
     _started: bool = field(default=False, repr=False)
+
+    @property
+    def guard_store(self) -> GuardStore:
+        return PostgresGuardStore(self.sessions)
 
     @property
     def recovery(self) -> RecoveryStore:
@@ -116,6 +133,8 @@ class Container:
     async def start(self) -> None:
         if self._started:
             return
+        if self.rollout is not None:
+            await self.rollout.start()  # first: the routing in force before any request
         if self.kafka is not None and self._uses_kafka():
             await ensure_topics(self.kafka)
         for queue in self.queues.values():
@@ -132,6 +151,7 @@ class Container:
 
     async def close(self) -> None:
         for closer in (
+            *((self.rollout.close,) if self.rollout is not None else ()),
             *(q.close for q in self.queues.values()),
             *(b.close for b in self.buses.values()),
             self.commands.close,
@@ -231,8 +251,14 @@ class ServiceFactory:
             if not s.database_url:
                 raise ConfigError("DATABASE_URL is not set (the command channel listens on it)")
             commands = PostgresCommandChannel(s.database_url, sessions)
+        rollout_store = PostgresRolloutStore(sessions)
+        rollout = None
+        if s.rollout_source == "database":
+            feed = PostgresRolloutFeed(s.database_url) if s.database_url else None
+            rollout = live_rollout(s, rollout_store, feed)
         service = compose_service(
             s,
+            policy=rollout,
             flows=flows,
             executions=executions,
             registry=registry,
@@ -256,6 +282,8 @@ class ServiceFactory:
             commands=commands,
             service=service,
             kafka=kafka,
+            rollout_store=rollout_store,
+            rollout=rollout,
         )
 
     @staticmethod
@@ -374,6 +402,61 @@ class ServiceFactory:
             ],
         )
 
+    def guard_loop(self, container: Container) -> Sweeper:
+        """The cluster's one rollout guard (GUARD_ENABLED), on its own leader."""
+        return Sweeper(
+            leader=AdvisoryLeader(container.db_engine, GUARD_LOCK, "rollout guard"),
+            interval_s=self.settings.guard_interval_s,
+            sweeps=[Sweep("rollout guard", rollout_guard(self.settings, container).check)],
+        )
+
+
+def initial_switches(settings: Settings) -> Switches:
+    """The environment's rollout: the first state, and the override (ROLLOUT_SOURCE)."""
+    s = settings
+    return Switches(s.enable_dbos_execution, s.dbos_rollout_percent, s.execution_events_backend)
+
+
+def live_rollout(
+    settings: Settings, store: RolloutStateStore, feed: Any | None = None
+) -> LiveRollout:
+    return LiveRollout(
+        store,
+        feed,
+        initial=initial_switches(settings),
+        max_depth=settings.execution_max_depth,
+        refresh_s=settings.rollout_refresh_s,
+    )
+
+
+def guard_policy(settings: Settings) -> GuardPolicy:
+    s = settings
+    return GuardPolicy(
+        window_s=s.guard_window_s,
+        initial_delay_s=s.guard_initial_delay_s,
+        min_samples=s.guard_min_samples,
+        max_error_rate_delta=s.guard_max_error_rate_delta,
+        max_p99_ratio=s.guard_max_p99_ratio,
+        stuck_after_s=s.guard_stuck_after_s,
+        max_stuck=s.guard_max_stuck,
+        failures_to_rollback=s.guard_failures_to_rollback,
+        reroute_unstarted=s.guard_reroute_unstarted,
+    )
+
+
+def rollout_guard(settings: Settings, container: Container | MemoryContainer) -> Guard:
+    """The guard over a container's stores; its optional reroute is core/rollout.reroute."""
+
+    async def back_to_kafka() -> object:
+        return await reroute(container.service, container.reroutes, container.audit, to=Track.KAFKA)
+
+    return Guard(
+        store=container.guard_store,
+        rollout=container.rollout_store,
+        policy=guard_policy(settings),
+        reroute=back_to_kafka,
+    )
+
 
 def recovery_sweeper(
     settings: Settings, service: ExecutionService, store: RecoveryStore, audit: AuditTrail
@@ -401,8 +484,10 @@ def compose_service(
     queues: Mapping[Track, TaskQueue],
     buses: Mapping[EventsBackend, EventBus],
     commands: CommandChannel,
+    policy: PolicySource | None = None,
 ) -> ExecutionService:
-    """The service on the given ports, with the routing and limits of `settings`."""
+    """The service on the given ports, with the routing and limits of `settings`; `policy`
+    (the live rollout) replaces the settings' routing when given."""
     s = settings
     return ExecutionService(
         flows=flows,
@@ -411,11 +496,14 @@ def compose_service(
         queues=queues,
         buses=buses,
         commands=commands,
-        policy=RoutingPolicy(
-            enable_dbos=s.enable_dbos_execution,
-            rollout_percent=s.dbos_rollout_percent,
-            events_backend=s.execution_events_backend,
-            max_depth=s.execution_max_depth,
+        policy=policy
+        or StaticPolicy(
+            RoutingPolicy(
+                enable_dbos=s.enable_dbos_execution,
+                rollout_percent=s.dbos_rollout_percent,
+                events_backend=s.execution_events_backend,
+                max_depth=s.execution_max_depth,
+            )
         ),
         limits=OwnerLimits(
             max_executions_per_tree=s.max_executions_per_tree,
@@ -437,11 +525,19 @@ class MemoryContainer:
     ports: MemoryPorts
     registry: NodeRegistry
     service: ExecutionService
+    rollout_store: MemoryRolloutStore
+    rollout: LiveRollout
     _started: bool = field(default=False, repr=False)
     recovery: MemoryRecovery = field(init=False)
+    guard_store: MemoryGuardStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.recovery = MemoryRecovery(self.stores)
+        self.guard_store = MemoryGuardStore(self.stores.executions)
+
+    @property
+    def reroutes(self) -> RerouteStore:
+        return self.recovery.reroutes
 
     @property
     def audit(self) -> AuditTrail:
@@ -488,9 +584,11 @@ class MemoryContainer:
         return self.ports.commands
 
     async def start(self) -> None:
+        await self.rollout.start()
         self._started = True
 
     async def close(self) -> None:
+        await self.rollout.close()
         self._started = False
 
     async def ready(self) -> dict[str, bool]:
@@ -533,8 +631,11 @@ def in_memory(
     if stores is None:
         stores = MemoryStores(commands=ports.commands)
     registry = registry or default_registry()
+    rollout_store = MemoryRolloutStore()
+    rollout = live_rollout(settings, rollout_store, rollout_store)
     service = compose_service(
         settings,
+        policy=rollout,
         flows=stores.flows,
         executions=stores.executions,
         registry=registry,
@@ -542,4 +643,4 @@ def in_memory(
         buses=ports.event_buses(),
         commands=ports.command_channel(),
     )
-    return MemoryContainer(settings, stores, ports, registry, service)
+    return MemoryContainer(settings, stores, ports, registry, service, rollout_store, rollout)

@@ -48,6 +48,34 @@ class Settings(BaseSettings):
         default=EventsBackend.KAFKA, description="Where DBOS-track executions write events."
     )
 
+    rollout_source: Literal["database", "environment"] = Field(
+        default="database",
+        description="`database`: the live rollout state (seeded from the three settings above "
+        "when empty) rules new executions; `environment`: this process ignores it and routes by "
+        "the settings above (an emergency override).",
+    )
+    rollout_refresh_s: PositiveSeconds = Field(
+        default=1.0,
+        description="How often an API process re-reads the live rollout besides LISTEN/NOTIFY.",
+    )
+
+    # -- the rollout guard (core/guard.py) ------------------------------------------------------
+    guard_enabled: bool = Field(
+        default=False, description="Workers elect one rollout guard that may roll DBOS back."
+    )
+    guard_interval_s: PositiveSeconds = 10
+    guard_window_s: PositiveSeconds = 300
+    guard_initial_delay_s: float = Field(default=60, ge=0, le=86_400)
+    guard_min_samples: int = Field(default=20, ge=1, le=1_000_000)
+    guard_max_error_rate_delta: float = Field(default=0.05, ge=0, le=1)
+    guard_max_p99_ratio: float = Field(default=2.0, gt=0)
+    guard_stuck_after_s: PositiveSeconds = 300
+    guard_max_stuck: int = Field(default=0, ge=0)
+    guard_failures_to_rollback: int = Field(default=2, ge=1, le=1000)
+    guard_reroute_unstarted: bool = Field(
+        default=False, description="On rollback, also move unstarted DBOS executions to Kafka."
+    )
+
     # -- executions ----------------------------------------------------------------------------
     start_signal_timeout_s: PositiveSeconds = 300
     execution_max_depth: int = Field(default=100, ge=1, le=10_000)

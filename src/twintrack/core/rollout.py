@@ -58,11 +58,13 @@ import structlog
 
 from twintrack.core.audit import AuditTrail
 from twintrack.core.errors import NotFound
+from twintrack.core.live_rollout import RolloutState, RolloutStateStore
 from twintrack.core.records import ExecutionRecord
 from twintrack.core.recovery_ports import HoldBack, Reason, Recovery, RecoveryAudit, RerouteStore
 from twintrack.core.service import ExecutionService, TrackUnavailable
 from twintrack.core.stores import LockedExecution
 from twintrack.domain.execution import EventsBackend, ExecutionStatus, Track
+from twintrack.domain.rollout import TrackPhase
 
 log = structlog.get_logger()
 _S = ExecutionStatus
@@ -148,6 +150,48 @@ async def rollout_status(store: RerouteStore, *, include_finished: bool = True) 
     return RolloutStatus(
         tracks={t: TrackStatus(t, counts[t], oldest[t]) for t in Track},
         includes_finished=include_finished,
+    )
+
+
+@dataclass(frozen=True)
+class RolloutOverview:
+    """The live rollout in force, its recent history, and each track's phase and drain state."""
+
+    state: RolloutState | None
+    history: list[RolloutState]
+    tracks: RolloutStatus
+
+    @property
+    def phases(self) -> dict[Track, TrackPhase]:
+        """`draining` becomes `drained` once nothing unfinished is left on the track."""
+        unfinished = {t: s.unfinished for t, s in self.tracks.tracks.items()}
+        if self.state is None:
+            return {}
+        return self.state.switches.phases(unfinished)
+
+    def to_json(self) -> dict[str, Any]:
+        tracks = self.tracks.to_json()
+        for track, phase in self.phases.items():
+            tracks["tracks"][track.value]["phase"] = phase.value
+        return {
+            "state": None if self.state is None else self.state.to_json(),
+            "history": [h.to_json() for h in self.history],
+            **tracks,
+        }
+
+
+async def rollout_overview(
+    states: RolloutStateStore,
+    store: RerouteStore,
+    *,
+    history: int = 20,
+    include_finished: bool = True,
+) -> RolloutOverview:
+    """What `twintrack rollout status` and `GET /v1/admin/rollout` show."""
+    return RolloutOverview(
+        state=await states.load(),
+        history=await states.history(history),
+        tracks=await rollout_status(store, include_finished=include_finished),
     )
 
 

@@ -16,7 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -99,6 +99,23 @@ class RoutingPolicy:
     max_depth: int
 
 
+class PolicySource(Protocol):
+    """Where the service reads the routing policy in force (core/live_rollout.py keeps a live
+    one); read once per new execution, so it must answer from memory."""
+
+    def current(self) -> RoutingPolicy: ...
+
+
+@dataclass(frozen=True)
+class StaticPolicy:
+    """A fixed policy: the environment's (ROLLOUT_SOURCE=environment), or a test's."""
+
+    policy: RoutingPolicy
+
+    def current(self) -> RoutingPolicy:
+        return self.policy
+
+
 def child_execution_id(parent_id: str, node_id: str) -> str:
     """Deterministic, so a parent that is re-run after a crash finds its children, not new ones."""
     digest = hashlib.sha256(f"{parent_id}/{node_id}".encode()).hexdigest()[:32]
@@ -143,7 +160,7 @@ class ExecutionService:
         queues: Mapping[Track, TaskQueue],
         buses: Mapping[EventsBackend, EventBus],
         commands: CommandChannel,
-        policy: RoutingPolicy,
+        policy: RoutingPolicy | PolicySource,
         limits: OwnerLimits | None = None,
         terminal_row_wait_s: float = 60.0,
         idempotency_key_ttl_s: float = 24 * 3600.0,
@@ -154,11 +171,23 @@ class ExecutionService:
         self.queues = dict(queues)
         self.buses = dict(buses)
         self.commands = commands
-        self.policy = policy
+        self.policy_source: PolicySource = (
+            StaticPolicy(policy) if isinstance(policy, RoutingPolicy) else policy
+        )
         self.limits = limits or OwnerLimits()
         self.terminal_row_wait_s = terminal_row_wait_s
         self.idempotency_key_ttl_s = idempotency_key_ttl_s
         self._flow_cache: OrderedDict[tuple[str, int], Flow] = OrderedDict()
+
+    @property
+    def policy(self) -> RoutingPolicy:
+        """The routing policy in force now."""
+        return self.policy_source.current()
+
+    @policy.setter
+    def policy(self, policy: RoutingPolicy) -> None:
+        """Pin a fixed policy in this process (tests, tools): the live state no longer applies."""
+        self.policy_source = StaticPolicy(policy)
 
     # -- flows -----------------------------------------------------------------------------
 
@@ -190,10 +219,12 @@ class ExecutionService:
     # -- create and start ------------------------------------------------------------------
 
     def route(self, owner_id: str) -> Track:
+        return self._route(owner_id, self.policy)
+
+    @staticmethod
+    def _route(owner_id: str, policy: RoutingPolicy) -> Track:
         return choose_track(
-            owner_id,
-            enable_dbos=self.policy.enable_dbos,
-            rollout_percent=self.policy.rollout_percent,
+            owner_id, enable_dbos=policy.enable_dbos, rollout_percent=policy.rollout_percent
         )
 
     async def create(
@@ -219,8 +250,10 @@ class ExecutionService:
         if parent is not None:
             track, backend = parent.track, parent.events_backend
         else:
-            track = track or self.route(owner_id)
-            backend = events_backend_for(track, self.policy.events_backend)
+            # One snapshot decides both: a rollout change in between cannot mix two states.
+            policy = self.policy
+            track = track or self._route(owner_id, policy)
+            backend = events_backend_for(track, policy.events_backend)
         if track not in self.queues:
             raise TrackUnavailable(f"the {track} track is not available in this deployment")
         if backend not in self.buses:

@@ -48,6 +48,8 @@ class WorkerProcess:
             if self.dead_executors is not None
             else None
         )
+        #: the cluster's one rollout guard, when GUARD_ENABLED (every worker stands for it)
+        self.guard_loop = factory.guard_loop(container) if self.settings.guard_enabled else None
         self.registry = container.workers
         self._sweeps: list[asyncio.Task[None]] = []
 
@@ -58,6 +60,8 @@ class WorkerProcess:
         # Sweep from the first moment: a replacement worker must not wait for its consumer
         # group join (seconds) before it can recover what a dead one left.
         self._sweeps = [asyncio.create_task(self.recovery_loop.run(), name="recovery-sweeper")]
+        if self.guard_loop is not None:
+            self._sweeps.append(asyncio.create_task(self.guard_loop.run(), name="rollout-guard"))
         if self.dbos is not None:
             await self.dbos.start()  # recovering workflows needs DBOS launched
             assert self.dead_executor_loop is not None

@@ -64,6 +64,19 @@ DEAD_LETTERS = Counter(
     registry=REGISTRY,
 )
 
+GUARD_VERDICTS = Counter(
+    "twintrack_rollout_guard_verdicts",
+    "Verdicts of the rollout guard (pass, fail, inconclusive) on the track it guards (dbos).",
+    ["track", "verdict"],
+    registry=REGISTRY,
+)
+GUARD_ROLLBACKS = Counter(
+    "twintrack_rollout_guard_rollbacks",
+    "Times the rollout guard sent the new admissions of a track (dbos) back to Kafka.",
+    ["track"],
+    registry=REGISTRY,
+)
+
 
 def render() -> tuple[bytes, str]:
     """The exposition text and its content type, for any process that serves metrics."""

@@ -135,6 +135,9 @@ async def test_compare_shows_a_match(kafka_stack: Stack, page: Page, shots: Shot
     await sign_in(page, stack, admin_key)
     await page.goto(f"{stack.base_url}/ui/tracks")
     await expect(page.get_by_test_id("track-kafka")).to_be_visible()
+    await expect(page.get_by_test_id("phase-kafka")).to_have_text("active")
+    history = page.get_by_test_id("rollout-history")
+    await expect(history).to_contain_text("initial state from the environment")
     await shots.take(page, "tracks")
 
     await page.goto(f"{stack.base_url}/ui/compare")

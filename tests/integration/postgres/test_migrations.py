@@ -34,6 +34,9 @@ EXPECTED_TABLES = {
     "execution_commands",
     "kafka_event_logs",
     "idempotency_keys",
+    "rollout_state",
+    "rollout_history",
+    "rollout_guard_verdicts",
 }
 
 # Everything a migration could leave behind in the public schema, by kind.

@@ -35,6 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 from twintrack.domain.execution import EventsBackend, ExecutionStatus, Track
+from twintrack.domain.rollout import TrackPhase
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -180,6 +181,12 @@ class ExecutionRow(Base):
             "owner_id",
             "status",
             postgresql_where=text(NON_TERMINAL_SQL),
+        ),
+        # The rollout guard's sliding window: executions that finished lately.
+        Index(
+            "ix_executions_finished_at",
+            "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL"),
         ),
         # Trees: every execution of a root, and the children of one execution.
         Index(None, "root_id"),
@@ -338,3 +345,71 @@ class IdempotencyKeyRow(Base):
 
 
 metadata = Base.metadata
+
+
+class RolloutStateRow(Base):
+    """The live rollout (one row, id 1): where new executions go, read by every API process."""
+
+    __tablename__ = "rollout_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    enable_dbos: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    rollout_percent: Mapped[int | None] = mapped_column(Integer)
+    events_backend: Mapped[EventsBackend] = mapped_column(
+        StrEnumText(EventsBackend), nullable=False
+    )
+    #: bumped by every change; an API process applies a state only if newer than its own
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    changed_at: Mapped[datetime] = _now()
+    changed_by: Mapped[str] = mapped_column(Text, nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint("id = 1", name="single_row"),
+        CheckConstraint("rollout_percent BETWEEN 0 AND 100", name="percent"),
+        CheckConstraint(_in_list("events_backend", EventsBackend), name="events_backend"),
+    )
+
+
+class RolloutHistoryRow(Base):
+    """Every rollout state ever in force: when, who (a key's owner, a CLI user, the guard), why."""
+
+    __tablename__ = "rollout_history"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    changed_at: Mapped[datetime] = _now()
+    changed_by: Mapped[str] = mapped_column(Text, nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    enable_dbos: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    rollout_percent: Mapped[int | None] = mapped_column(Integer)
+    events_backend: Mapped[EventsBackend] = mapped_column(
+        StrEnumText(EventsBackend), nullable=False
+    )
+    kafka_phase: Mapped[TrackPhase] = mapped_column(StrEnumText(TrackPhase), nullable=False)
+    dbos_phase: Mapped[TrackPhase] = mapped_column(StrEnumText(TrackPhase), nullable=False)
+
+    __table_args__ = (
+        CheckConstraint(_in_list("events_backend", EventsBackend), name="events_backend"),
+        CheckConstraint(_in_list("kafka_phase", TrackPhase), name="kafka_phase"),
+        CheckConstraint(_in_list("dbos_phase", TrackPhase), name="dbos_phase"),
+    )
+
+
+class GuardVerdictRow(Base):
+    """Each verdict of the rollout guard, with the figures it was reached on."""
+
+    __tablename__ = "rollout_guard_verdicts"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    decided_at: Mapped[datetime] = _now()
+    verdict: Mapped[str] = mapped_column(Text, nullable=False)
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    #: failed verdicts in a row, this one included (a pass resets it, inconclusive keeps it)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, nullable=False)
+    rolled_back: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+    figures: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+
+    __table_args__ = (
+        CheckConstraint("verdict IN ('pass', 'fail', 'inconclusive')", name="verdict"),
+    )

@@ -20,7 +20,7 @@ from twintrack.entrypoints.api.deps import ApiContainer
 from twintrack.entrypoints.api.errors import UnhandledErrors, install_error_handlers
 from twintrack.entrypoints.api.limits import BodyLimit, StreamSlots
 from twintrack.entrypoints.api.metrics import RequestMetrics
-from twintrack.entrypoints.api.routes import events, executions, flows, health
+from twintrack.entrypoints.api.routes import admin, events, executions, flows, health
 from twintrack.entrypoints.api.spans import RequestSpans
 from twintrack.entrypoints.api.waits import EndWatch
 from twintrack.entrypoints.console.mount import mount_console
@@ -75,7 +75,7 @@ def create_app(
     app.state.end_watch = EndWatch(container.service.finished_among)
     outage = tuple(unavailable_errors)
     install_error_handlers(app, outage, tuple(store_errors))
-    for router in (flows.router, executions.router, events.router, health.router):
+    for router in (flows.router, executions.router, events.router, health.router, admin.router):
         app.include_router(router)
     if console and hasattr(container, "sessions"):
         mount_console(app, container)

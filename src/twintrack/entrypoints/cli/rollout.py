@@ -1,7 +1,9 @@
-"""`twintrack rollout ...`: watch the tracks drain, and move unstarted work between them.
+"""`twintrack rollout ...`: the live rollout (status, set), the guard, and moving unstarted work.
 
-`status` only reads the database; `reroute` is a dry run unless `--yes`, so an operator always
-sees what would move before anything does (and a copied command line cannot move by accident).
+`status` only reads the database; `set` changes the live rollout for every API process (within
+ROLLOUT_REFRESH_S), recorded in the history under `--by` (default: the CLI user) with
+`--reason`; `reroute` is a dry run unless `--yes`, so an operator always sees what would move
+before anything does (and a copied command line cannot move by accident).
 """
 
 from __future__ import annotations
@@ -22,12 +24,17 @@ if TYPE_CHECKING:  # the factory pulls in both tracks: import it only when a com
 
     from twintrack.bootstrap import Container
     from twintrack.config import Settings
-    from twintrack.core.rollout import RerouteReport, RolloutStatus
+    from twintrack.core.guard import GuardVerdict
+    from twintrack.core.live_rollout import RolloutState
+    from twintrack.core.rollout import RerouteReport, RolloutOverview, RolloutStatus
 
 rollout_app = typer.Typer(
-    help="Staged rollout and rollback: per-track drain status, rerouting unstarted executions.",
+    help="Staged rollout and rollback: the live rollout, the guard, per-track drain status, "
+    "rerouting unstarted executions.",
     no_args_is_help=True,
 )
+guard_app = typer.Typer(help="The rollout guard's verdicts.", no_args_is_help=True)
+rollout_app.add_typer(guard_app, name="guard")
 
 _SHOWN_IDS = 20
 
@@ -103,17 +110,22 @@ def format_age(seconds: float | None) -> str:
     return f"{whole // 86_400}d {whole % 86_400 // 3600:02d}h"
 
 
-def format_status(status: RolloutStatus) -> str:
-    """A fixed-width table: one row per track."""
+def format_status(status: RolloutStatus, phases: dict[Any, Any] | None = None) -> str:
+    """A fixed-width table: one row per track (with its phase when the live state is known)."""
     from twintrack.domain.execution import ExecutionStatus
 
     statuses = [s for s in ExecutionStatus if status.includes_finished or not s.is_terminal]
     header = ["TRACK", *(s.value.upper() for s in statuses), "OLDEST UNFINISHED", "DRAINED"]
+    if phases:
+        header.append("PHASE")
     rows = [header]
     for track, t in status.tracks.items():
         counts = [str(t.counts.get(s, 0)) for s in statuses]
         drained = "yes" if t.drained else "no"
-        rows.append([track.value, *counts, format_age(t.oldest_unfinished_age_s), drained])
+        row = [track.value, *counts, format_age(t.oldest_unfinished_age_s), drained]
+        if phases:
+            row.append(str(phases[track]))
+        rows.append(row)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     numeric = range(1, len(statuses) + 1)
     lines = [
@@ -135,22 +147,149 @@ def status(
             "--unfinished-only", help="Skip counting finished executions (a full table scan)."
         ),
     ] = False,
+    history: Annotated[int, typer.Option(min=0, help="How many history entries to show.")] = 10,
 ) -> None:
-    """Per track: executions by status, the oldest unfinished one's age, drained or not."""
+    """The live rollout, its history, and per track: executions by status, the oldest
+    unfinished one's age, drained or not, and its phase."""
     settings = load_cli_settings()
 
-    async def body(sessions: async_sessionmaker[AsyncSession]) -> RolloutStatus:
+    async def body(sessions: async_sessionmaker[AsyncSession]) -> RolloutOverview:
         from twintrack.adapters.postgres.recovery import PostgresRerouteStore
-        from twintrack.core.rollout import rollout_status
+        from twintrack.adapters.postgres.rollout import PostgresRolloutStore
+        from twintrack.core.rollout import rollout_overview
 
-        store = PostgresRerouteStore(sessions)
-        return await rollout_status(store, include_finished=not unfinished_only)
+        return await rollout_overview(
+            PostgresRolloutStore(sessions),
+            PostgresRerouteStore(sessions),
+            history=history,
+            include_finished=not unfinished_only,
+        )
 
     result = _with_sessions(settings, body)
     if as_json:
         typer.echo(json.dumps(result.to_json(), indent=2))
-    else:
-        typer.echo(format_status(result))
+        return
+    typer.echo(format_status(result.tracks, result.phases))
+    typer.echo("")
+    if result.state is None:
+        typer.echo(
+            "live rollout: not seeded yet (the first API process seeds it from the environment)"
+        )
+        return
+    typer.echo(f"live rollout: {format_state(result.state)}")
+    if settings.rollout_source == "environment":
+        typer.echo("note: ROLLOUT_SOURCE=environment here; processes set so ignore this state")
+    typer.echo("history (newest first):")
+    for state in result.history:
+        typer.echo(f"  {format_history(state)}")
+
+
+def format_state(state: RolloutState) -> str:
+    s = state.switches
+    cohort = "flag" if s.rollout_percent is None else f"{s.rollout_percent}% of owners"
+    return (
+        f"v{state.version}: DBOS gets {s.dbos_share}% ({cohort}; ENABLE_DBOS={s.enable_dbos}), "
+        f"events backend {s.events_backend}"
+    )
+
+
+def format_history(state: RolloutState) -> str:
+    when = state.changed_at.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{when}  {format_state(state)}  by {state.changed_by}: {state.reason}"
+
+
+@rollout_app.command("set")
+def set_command(
+    reason: Annotated[str, typer.Option(help="Why (kept in the rollout history).")],
+    percent: Annotated[
+        int | None, typer.Option(min=0, max=100, help="The DBOS cohort: 0-100 % of owners.")
+    ] = None,
+    clear_percent: Annotated[
+        bool, typer.Option("--clear-percent", help="No cohort: the flag decides again.")
+    ] = False,
+    enable_dbos: Annotated[
+        bool | None,
+        typer.Option("--enable-dbos/--disable-dbos", help="The flag (used without a cohort)."),
+    ] = None,
+    events_backend: Annotated[
+        TrackChoice | None,
+        typer.Option("--events-backend", case_sensitive=False, help="For new DBOS executions."),
+    ] = None,
+    by: Annotated[str | None, typer.Option(help="Who changes it (default: the CLI user).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Change the live rollout: every API process applies it within ROLLOUT_REFRESH_S."""
+    import getpass
+
+    if percent is not None and clear_percent:
+        raise fail("give --percent or --clear-percent, not both")
+    settings = load_cli_settings()
+    actor = by or getpass.getuser()
+
+    async def body(sessions: async_sessionmaker[AsyncSession]) -> RolloutState:
+        from twintrack.adapters.postgres.rollout import PostgresRolloutStore
+        from twintrack.bootstrap import initial_switches
+        from twintrack.core.live_rollout import ENVIRONMENT, RolloutChange, set_rollout
+        from twintrack.domain.execution import EventsBackend
+
+        store = PostgresRolloutStore(sessions)
+        await store.seed(
+            initial_switches(settings),
+            changed_by=ENVIRONMENT,
+            reason="initial state from the environment",
+        )
+        fields: dict[str, Any] = {}
+        if percent is not None or clear_percent:
+            fields["rollout_percent"] = percent
+        change = RolloutChange(
+            enable_dbos=enable_dbos,
+            events_backend=EventsBackend(events_backend.value) if events_backend else None,
+            **fields,
+        )
+        return await set_rollout(store, change, changed_by=actor, reason=reason)
+
+    from twintrack.core.live_rollout import InvalidRolloutChange
+
+    try:
+        state = _with_sessions(settings, body)
+    except InvalidRolloutChange as exc:
+        raise fail(str(exc)) from None
+    typer.echo(json.dumps(state.to_json(), indent=2) if as_json else format_state(state))
+
+
+@guard_app.command("status")
+def guard_status(
+    limit: Annotated[int, typer.Option(min=1, help="How many verdicts to show.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """The guard's latest verdicts, newest first, with their figures."""
+    settings = load_cli_settings()
+
+    async def body(sessions: async_sessionmaker[AsyncSession]) -> list[GuardVerdict]:
+        from twintrack.adapters.postgres.rollout import PostgresGuardStore
+
+        return await PostgresGuardStore(sessions).recent(limit)
+
+    verdicts = _with_sessions(settings, body)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {"enabled": settings.guard_enabled, "verdicts": [v.to_json() for v in verdicts]},
+                indent=2,
+            )
+        )
+        return
+    typer.echo(f"guard: {'enabled' if settings.guard_enabled else 'disabled'} (GUARD_ENABLED)")
+    if not verdicts:
+        typer.echo("no verdicts yet")
+    for v in verdicts:
+        when = v.decided_at.strftime("%Y-%m-%d %H:%M:%S") if v.decided_at else "-"
+        dbos, kafka = v.figures.get("dbos", {}), v.figures.get("kafka", {})
+        back = "  ROLLED BACK" if v.rolled_back else ""
+        typer.echo(
+            f"{when}  {v.verdict.value.upper():<12} {v.reason}{back}\n"
+            f"    dbos: {dbos}\n    kafka: {kafka}  (failures in a row: {v.consecutive_failures})"
+        )
 
 
 # -- reroute ---------------------------------------------------------------------------------

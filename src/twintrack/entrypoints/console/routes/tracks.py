@@ -1,5 +1,6 @@
 """Tracks: per track, what is unfinished (drained or not), and throughput, error rate and
-create→completed latency over the last minutes, with the rollout settings in force.
+create→completed latency over the last minutes, with the rollout in force (its phases, and for
+admin keys its history and the guard's latest verdicts).
 
 An ordinary key sees its own executions; an admin key sees the whole cluster's counts (no
 ids), which is what an operator deciding "is the Kafka track drained" needs.
@@ -33,6 +34,14 @@ async def tracks_page(
     scope = None if viewer.is_admin else viewer.owner_id
     health = await queries.track_health(scope, minutes * 60.0)
     policy = service.policy
+    container = request.app.state.container
+    live = getattr(container, "rollout", None)
+    state = live.state if live is not None else None
+    history, verdicts = [], []
+    if viewer.is_admin:  # who changed the rollout and the guard's reasons: operators only
+        history = await container.rollout_store.history(10)
+        verdicts = await container.guard_store.recent(5)
+    unfinished = {h.track: h.unfinished_total for h in health.values()} if scope is None else None
     return page(
         request,
         "tracks.html",
@@ -45,4 +54,8 @@ async def tracks_page(
         scope="the whole cluster" if scope is None else f"owner '{viewer.owner_id}'",
         policy=policy,
         your_track=service.route(viewer.owner_id).value,
+        live=state,
+        phases=state.switches.phases(unfinished) if state is not None else {},
+        history=history,
+        verdicts=verdicts,
     )

@@ -1,0 +1,233 @@
+"""The rollout guard: one leader-elected controller that rolls the DBOS cohort back on its own.
+
+A growing DBOS cohort used to be watched by nobody. Each round (on the Sweeper loop, one leader
+per cluster) the guard compares the DBOS cohort with the Kafka cohort over the same sliding
+window — error rate, p99 create→completed, stuck executions — and records a verdict with its
+figures (Argo Rollouts / Flagger analysis):
+
+* `inconclusive` — within the initial delay after the rollout last changed, or fewer than
+  GUARD_MIN_SAMPLES finished DBOS executions in the window: hold (never promote, never roll
+  back); the failure count neither grows nor resets.
+* `fail` — a threshold is crossed; after GUARD_FAILURES_TO_ROLLBACK failed rounds in a row (for
+  the same rollout version) new admissions go back to Kafka: percent 0, recorded in the rollout
+  history by "guard" with the reason. Running work is never moved; with GUARD_REROUTE_UNSTARTED
+  not-yet-started DBOS work is rerouted (core/rollout.reroute) too.
+* `pass` — within every threshold; resets the failure count.
+
+While DBOS receives no new executions there is nothing to guard and no verdict is recorded.
+The Kafka cohort is the baseline when it has GUARD_MIN_SAMPLES itself; otherwise (a 100 % DBOS
+rollout) the thresholds apply to the DBOS figures alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+import structlog
+
+from twintrack.core.live_rollout import RolloutChange, RolloutStateStore, set_rollout
+from twintrack.domain.execution import Track
+from twintrack.observability.metrics import GUARD_ROLLBACKS, GUARD_VERDICTS
+
+log = structlog.get_logger()
+
+GUARD = "guard"
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"
+
+
+@dataclass(frozen=True)
+class CohortFigures:
+    """One track's executions that finished in the window (and those stuck now)."""
+
+    track: Track
+    #: completed + failed (a stop is an operator's choice, not an outcome of the track)
+    finished: int
+    failed: int
+    #: p99 of created→finished over the completed ones; None when none completed
+    p99_s: float | None
+    #: unfinished and started (queued or later) longer than GUARD_STUCK_AFTER_S ago
+    stuck: int
+
+    @property
+    def error_rate(self) -> float | None:
+        return self.failed / self.finished if self.finished else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "finished": self.finished,
+            "failed": self.failed,
+            "error_rate": self.error_rate,
+            "p99_s": self.p99_s,
+            "stuck": self.stuck,
+        }
+
+
+@dataclass(frozen=True)
+class WindowFigures:
+    #: the store's clock (the database's), which also dated the rollout change
+    now: datetime
+    cohorts: dict[Track, CohortFigures]
+
+
+@dataclass(frozen=True)
+class GuardVerdict:
+    verdict: Verdict
+    reason: str
+    consecutive_failures: int
+    rolled_back: bool
+    figures: dict[str, Any] = field(default_factory=dict)
+    decided_at: datetime | None = None
+
+    @property
+    def rollout_version(self) -> int | None:
+        version = self.figures.get("rollout_version")
+        return version if isinstance(version, int) else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict.value,
+            "reason": self.reason,
+            "consecutive_failures": self.consecutive_failures,
+            "rolled_back": self.rolled_back,
+            "figures": self.figures,
+            "decided_at": self.decided_at.isoformat() if self.decided_at else None,
+        }
+
+
+class GuardStore(Protocol):
+    """The figures the guard judges on, and its verdicts (adapters/postgres/guard.py)."""
+
+    async def figures(self, *, window_s: float, stuck_after_s: float) -> WindowFigures: ...
+
+    async def record(self, verdict: GuardVerdict) -> GuardVerdict: ...
+
+    async def recent(self, limit: int = 20) -> list[GuardVerdict]:
+        """The latest verdicts, newest first."""
+        ...
+
+
+@dataclass(frozen=True)
+class GuardPolicy:
+    """The guard's settings (GUARD_* in config.py)."""
+
+    window_s: float = 300.0
+    initial_delay_s: float = 60.0
+    min_samples: int = 20
+    #: DBOS error rate minus the Kafka one (or alone, without a baseline)
+    max_error_rate_delta: float = 0.05
+    #: DBOS p99 over the Kafka p99
+    max_p99_ratio: float = 2.0
+    stuck_after_s: float = 300.0
+    #: DBOS stuck executions tolerated beyond Kafka's
+    max_stuck: int = 0
+    failures_to_rollback: int = 2
+    reroute_unstarted: bool = False
+
+
+def judge(dbos: CohortFigures, kafka: CohortFigures, policy: GuardPolicy) -> tuple[Verdict, str]:
+    """The verdict on one window's figures, and why (pure)."""
+    baseline = kafka.finished >= policy.min_samples
+    stuck_over = dbos.stuck - (kafka.stuck if baseline else 0)
+    if stuck_over > policy.max_stuck:
+        return Verdict.FAIL, (
+            f"{dbos.stuck} DBOS executions stuck over {policy.stuck_after_s:g}s "
+            f"(Kafka: {kafka.stuck}; GUARD_MAX_STUCK={policy.max_stuck})"
+        )
+    if dbos.finished < policy.min_samples:
+        return Verdict.INCONCLUSIVE, (
+            f"too few samples: {dbos.finished} finished DBOS executions in the window, "
+            f"GUARD_MIN_SAMPLES={policy.min_samples}"
+        )
+    dbos_rate = dbos.error_rate or 0.0
+    kafka_rate = (kafka.error_rate or 0.0) if baseline else 0.0
+    if dbos_rate - kafka_rate > policy.max_error_rate_delta:
+        return Verdict.FAIL, (
+            f"DBOS error rate {dbos_rate:.1%} vs Kafka {kafka_rate:.1%}"
+            f"{'' if baseline else ' (no Kafka baseline)'}: over "
+            f"GUARD_MAX_ERROR_RATE_DELTA={policy.max_error_rate_delta:g}"
+        )
+    if baseline and dbos.p99_s is not None and kafka.p99_s is not None and kafka.p99_s > 0:
+        ratio = dbos.p99_s / kafka.p99_s
+        if ratio > policy.max_p99_ratio:
+            return Verdict.FAIL, (
+                f"DBOS p99 {dbos.p99_s:.3f}s is {ratio:.1f}x Kafka's {kafka.p99_s:.3f}s: over "
+                f"GUARD_MAX_P99_RATIO={policy.max_p99_ratio:g}"
+            )
+    return Verdict.PASS, "within every threshold"
+
+
+class Guard:
+    """One round per `check`: judge, record, and roll back after enough failures in a row."""
+
+    def __init__(
+        self,
+        *,
+        store: GuardStore,
+        rollout: RolloutStateStore,
+        policy: GuardPolicy,
+        reroute: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        self.store = store
+        self.rollout = rollout
+        self.policy = policy
+        self.reroute = reroute
+
+    async def check(self) -> GuardVerdict | None:
+        """This round's verdict (recorded), or None when DBOS receives nothing to guard."""
+        p = self.policy
+        state = await self.rollout.load()
+        if state is None or state.switches.dbos_share == 0:
+            return None
+        window = await self.store.figures(window_s=p.window_s, stuck_after_s=p.stuck_after_s)
+        dbos, kafka = window.cohorts[Track.DBOS], window.cohorts[Track.KAFKA]
+        since_change = (window.now - state.changed_at).total_seconds()
+        if since_change < p.initial_delay_s:
+            verdict, reason = (
+                Verdict.INCONCLUSIVE,
+                (
+                    f"initial delay: the rollout changed {since_change:.0f}s ago, "
+                    f"GUARD_INITIAL_DELAY_S={p.initial_delay_s:g}"
+                ),
+            )
+        else:
+            verdict, reason = judge(dbos, kafka, p)
+        last = await self.store.recent(1)
+        previous = (
+            last[0].consecutive_failures if last and last[0].rollout_version == state.version else 0
+        )
+        failures = {Verdict.PASS: 0, Verdict.FAIL: previous + 1}.get(verdict, previous)
+        figures: dict[str, Any] = {
+            "rollout_version": state.version,
+            "dbos_share": state.switches.dbos_share,
+            "window_s": p.window_s,
+            "since_change_s": round(since_change, 3),
+            "dbos": dbos.to_json(),
+            "kafka": kafka.to_json(),
+        }
+        rolled_back = verdict is Verdict.FAIL and failures >= p.failures_to_rollback
+        if rolled_back:
+            why = f"guard: {reason} ({failures} failed checks in a row)"
+            await set_rollout(
+                self.rollout, RolloutChange(rollout_percent=0), changed_by=GUARD, reason=why
+            )
+            GUARD_ROLLBACKS.labels(track=Track.DBOS.value).inc()
+            log.warning("rollout guard rolled new admissions back to kafka", reason=why)
+        recorded = await self.store.record(
+            GuardVerdict(verdict, reason, failures, rolled_back, figures)
+        )
+        GUARD_VERDICTS.labels(track=Track.DBOS.value, verdict=verdict.value).inc()
+        if rolled_back and p.reroute_unstarted and self.reroute is not None:
+            try:
+                await self.reroute()
+            except Exception:
+                log.exception("guard could not reroute unstarted DBOS executions")
+        return recorded
