@@ -74,14 +74,17 @@ async def rerouted_rows(stack: Stack) -> dict[str, list[str]]:
 
 
 async def run_cli(stack: Stack, *args: str) -> tuple[int, str]:
-    """`twintrack rollout ARGS` with the deployment's environment, as an operator runs it.
+    """`twintrack rollout ARGS` with the deployment's environment, as an operator runs it: the
+    exit code and stdout, what a script reads (logs go to stderr), or all output on a failure.
 
-    In a thread: the command runs its own event loop (asyncio.run)."""
+    In a thread: the command runs its own event loop (asyncio.run). The runner swaps the
+    process's stdout and stderr meanwhile, so whatever else this process logs then (the stack,
+    or the command itself if an earlier test left logging at INFO) lands in its stderr."""
     runner = CliRunner()
     result = await asyncio.to_thread(runner.invoke, rollout_app, list(args), env=stack.env)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
-    return result.exit_code, result.output
+    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
 
 
 async def finish_all(stack: Stack, ids: list[str], timeout: float = 60) -> list[dict[str, Any]]:
