@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 
 from tests.e2e import flows
 from tests.e2e.stack import Stack, assert_contiguous, open_stack
+from twintrack.core.audit import AuditTrail
+from twintrack.core.recovery_ports import RerouteStore
 from twintrack.core.rollout import (
     FINISHED,
     LEFT_DBOS,
@@ -59,6 +61,11 @@ def fast_and_counted() -> dict[str, Any]:
     return flows.crashable(ms=20)
 
 
+def stores(stack: Stack) -> tuple[RerouteStore, AuditTrail]:
+    """What `reroute` moves executions with besides the service: the deployment's own."""
+    return stack.container.reroutes, stack.container.audit
+
+
 async def rerouted_rows(stack: Stack) -> dict[str, list[str]]:
     """Audit rows of reroutes: execution id -> the tracks it was moved to, in order."""
     async with stack.container.sessions() as session:
@@ -74,17 +81,15 @@ async def rerouted_rows(stack: Stack) -> dict[str, list[str]]:
 
 
 async def run_cli(stack: Stack, *args: str) -> tuple[int, str]:
-    """`twintrack rollout ARGS` with the deployment's environment, as an operator runs it: the
-    exit code and stdout, what a script reads (logs go to stderr), or all output on a failure.
+    """`twintrack rollout ARGS` with the deployment's environment, as an operator runs it.
 
-    In a thread: the command runs its own event loop (asyncio.run). The runner swaps the
-    process's stdout and stderr meanwhile, so whatever else this process logs then (the stack,
-    or the command itself if an earlier test left logging at INFO) lands in its stderr."""
+    In a thread: the command runs its own event loop (asyncio.run). Its stdout only: logs go to
+    stderr, which Click's `output` would mix in."""
     runner = CliRunner()
     result = await asyncio.to_thread(runner.invoke, rollout_app, list(args), env=stack.env)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception
-    return result.exit_code, result.stdout if result.exit_code == 0 else result.output
+    return result.exit_code, result.stdout
 
 
 async def finish_all(stack: Stack, ids: list[str], timeout: float = 60) -> list[dict[str, Any]]:
@@ -161,7 +166,7 @@ async def test_status_shows_each_track_draining_and_the_cli_reroutes_with_a_dry_
         await api.command(on_kafka[0], "start")
         await api.command(on_dbos[0], "start")
 
-        status = await rollout_status(stack.container.sessions)
+        status = await rollout_status(stack.container.reroutes)
         kafka, dbos = status.tracks[Track.KAFKA], status.tracks[Track.DBOS]
         assert (kafka.counts[_S.CREATED], kafka.counts[_S.QUEUED]) == (2, 1)
         assert (dbos.counts[_S.CREATED], dbos.counts[_S.QUEUED]) == (3, 1)
@@ -195,7 +200,7 @@ async def test_status_shows_each_track_draining_and_the_cli_reroutes_with_a_dry_
         assert sorted(m["id"] for m in report["moved"]) == sorted(on_dbos)
         assert report["failed"] == report["skipped"] == []
 
-        status = await rollout_status(stack.container.sessions)
+        status = await rollout_status(stack.container.reroutes)
         assert status.tracks[Track.DBOS].drained
         assert status.tracks[Track.DBOS].oldest_unfinished_age_s is None
         assert status.tracks[Track.KAFKA].counts[_S.CREATED] == 5
@@ -208,11 +213,11 @@ async def test_status_shows_each_track_draining_and_the_cli_reroutes_with_a_dry_
         assert {r["track"] for r in rows} == {"kafka"}
         assert await stack.container.counters.get("after") == 7
 
-        status = await rollout_status(stack.container.sessions)
+        status = await rollout_status(stack.container.reroutes)
         assert status.tracks[Track.KAFKA].drained
         assert status.tracks[Track.KAFKA].counts[_S.COMPLETED] == 7
         assert status.tracks[Track.DBOS].counts[_S.COMPLETED] == 0
-        unfinished_only = await rollout_status(stack.container.sessions, include_finished=False)
+        unfinished_only = await rollout_status(stack.container.reroutes, include_finished=False)
         assert _S.COMPLETED not in unfinished_only.tracks[Track.KAFKA].counts
 
 
@@ -254,8 +259,10 @@ async def test_reroute_to_kafka_while_workers_of_both_tracks_run_moves_each_once
 
         # Two operators reroute at once, while the worker takes work on both tracks.
         first, second = await asyncio.gather(
-            reroute(service, to=Track.KAFKA, include_dbos_streams=True),
-            reroute(service, to=Track.KAFKA, include_dbos_streams=True, concurrency=3),
+            reroute(service, *stores(stack), to=Track.KAFKA, include_dbos_streams=True),
+            reroute(
+                service, *stores(stack), to=Track.KAFKA, include_dbos_streams=True, concurrency=3
+            ),
         )
         moved = moved_ids(first) | moved_ids(second)
         assert not moved_ids(first) & moved_ids(second)  # nothing moved twice
@@ -282,7 +289,7 @@ async def test_reroute_to_kafka_while_workers_of_both_tracks_run_moves_each_once
         # one audit row per move, to the new track
         assert await rerouted_rows(stack) == {ex: ["kafka"] for ex in moved}
 
-        again = await reroute(service, to=Track.KAFKA, include_dbos_streams=True)
+        again = await reroute(service, *stores(stack), to=Track.KAFKA, include_dbos_streams=True)
         assert again.moved == []
         assert again.skipped == []
 
@@ -304,10 +311,10 @@ async def test_reroute_to_dbos_skips_stale_kafka_tasks_and_keeps_spent_workflows
         round_trip = (await api.create(flow_id))["id"]
         service.policy = replace(service.policy, enable_dbos=False)
         await api.command(round_trip, "start")
-        back = await reroute(service, to=Track.KAFKA)
+        back = await reroute(service, *stores(stack), to=Track.KAFKA)
         assert moved_ids(back) == {round_trip}
 
-        report = await reroute(service, to=Track.DBOS)
+        report = await reroute(service, *stores(stack), to=Track.DBOS)
         assert moved_ids(report) == set(queued + created)
         assert report.held_back == {LEFT_DBOS: 1}
         assert report.failed == []
@@ -336,7 +343,7 @@ async def test_a_live_reader_of_a_rerouted_dbos_streams_execution_sees_the_whole
         service, api = stack.container.service, stack.api
         ex = (await api.create(await api.create_flow(fast_and_counted())))["id"]
         watching = api.watch(ex)
-        report = await reroute(service, to=Track.KAFKA, include_dbos_streams=True)
+        report = await reroute(service, *stores(stack), to=Track.KAFKA, include_dbos_streams=True)
         assert moved_ids(report) == {ex}
         await asyncio.sleep(1.5)  # longer than DBOS's stream polling interval
         await stack.add_worker()
