@@ -1,7 +1,7 @@
-"""The seams between the track-agnostic service and the tracks (DESIGN §2).
+"""The seams between the track-agnostic use cases and the tracks.
 
-Each track is an adapter behind these protocols; `ServiceFactory` is the only place that picks
-one. The service, the API and the runner see nothing else of Kafka or DBOS.
+Each track is an adapter behind these protocols; the bootstrap is the only place that picks
+one. The service, the API and the run host see nothing else of Kafka or DBOS.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ interleaving changes. Every event
 belongs to exactly one of these subsequences, so equal views also mean equal multisets of
 events. What PER_NODE cannot see is the position of execution-level events (a pause, say)
 relative to node events: flows that test debugging use STRICT. Independently of the
-ordering, `stream_problems` checks each raw stream against the §1.5 guarantee (indices
+ordering, `stream_problems` checks each raw stream against the stream guarantee (indices
 0..n-1 in order, one terminal event, last).
 """
 
@@ -168,7 +168,8 @@ def normalize(
 
 
 def stream_problems(events: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Departures of one raw stream from the §1.5 guarantee; empty when it holds."""
+    """Departures of one raw stream from the stream guarantee (every index once, in order,
+    one terminal event, last); empty when it holds."""
     problems: list[str] = []
     indices = [e.get("index") for e in events]
     if indices != list(range(len(events))):

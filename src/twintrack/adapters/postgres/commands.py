@@ -1,6 +1,6 @@
 """Commands in Postgres, delivered by LISTEN/NOTIFY: the `CommandChannel` both tracks share.
 
-The `execution_commands` table is the source of truth (DESIGN §1.3: a `stop` or `pause` sent
+The `execution_commands` table is the source of truth (a `stop` or `pause` sent
 before any worker holds the execution must still be obeyed when one does); NOTIFY only carries
 the news fast, because a worker must obey within 100 ms and polling cannot promise that cheaply.
 NOTIFY is not durable (a notification sent while the listener is disconnected is gone), so the

@@ -2,7 +2,7 @@
 
 Closed sets (status, track, events backend) are TEXT columns with named CHECK constraints rather
 than native enum types: adding a value is a one-line constraint swap and a downgrade leaves no type
-behind. `executions` is the single source of truth both tracks read and write (DESIGN §2).
+behind. `executions` is the single source of truth both tracks read and write.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ class ExecutionRow(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     error_node_id: Mapped[str | None] = mapped_column(Text)
     attempt: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
-    # The index the next event of this execution gets; a re-run continues from here (§1.5).
+    # The index the next event of this execution gets; a re-run continues from here.
     next_event_index: Mapped[int] = mapped_column(
         BigInteger, nullable=False, server_default=text("0")
     )

@@ -13,7 +13,7 @@ The Kafka track is the control, DBOS the candidate. What must agree:
   the Kafka track produced too. Streams the control produces in several forms are noise, as in
   Diffy's control-vs-control run, not a difference. By default streams are compared per node
   (`--ordering per_node`), so concurrent nodes finishing in another order are not a mismatch;
-  `--ordering strict` compares event for event. Each stream must also keep the §1.5 guarantee
+  `--ordering strict` compares event for event. Each stream must also keep the stream guarantee
   (indices 0..n-1, one terminal event, last): a run that breaks it, or never ends, fails.
 
 Latency is read from the events' own timestamps (`execution.created` -> `execution.started`,
@@ -278,7 +278,7 @@ class Report:
 
 
 def _run_problem(result: RunResult) -> str | None:
-    """What is wrong with one run on its own: it never ended, or its stream broke §1.5."""
+    """What is wrong with one run on its own: it never ended, or its stream broke the guarantee."""
     if result.problem:
         return f"run {result.run + 1}: {result.problem}"
     broken = stream_problems(result.events)
