@@ -215,8 +215,10 @@ def _describe(step: Step, result: subprocess.CompletedProcess[str]) -> str:
 
 
 # A whole deployment plus ~30 operator commands (four of them comparisons of 10-20 runs per
-# track): about 50 s on a 2-core machine, so it gets a timeout of its own with twice the margin.
-@pytest.mark.timeout(240)
+# track): about 50 s alone on a 2-core machine, up to 134 s measured while the suite's other
+# process runs fault tests beside it (every command is a new Python process competing for the
+# two cores), so it gets a timeout of its own: 400 s, the budget plugin's half being 200 s.
+@pytest.mark.timeout(400)
 async def test_every_runbook_command_works_against_twintrack_dev(
     database_url: str,
     kafka_broker: ProvidedBroker,
