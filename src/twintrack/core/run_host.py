@@ -270,9 +270,10 @@ class RunHost:
         finally:
             EXECUTIONS_RUNNING.labels(track).dec()
             unwatch()
-            self.runs.pop(record.id, None)
-            self.leases.pop(record.id, None)
-            self._records.pop(record.id, None)
+            if self.leases.get(record.id) is lease:  # else a re-claim's newer run is there
+                self.runs.pop(record.id, None)
+                self.leases.pop(record.id, None)
+                self._records.pop(record.id, None)
             self.slot_freed.set()
         return None
 
@@ -312,6 +313,6 @@ class RunHost:
                     lease.check()
                 except LeaseLost:
                     run = self.runs.get(execution_id)
-                    if run is not None:
+                    if run is not None and self.leases.get(execution_id) is lease:
                         log.warning("lease lost; stopping engine", execution_id=execution_id)
                         run.cancel()
