@@ -5,7 +5,7 @@ A scenario says how to run its flow and what to expect:
     {
       "description": "...",
       "options": {...},               # execution options (debug, breakpoints, node_timeout_s, ...)
-      "ordering": "strict",           # or "per_node" (twintrack.tooling.comparison.Ordering)
+      "ordering": "strict",           # or "per_node" (twintrack.domain.comparison.Ordering)
       "script": [                     # run after `start`, in order:
         {"wait_for": {"type": "node.completed", "data": {"node_id": "a"}}},
         {"command": "step"},          # pause | resume | step | stop, with an optional "reason"
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from twintrack.tooling.comparison import Ordering
+from twintrack.domain.comparison import Ordering
 
 FLOWS_DIR = Path(__file__).parent / "flows"
 SCENARIO_SUFFIX = ".scenario.json"

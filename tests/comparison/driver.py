@@ -8,7 +8,7 @@ from typing import Any
 
 from tests.comparison.catalog import Scenario, matches
 from tests.e2e.stack import FINISHED, TERMINAL, Api
-from twintrack.tooling.comparison import RunResult
+from twintrack.domain.comparison import RunResult
 
 RUN_TIMEOUT_S = 60.0
 

@@ -27,7 +27,7 @@ from tests.e2e.conftest import MODES, Mode
 from tests.e2e.stack import open_stack, stack_env
 from tests.fixtures.database import ServerWithUrl, _copy_database, _drop_database
 from twintrack.adapters.postgres.db import with_database
-from twintrack.tooling.comparison import (
+from twintrack.domain.comparison import (
     Ordering,
     RunResult,
     compare_runs,

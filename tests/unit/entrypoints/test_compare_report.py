@@ -12,7 +12,7 @@ from twintrack.entrypoints.cli.compare import (
     percentile,
     render_report,
 )
-from twintrack.tooling.comparison import Ordering
+from twintrack.domain.comparison import Ordering
 
 T0 = "2026-11-21T10:00:00.000000Z"
 

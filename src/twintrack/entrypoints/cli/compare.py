@@ -8,7 +8,7 @@ The Kafka track is the control, DBOS the candidate. What must agree:
 
 - final statuses: the same multiset on both tracks (any run ending differently is a mismatch);
 - outputs: the same multiset of outputs (deterministic flows: every run equal);
-- event streams, normalized by `twintrack.tooling.comparison` (ids, timestamps, durations, the track
+- event streams, normalized by `twintrack.domain.comparison` (ids, timestamps, durations, the track
   itself masked; the same normalization as the comparison suite): every DBOS stream must be one
   the Kafka track produced too. Streams the control produces in several forms are noise, as in
   Diffy's control-vs-control run, not a difference. By default streams are compared per node
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from twintrack.tooling.comparison import Ordering, diff_streams, normalize, stream_problems, view
+from twintrack.domain.comparison import Ordering, diff_streams, normalize, stream_problems, view
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -2,7 +2,8 @@
 
 Pure functions over plain JSON (the event envelopes as subscribers receive
 them, and execution rows as the API returns them), shared by the comparison suite
-(`tests/comparison/`) and `twintrack compare`.
+(`tests/comparison/`), `twintrack compare` and the shadow runs (core/shadow.py): one rule for
+what counts as the same run.
 
 Normalization
 -------------

@@ -1,4 +1,4 @@
-"""Normalizing and diffing event streams (twintrack.tooling.comparison), and the comparison
+"""Normalizing and diffing event streams (twintrack.domain.comparison), and the comparison
 catalog run
 in-process by the engine alone: every flow is valid, does what its scenario expects, and runs
 the same way twice."""
@@ -21,7 +21,7 @@ from twintrack.domain.flow import check_options, parse_flow_json
 from twintrack.engine import EngineServices, EventSequencer, ExecutionControl, run_flow
 from twintrack.entrypoints.local import LocalRunner
 from twintrack.nodes.registry import default_registry
-from twintrack.tooling.comparison import (
+from twintrack.domain.comparison import (
     Aliases,
     Ordering,
     RunResult,
