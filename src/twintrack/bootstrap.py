@@ -36,6 +36,8 @@ from twintrack.adapters.memory import (
 )
 from twintrack.adapters.memory.recovery import MemoryRecovery
 from twintrack.adapters.memory.rollout import MemoryGuardStore, MemoryRolloutStore
+from twintrack.adapters.memory.scorecard import MemoryScorecardStore
+from twintrack.adapters.memory.shadow import MemoryShadowStore
 from twintrack.adapters.postgres.claims import PostgresClaimStore
 from twintrack.adapters.postgres.commands import PostgresCommandChannel
 from twintrack.adapters.postgres.counters import PostgresCounterStore
@@ -54,6 +56,8 @@ from twintrack.adapters.postgres.rollout import (
     PostgresRolloutFeed,
     PostgresRolloutStore,
 )
+from twintrack.adapters.postgres.scorecard import PostgresScorecardStore
+from twintrack.adapters.postgres.shadow import PostgresShadowStore
 from twintrack.adapters.postgres.workers import PostgresWorkerRegistry, new_worker_id
 from twintrack.config import ConfigError, Settings
 from twintrack.core import transient
@@ -68,7 +72,9 @@ from twintrack.core.recovery import RecoverySweeper, SweepPolicy
 from twintrack.core.recovery_ports import RecoveryStore, RerouteStore
 from twintrack.core.rollout import reroute
 from twintrack.core.run_host import RunHost
+from twintrack.core.scorecard import ScorecardRefresh, ScorecardStore
 from twintrack.core.service import ExecutionService, PolicySource, RoutingPolicy, StaticPolicy
+from twintrack.core.shadow import ShadowPolicy, ShadowStore, ShadowSweep
 from twintrack.core.stores import (
     ClaimStore,
     CounterStore,
@@ -86,6 +92,7 @@ from twintrack.nodes.registry import NodeRegistry, default_registry
 RECOVERY_LOCK = 0x7477696E74726B  # "twintrk"
 DBOS_RECOVERY_LOCK = 0x7477696E64626F73  # "twindbos"
 GUARD_LOCK = 0x7477696E67756172  # "twinguar"
+SHADOW_LOCK = 0x7477696E73686477  # "twinshdw"
 
 
 @dataclass
@@ -116,6 +123,14 @@ class Container:
     @property
     def guard_store(self) -> GuardStore:
         return PostgresGuardStore(self.sessions)
+
+    @property
+    def shadow_store(self) -> ShadowStore:
+        return PostgresShadowStore(self.sessions)
+
+    @property
+    def scorecard_store(self) -> ScorecardStore:
+        return PostgresScorecardStore(self.sessions)
 
     @property
     def recovery(self) -> RecoveryStore:
@@ -410,11 +425,33 @@ class ServiceFactory:
             sweeps=[Sweep("rollout guard", rollout_guard(self.settings, container).check)],
         )
 
+    def shadow_loop(self, container: Container) -> Sweeper:
+        """The cluster's one shadow sweep (schedule, compare) and scorecard metrics refresh."""
+        s = self.settings
+        refresh = ScorecardRefresh(
+            container.scorecard_store,
+            window_s=s.scorecard_window_s,
+            refresh_s=s.scorecard_refresh_s,
+        )
+        return Sweeper(
+            leader=AdvisoryLeader(container.db_engine, SHADOW_LOCK, "shadow sweep"),
+            interval_s=s.shadow_interval_s,
+            sweeps=[
+                Sweep("shadow runs", shadow_sweep(s, container).sweep),
+                Sweep("scorecard", refresh.sweep),
+            ],
+        )
+
 
 def initial_switches(settings: Settings) -> Switches:
     """The environment's rollout: the first state, and the override (ROLLOUT_SOURCE)."""
     s = settings
-    return Switches(s.enable_dbos_execution, s.dbos_rollout_percent, s.execution_events_backend)
+    return Switches(
+        s.enable_dbos_execution,
+        s.dbos_rollout_percent,
+        s.execution_events_backend,
+        shadow_percent=s.shadow_percent,
+    )
 
 
 def live_rollout(
@@ -441,6 +478,8 @@ def guard_policy(settings: Settings) -> GuardPolicy:
         max_stuck=s.guard_max_stuck,
         failures_to_rollback=s.guard_failures_to_rollback,
         reroute_unstarted=s.guard_reroute_unstarted,
+        max_mismatch_rate=s.guard_max_mismatch_rate,
+        min_shadow_samples=s.guard_min_shadow_samples,
     )
 
 
@@ -455,6 +494,28 @@ def rollout_guard(settings: Settings, container: Container | MemoryContainer) ->
         rollout=container.rollout_store,
         policy=guard_policy(settings),
         reroute=back_to_kafka,
+        shadows=container.shadow_store,
+    )
+
+
+def shadow_sweep(settings: Settings, container: Container | MemoryContainer) -> ShadowSweep:
+    """The shadow sweep over a container's stores; SHADOW_PERCENT is read live each round."""
+    s = settings
+
+    async def percent() -> int:
+        state = await container.rollout_store.load()
+        return s.shadow_percent if state is None else state.switches.shadow_percent
+
+    return ShadowSweep(
+        service=container.service,
+        store=container.shadow_store,
+        percent=percent,
+        policy=ShadowPolicy(
+            max_running=s.shadow_max_running,
+            ledger_size=s.shadow_ledger_size,
+            lookback_s=s.shadow_lookback_s,
+            shed_queued=s.shadow_shed_queued,
+        ),
     )
 
 
@@ -530,10 +591,16 @@ class MemoryContainer:
     _started: bool = field(default=False, repr=False)
     recovery: MemoryRecovery = field(init=False)
     guard_store: MemoryGuardStore = field(init=False)
+    shadow_store: MemoryShadowStore = field(init=False)
+    scorecard_store: MemoryScorecardStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.recovery = MemoryRecovery(self.stores)
         self.guard_store = MemoryGuardStore(self.stores.executions)
+        self.shadow_store = MemoryShadowStore(self.stores.executions)
+        self.scorecard_store = MemoryScorecardStore(
+            self.stores.executions, self.recovery.audit, self.shadow_store
+        )
 
     @property
     def reroutes(self) -> RerouteStore:

@@ -75,6 +75,47 @@ class Settings(BaseSettings):
     guard_reroute_unstarted: bool = Field(
         default=False, description="On rollback, also move unstarted DBOS executions to Kafka."
     )
+    guard_max_mismatch_rate: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="`fail` when more of the shadow runs compared in the window differ.",
+    )
+    guard_min_shadow_samples: int = Field(
+        default=5, ge=1, description="Shadow runs compared before their mismatch rate is judged."
+    )
+
+    # -- shadow runs (core/shadow.py) and the scorecard (core/scorecard.py) ---------------------
+    shadow_percent: int = Field(
+        default=0,
+        ge=0,
+        le=100,
+        description="Initial share of completed root executions re-run on the other track "
+        "(a live field of the rollout state after that: `rollout set --shadow-percent`).",
+    )
+    shadow_max_running: int = Field(
+        default=4, ge=1, le=10_000, description="Shadow runs unfinished at once, at most."
+    )
+    shadow_shed_queued: int = Field(
+        default=50,
+        ge=0,
+        description="No shadow is scheduled onto a track with more real executions queued.",
+    )
+    shadow_ledger_size: int = Field(
+        default=100, ge=1, le=100_000, description="Mismatches kept (the most recent)."
+    )
+    shadow_interval_s: PositiveSeconds = Field(
+        default=2, description="How often the shadow sweep's leader schedules and compares."
+    )
+    shadow_lookback_s: PositiveSeconds = Field(
+        default=600, description="Executions that finished longer ago are not shadowed."
+    )
+    scorecard_window_s: PositiveSeconds = Field(
+        default=3600, description="The window of the scorecard metrics."
+    )
+    scorecard_refresh_s: PositiveSeconds = Field(
+        default=30, description="How often the shadow sweep's leader refreshes those metrics."
+    )
 
     # -- executions ----------------------------------------------------------------------------
     start_signal_timeout_s: PositiveSeconds = 300

@@ -2,8 +2,9 @@
 
 A growing DBOS cohort used to be watched by nobody. Each round (on the Sweeper loop, one leader
 per cluster) the guard compares the DBOS cohort with the Kafka cohort over the same sliding
-window — error rate, p99 create→completed, stuck executions — and records a verdict with its
-figures (Argo Rollouts / Flagger analysis):
+window — error rate, p99 create→completed, stuck executions, shadow mismatches (every shadow
+run pairs a DBOS run with a Kafka one: a mismatch counts against the DBOS cohort) — and records
+a verdict with its figures (Argo Rollouts / Flagger analysis):
 
 * `inconclusive` — within the initial delay after the rollout last changed, or fewer than
   GUARD_MIN_SAMPLES finished DBOS executions in the window: hold (never promote, never roll
@@ -30,6 +31,7 @@ from typing import Any, Protocol
 import structlog
 
 from twintrack.core.live_rollout import RolloutChange, RolloutStateStore, set_rollout
+from twintrack.core.shadow import ShadowOutcomes, ShadowStore
 from twintrack.domain.execution import Track
 from twintrack.observability.metrics import GUARD_ROLLBACKS, GUARD_VERDICTS
 
@@ -131,9 +133,18 @@ class GuardPolicy:
     max_stuck: int = 0
     failures_to_rollback: int = 2
     reroute_unstarted: bool = False
+    #: shadow mismatches / shadow runs compared in the window
+    max_mismatch_rate: float = 0.01
+    #: shadow runs compared in the window before their mismatch rate is judged
+    min_shadow_samples: int = 5
 
 
-def judge(dbos: CohortFigures, kafka: CohortFigures, policy: GuardPolicy) -> tuple[Verdict, str]:
+def judge(
+    dbos: CohortFigures,
+    kafka: CohortFigures,
+    policy: GuardPolicy,
+    shadow: ShadowOutcomes | None = None,
+) -> tuple[Verdict, str]:
     """The verdict on one window's figures, and why (pure)."""
     baseline = kafka.finished >= policy.min_samples
     stuck_over = dbos.stuck - (kafka.stuck if baseline else 0)
@@ -141,6 +152,17 @@ def judge(dbos: CohortFigures, kafka: CohortFigures, policy: GuardPolicy) -> tup
         return Verdict.FAIL, (
             f"{dbos.stuck} DBOS executions stuck over {policy.stuck_after_s:g}s "
             f"(Kafka: {kafka.stuck}; GUARD_MAX_STUCK={policy.max_stuck})"
+        )
+    rate = shadow.mismatch_rate if shadow is not None else None
+    if (
+        shadow is not None
+        and rate is not None
+        and shadow.compared >= policy.min_shadow_samples
+        and rate > policy.max_mismatch_rate
+    ):
+        return Verdict.FAIL, (
+            f"{shadow.mismatched} of {shadow.compared} shadow runs differ ({rate:.1%}): over "
+            f"GUARD_MAX_MISMATCH_RATE={policy.max_mismatch_rate:g}"
         )
     if dbos.finished < policy.min_samples:
         return Verdict.INCONCLUSIVE, (
@@ -175,7 +197,9 @@ class Guard:
         rollout: RolloutStateStore,
         policy: GuardPolicy,
         reroute: Callable[[], Awaitable[object]] | None = None,
+        shadows: ShadowStore | None = None,
     ) -> None:
+        self.shadows = shadows
         self.store = store
         self.rollout = rollout
         self.policy = policy
@@ -189,6 +213,7 @@ class Guard:
             return None
         window = await self.store.figures(window_s=p.window_s, stuck_after_s=p.stuck_after_s)
         dbos, kafka = window.cohorts[Track.DBOS], window.cohorts[Track.KAFKA]
+        shadow = await self.shadows.outcomes(p.window_s) if self.shadows else ShadowOutcomes()
         since_change = (window.now - state.changed_at).total_seconds()
         if since_change < p.initial_delay_s:
             verdict, reason = (
@@ -199,7 +224,7 @@ class Guard:
                 ),
             )
         else:
-            verdict, reason = judge(dbos, kafka, p)
+            verdict, reason = judge(dbos, kafka, p, shadow)
         last = await self.store.recent(1)
         previous = (
             last[0].consecutive_failures if last and last[0].rollout_version == state.version else 0
@@ -212,6 +237,11 @@ class Guard:
             "since_change_s": round(since_change, 3),
             "dbos": dbos.to_json(),
             "kafka": kafka.to_json(),
+            "shadow": {
+                "compared": shadow.compared,
+                "mismatched": shadow.mismatched,
+                "mismatch_rate": shadow.mismatch_rate,
+            },
         }
         rolled_back = verdict is Verdict.FAIL and failures >= p.failures_to_rollback
         if rolled_back:

@@ -45,6 +45,8 @@ class Switches:
     enable_dbos: bool
     rollout_percent: int | None
     events_backend: EventsBackend
+    #: the share of completed root executions re-run on the other track (core/shadow.py)
+    shadow_percent: int = 0
 
     @property
     def dbos_share(self) -> int:
@@ -76,6 +78,7 @@ class RolloutState:
             "rollout_percent": s.rollout_percent,
             "events_backend": s.events_backend.value,
             "dbos_share": s.dbos_share,
+            "shadow_percent": s.shadow_percent,
             "phases": {t.value: p.value for t, p in s.phases().items()},
             "changed_at": self.changed_at.isoformat(),
             "changed_by": self.changed_by,
@@ -94,6 +97,7 @@ class RolloutChange:
     enable_dbos: bool | None = None
     rollout_percent: int | None = _KEEP
     events_backend: EventsBackend | None = None
+    shadow_percent: int | None = None
 
     def apply(self, switches: Switches) -> Switches:
         percent = (
@@ -101,10 +105,16 @@ class RolloutChange:
         )
         if percent is not None and not 0 <= percent <= 100:
             raise InvalidRolloutChange(f"rollout percent must be 0-100, got {percent}")
-        return Switches(
+        if self.shadow_percent is not None and not 0 <= self.shadow_percent <= 100:
+            raise InvalidRolloutChange(f"shadow percent must be 0-100, got {self.shadow_percent}")
+        return replace(
+            switches,
             enable_dbos=switches.enable_dbos if self.enable_dbos is None else self.enable_dbos,
             rollout_percent=percent,
             events_backend=self.events_backend or switches.events_backend,
+            shadow_percent=(
+                switches.shadow_percent if self.shadow_percent is None else self.shadow_percent
+            ),
         )
 
     @property
@@ -113,6 +123,7 @@ class RolloutChange:
             self.enable_dbos is None
             and self.rollout_percent is _KEEP
             and self.events_backend is None
+            and self.shadow_percent is None
         )
 
 
@@ -155,7 +166,9 @@ async def set_rollout(
     if not changed_by.strip():
         raise InvalidRolloutChange("who changes the rollout must be known")
     if change.empty:
-        raise InvalidRolloutChange("nothing to change: give a percent, the flag or a backend")
+        raise InvalidRolloutChange(
+            "nothing to change: give a percent, the flag, a backend or a shadow percent"
+        )
     return await store.change(change, changed_by=changed_by, reason=reason.strip())
 
 

@@ -47,6 +47,8 @@ class ExecutionRecord(BaseModel):
     next_event_index: int
     #: the W3C traceparent of the request that started it (None when tracing is off)
     traceparent: str | None = None
+    #: the execution this one is a shadow run of (core/shadow.py); None for real ones
+    shadow_of: str | None = None
     created_at: datetime
     queued_at: datetime | None
     started_at: datetime | None

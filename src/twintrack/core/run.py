@@ -17,6 +17,7 @@ import structlog
 from twintrack.core.ports import EventBus
 from twintrack.core.records import ExecutionRecord
 from twintrack.core.service import ExecutionService, ParentStopping
+from twintrack.core.shadow import load_replay
 from twintrack.core.transient import retry_or_abandon
 from twintrack.domain.events import Event, EventType
 from twintrack.domain.flow import Flow
@@ -25,6 +26,7 @@ from twintrack.engine import (
     EventSequencer,
     ExecutionControl,
     ExecutionResult,
+    InMemoryCounters,
     result_from_terminal_event,
     run_flow,
 )
@@ -214,6 +216,20 @@ async def run_execution(
         worker_id=worker_id,
         traceparent=record.traceparent,
     )
+    services = EngineServices(
+        counters=counters,
+        children=_ServiceSpawner(service, record, lease, control, announced),
+        attempt=record.attempt,
+    )
+    if record.shadow_of is not None:
+        # Side effects off: effectful nodes replay the original; nothing else may count or
+        # spawn (a counter kept in memory, no spawner).
+        services = EngineServices(
+            counters=InMemoryCounters(),
+            children=None,
+            attempt=record.attempt,
+            shadow=await load_replay(service, record, flow),
+        )
     with spans:
         sink = _LeasedSink(record, bus, lease, status, start_index, spans)
         if record.attempt > 1:
@@ -224,11 +240,7 @@ async def run_execution(
             sink=sink,
             control=control,
             options=record.options,
-            services=EngineServices(
-                counters=counters,
-                children=_ServiceSpawner(service, record, lease, control, announced),
-                attempt=record.attempt,
-            ),
+            services=services,
             trigger_events=record.trigger_events,
             start_data={"attempt": record.attempt, "worker_id": worker_id, "track": record.track},
         )

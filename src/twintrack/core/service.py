@@ -238,8 +238,12 @@ class ExecutionService:
         track: Track | None = None,
         parent: ExecutionRecord | None = None,
         execution_id: str | None = None,
+        shadow_of: str | None = None,
     ) -> ExecutionRecord:
         """Create an execution in `created` with `execution.created` (index 0) in its stream.
+
+        With `shadow_of`, a shadow run of that execution (core/shadow.py): hidden from the
+        owner, outside the owner's running limit.
 
         Raises NotFound for an unknown flow or version, FlowValidationError for options that do
         not fit the flow, TrackUnavailable when this process cannot reach the chosen track.
@@ -271,6 +275,7 @@ class ExecutionService:
             execution_id=execution_id or new_execution_id(),
             next_event_index=1,
             limits=self.limits,
+            shadow_of=shadow_of,
         )
         await self._announce_created(record)
         return record
@@ -374,7 +379,8 @@ class ExecutionService:
                 raise Conflict(f"execution {execution_id} is already {record.status}")
             if record.status is not _S.CREATED:
                 return record
-            self.limits.check_running(await row.owner_running_count(), record.owner_id)
+            if record.shadow_of is None:  # shadows are bounded by SHADOW_MAX_RUNNING instead
+                self.limits.check_running(await row.owner_running_count(), record.owner_id)
             traceparent = current_traceparent()
             if traceparent is not None:
                 await row.remember_trace(traceparent)

@@ -75,7 +75,9 @@ class ExecutionStore(Protocol):
 
     Every status change follows `domain.execution.ALLOWED_TRANSITIONS`, atomically: of two
     racing writers exactly one moves an execution out of a status, the other gets
-    IllegalTransition. `owner_id`, where taken, scopes the call to that owner's executions.
+    IllegalTransition. `owner_id`, where taken, scopes the call to that owner's executions,
+    and shadow runs (`shadow_of` set) are never among an owner's: they are invisible to the
+    owner's lists, reads and streams.
     """
 
     async def create(
@@ -92,12 +94,14 @@ class ExecutionStore(Protocol):
         execution_id: str | None = None,
         next_event_index: int = 0,
         limits: OwnerLimits | None = None,
+        shadow_of: str | None = None,
     ) -> ExecutionRecord:
-        """A new execution in `created`. A child takes root and depth from its parent (same
-        owner, else NotFound); the flow version must exist (NotFound); a taken `execution_id`
-        is AlreadyExists, so a retried spawn reads the child instead of making a second one;
-        with `limits`, a child that would pass MAX_EXECUTIONS_PER_TREE is LimitExceeded and
-        not created, however many spawns race."""
+        """A new execution in `created` (a shadow run of `shadow_of` when given). A child
+        takes root and depth from its parent (same owner, else NotFound); the flow version
+        must exist (NotFound); a taken `execution_id` is AlreadyExists, so a retried spawn
+        reads the child instead of making a second one; with `limits`, a child that would
+        pass MAX_EXECUTIONS_PER_TREE is LimitExceeded and not created, however many spawns
+        race."""
         ...
 
     async def get(self, execution_id: str, owner_id: str | None = None) -> ExecutionRecord: ...

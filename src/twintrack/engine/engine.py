@@ -25,6 +25,7 @@ from twintrack.domain.flow import ERROR_PORT, Flow, FlowNode
 from twintrack.engine.control import ControlMessage, ExecutionControl
 from twintrack.engine.scope import scope_skips
 from twintrack.engine.services import EngineServices
+from twintrack.engine.shadow import ShadowReplay, replay_reason
 from twintrack.engine.sink import EventSink, EventTooLarge
 from twintrack.nodes.base import Counters, InfrastructureError, NodeError
 
@@ -231,6 +232,9 @@ class _Run:
     # -- one node ------------------------------------------------------------------------
 
     async def _run_node(self, node: FlowNode) -> _Outcome:
+        shadow = self.services.shadow
+        if shadow is not None and node.node_type.side_effects:
+            return await self._replay(node, shadow)
         inputs = {**node.node_type.configured_inputs(node.config), **self.values[node.id]}
         started = time.monotonic()
         timeout = self.options.node_timeout_s
@@ -255,6 +259,16 @@ class _Run:
                 outputs = None
         duration_ms = round((time.monotonic() - started) * 1000, 3)
         return _Outcome(node.id, outputs, error, duration_ms)
+
+    async def _replay(self, node: FlowNode, shadow: ShadowReplay) -> _Outcome:
+        """A shadow run's side-effecting node: the original's result, never a second effect."""
+        recorded = shadow.recorded.get(node.id)
+        shadow.replayed[node.id] = replay_reason(node.type, recorded)
+        if recorded is None or not recorded.finished:
+            return _Outcome(node.id, None, shadow.replayed[node.id], 0.0)
+        for event_type, data in recorded.events:
+            await self.sink.emit(event_type, data)
+        return _Outcome(node.id, recorded.outputs, recorded.error, 0.0)
 
     async def _complete(self, outcome: _Outcome) -> None:
         node = self.flow.nodes[outcome.node_id]

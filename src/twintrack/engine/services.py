@@ -6,6 +6,7 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 
+from twintrack.engine.shadow import ShadowReplay
 from twintrack.nodes.base import ChildSpawner, Counters
 
 
@@ -33,3 +34,5 @@ class EngineServices:
     children: ChildSpawner | None = None
     #: which run of the execution this is (1 unless recovery re-runs it)
     attempt: int = 1
+    #: set for a shadow run: side-effecting nodes are replayed from the original, not run
+    shadow: ShadowReplay | None = None

@@ -50,6 +50,8 @@ class WorkerProcess:
         )
         #: the cluster's one rollout guard, when GUARD_ENABLED (every worker stands for it)
         self.guard_loop = factory.guard_loop(container) if self.settings.guard_enabled else None
+        #: the cluster's one shadow sweep and scorecard refresh (every worker stands for it)
+        self.shadow_loop = factory.shadow_loop(container)
         self.registry = container.workers
         self._sweeps: list[asyncio.Task[None]] = []
 
@@ -62,6 +64,7 @@ class WorkerProcess:
         self._sweeps = [asyncio.create_task(self.recovery_loop.run(), name="recovery-sweeper")]
         if self.guard_loop is not None:
             self._sweeps.append(asyncio.create_task(self.guard_loop.run(), name="rollout-guard"))
+        self._sweeps.append(asyncio.create_task(self.shadow_loop.run(), name="shadow-sweep"))
         if self.dbos is not None:
             await self.dbos.start()  # recovering workflows needs DBOS launched
             assert self.dead_executor_loop is not None

@@ -121,6 +121,10 @@ class NodeType(ABC):
     #: fixed output ports (the `error` port exists on every node and is not listed)
     outputs: ClassVar[Sequence[str]] = ()
     description: ClassVar[str] = ""
+    #: whether running the node acts on the world (a counter, a child, a call out). A shadow
+    #: run (engine/shadow.py) never runs such a node: it replays the original's result. True
+    #: unless a type says otherwise, so a plugin that does not declare it is never run twice.
+    side_effects: ClassVar[bool] = True
 
     def input_ports(self, config: NodeConfig) -> Mapping[str, bool]:
         """Input ports for this config (name -> required). Override for dynamic ports."""

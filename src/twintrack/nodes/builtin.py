@@ -22,6 +22,7 @@ class ConstConfig(NodeConfig):
 
 class ConstNode(NodeType):
     type_name = "const"
+    side_effects = False
     config_model = ConstConfig
     outputs = ("value",)
     description = "Emits its value; options.inputs may override it per execution."
@@ -48,6 +49,7 @@ def _number(port: str, value: Any) -> int | float:
 
 class MathNode(NodeType):
     type_name = "math"
+    side_effects = False
     config_model = MathConfig
     inputs: ClassVar[Mapping[str, bool]] = {"a": True, "b": True}
     outputs = ("result",)
@@ -109,6 +111,7 @@ def _text(value: Any) -> str:
 
 class TemplateNode(NodeType):
     type_name = "template"
+    side_effects = False
     config_model = TemplateConfig
     outputs = ("text",)
     description = "Renders {name} placeholders from same-named inputs (or config.values)."
@@ -150,6 +153,7 @@ class DelayConfig(NodeConfig):
 
 class DelayNode(NodeType):
     type_name = "delay"
+    side_effects = False
     config_model = DelayConfig
     inputs: ClassVar[Mapping[str, bool]] = {"value": False}
     outputs = ("value",)
@@ -169,6 +173,7 @@ class FailConfig(NodeConfig):
 
 class FailNode(NodeType):
     type_name = "fail"
+    side_effects = False
     config_model = FailConfig
     inputs: ClassVar[Mapping[str, bool]] = {"value": False}
     description = "Always fails with its message."
@@ -187,6 +192,7 @@ class EmitConfig(NodeConfig):
 
 class EmitNode(NodeType):
     type_name = "emit"
+    side_effects = True  # spawns a real child
     config_model = EmitConfig
     inputs: ClassVar[Mapping[str, bool]] = {"payload": False}
     description = "Spawns a child execution started by the event (same flow unless flow_id)."
@@ -207,6 +213,7 @@ class ListenConfig(NodeConfig):
 
 class ListenNode(NodeType):
     type_name = "listen"
+    side_effects = False
     config_model = ListenConfig
     outputs = ("payload",)
     description = "In a child started by its event, outputs the event's payload."
@@ -231,6 +238,7 @@ class OutputConfig(NodeConfig):
 
 class OutputNode(NodeType):
     type_name = "output"
+    side_effects = False
     config_model = OutputConfig
     inputs: ClassVar[Mapping[str, bool]] = {"value": True}
     description = "Stores value under name in the execution's outputs."
@@ -249,6 +257,7 @@ class TallyConfig(NodeConfig):
 
 class TallyNode(NodeType):
     type_name = "tally"
+    side_effects = True  # writes a durable counter
     config_model = TallyConfig
     inputs: ClassVar[Mapping[str, bool]] = {"value": False}
     outputs = ("count",)

@@ -77,6 +77,30 @@ GUARD_ROLLBACKS = Counter(
     registry=REGISTRY,
 )
 
+SHADOW_RUNS = Counter(
+    "twintrack_shadow_runs",
+    "Shadow runs compared with their original, by the shadow's track and result "
+    "(matched, mismatched).",
+    ["track", "result"],
+    registry=REGISTRY,
+)
+SHADOW_SKIPPED = Counter(
+    "twintrack_shadow_skipped",
+    "Sampled executions that got no shadow run: shed (limit: SHADOW_MAX_RUNNING reached; busy: "
+    "the target track had more than SHADOW_SHED_QUEUED queued).",
+    ["track", "reason"],
+    registry=REGISTRY,
+)
+SCORECARD = Gauge(
+    "twintrack_rollout_scorecard",
+    "The rollout scorecard over SCORECARD_WINDOW_S (core/scorecard.py), refreshed by the "
+    "leading worker every SCORECARD_REFRESH_S: one series per track, cohort and figure "
+    "(executions, error_rate, consistency_rate, p50_s, p99_s, queue_p50_s, queue_p99_s, "
+    "recoveries, shadow_runs).",
+    ["track", "cohort", "figure"],
+    registry=REGISTRY,
+)
+
 
 def render() -> tuple[bytes, str]:
     """The exposition text and its content type, for any process that serves metrics."""

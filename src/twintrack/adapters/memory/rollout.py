@@ -81,7 +81,11 @@ class MemoryGuardStore:
         )
         cohorts = {}
         for track in Track:
-            rows = [r for r in self.executions.records.values() if r.track is track]
+            rows = [
+                r
+                for r in self.executions.records.values()
+                if r.track is track and r.shadow_of is None
+            ]
             ended = [
                 r
                 for r in rows

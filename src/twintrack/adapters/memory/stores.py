@@ -236,7 +236,9 @@ class MemoryExecutionStore:
 
     def _visible(self, execution_id: str, owner_id: str | None) -> ExecutionRecord:
         record = self.records.get(execution_id)
-        if record is None or (owner_id is not None and record.owner_id != owner_id):
+        if record is None or (
+            owner_id is not None and (record.owner_id != owner_id or record.shadow_of is not None)
+        ):
             raise NotFound("execution", execution_id)
         return record
 
@@ -254,6 +256,7 @@ class MemoryExecutionStore:
         execution_id: str | None = None,
         next_event_index: int = 0,
         limits: OwnerLimits | None = None,
+        shadow_of: str | None = None,
     ) -> ExecutionRecord:
         execution_id = execution_id or new_execution_id()
         root_id, depth = execution_id, 0
@@ -286,6 +289,7 @@ class MemoryExecutionStore:
             error_node_id=None,
             attempt=0,
             next_event_index=next_event_index,
+            shadow_of=shadow_of,
             created_at=now,
             queued_at=None,
             started_at=None,
@@ -299,7 +303,7 @@ class MemoryExecutionStore:
         return sum(
             1
             for r in self.records.values()
-            if r.owner_id == owner_id and r.status in RUNNING_STATUSES
+            if r.owner_id == owner_id and r.status in RUNNING_STATUSES and r.shadow_of is None
         )
 
     async def get(self, execution_id: str, owner_id: str | None = None) -> ExecutionRecord:
@@ -318,6 +322,7 @@ class MemoryExecutionStore:
             r
             for r in self.records.values()
             if r.owner_id == owner_id
+            and r.shadow_of is None
             and (flow_id is None or r.flow_id == flow_id)
             and (status is None or r.status is status)
             and (track is None or r.track is track)

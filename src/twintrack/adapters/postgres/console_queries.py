@@ -75,7 +75,7 @@ class ConsoleQueries:
         Unfinished counts use the partial index on unfinished executions (its predicate is
         repeated literally); ages and the window come from the database clock.
         """
-        scope: list[ColumnElement[bool]] = []
+        scope: list[ColumnElement[bool]] = [ExecutionRow.shadow_of.is_(None)]  # not shadows
         if owner_id is not None:
             scope.append(ExecutionRow.owner_id == owner_id)
         unfinished: dict[Track, dict[ExecutionStatus, int]] = {t: {} for t in Track}

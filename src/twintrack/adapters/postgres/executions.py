@@ -89,7 +89,10 @@ def _sources(target: ExecutionStatus, expected: Collection[ExecutionStatus] | No
 
 
 def _owned(query_filter: ColumnElement[bool], owner_id: str | None) -> list[ColumnElement[bool]]:
-    return [query_filter] if owner_id is None else [query_filter, ExecutionRow.owner_id == owner_id]
+    """`query_filter` scoped to the owner's executions; a shadow run is nobody's."""
+    if owner_id is None:
+        return [query_filter]
+    return [query_filter, ExecutionRow.owner_id == owner_id, ExecutionRow.shadow_of.is_(None)]
 
 
 async def _apply_or_refuse(
@@ -137,6 +140,7 @@ class PostgresExecutionStore:
         execution_id: str | None = None,
         next_event_index: int = 0,
         limits: OwnerLimits | None = None,
+        shadow_of: str | None = None,
     ) -> ExecutionRecord:
         """Insert an execution in status `created`.
 
@@ -181,6 +185,7 @@ class PostgresExecutionStore:
                     options=(options or ExecutionOptions()).model_dump(mode="json"),
                     trigger_events=[e.model_dump(mode="json") for e in trigger_events],
                     next_event_index=next_event_index,
+                    shadow_of=shadow_of,
                 )
                 .returning(ExecutionRow)
             )
@@ -223,7 +228,9 @@ class PostgresExecutionStore:
             ) from exc
         count = await session.scalar(
             select(func.count()).where(
-                ExecutionRow.owner_id == owner_id, ExecutionRow.status.in_(RUNNING_STATUSES)
+                ExecutionRow.owner_id == owner_id,
+                ExecutionRow.status.in_(RUNNING_STATUSES),
+                ExecutionRow.shadow_of.is_(None),  # shadows have their own limit
             )
         )
         return int(count or 0)
@@ -257,7 +264,7 @@ class PostgresExecutionStore:
         cursor: str | None = None,
     ) -> Page[ExecutionRecord]:
         """The owner's executions, newest first, optionally filtered."""
-        query = select(ExecutionRow).where(ExecutionRow.owner_id == owner_id)
+        query = select(ExecutionRow).where(*_owned(ExecutionRow.owner_id == owner_id, owner_id))
         if flow_id is not None:
             query = query.where(ExecutionRow.flow_id == flow_id)
         if status is not None:

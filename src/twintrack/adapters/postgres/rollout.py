@@ -39,7 +39,9 @@ APPLICATION_NAME = "twintrack-rollout"
 
 def _state(row: RolloutStateRow | RolloutHistoryRow) -> RolloutState:
     return RolloutState(
-        switches=Switches(row.enable_dbos, row.rollout_percent, row.events_backend),
+        switches=Switches(
+            row.enable_dbos, row.rollout_percent, row.events_backend, row.shadow_percent
+        ),
         version=row.version,
         changed_at=row.changed_at,
         changed_by=row.changed_by,
@@ -57,6 +59,7 @@ def _history(state_row: RolloutStateRow) -> dict[str, Any]:
         "enable_dbos": state_row.enable_dbos,
         "rollout_percent": state_row.rollout_percent,
         "events_backend": state_row.events_backend,
+        "shadow_percent": state_row.shadow_percent,
         "kafka_phase": phases[Track.KAFKA],
         "dbos_phase": phases[Track.DBOS],
     }
@@ -77,6 +80,7 @@ class PostgresRolloutStore:
                     enable_dbos=initial.enable_dbos,
                     rollout_percent=initial.rollout_percent,
                     events_backend=initial.events_backend,
+                    shadow_percent=initial.shadow_percent,
                     version=1,
                     changed_by=changed_by,
                     reason=reason,
@@ -106,6 +110,7 @@ class PostgresRolloutStore:
             row.enable_dbos = switches.enable_dbos
             row.rollout_percent = switches.rollout_percent
             row.events_backend = switches.events_backend
+            row.shadow_percent = switches.shadow_percent
             row.version = row.version + 1
             row.changed_at = (await session.execute(select(func.now()))).scalar_one()
             row.changed_by = changed_by
@@ -230,8 +235,9 @@ _FIGURES = text(
         ) AS stuck
     FROM bounds b
     LEFT JOIN executions e
-      ON (e.finished_at >= b.since AND e.finished_at IS NOT NULL)
-      OR e.status IN ('queued', 'running')
+      ON ((e.finished_at >= b.since AND e.finished_at IS NOT NULL)
+          OR e.status IN ('queued', 'running'))
+      AND e.shadow_of IS NULL
     GROUP BY b.now, e.track
     """
 )

@@ -146,6 +146,8 @@ class ExecutionRow(Base):
     )
     # The W3C traceparent of the request that started it, for the worker to continue.
     traceparent: Mapped[str | None] = mapped_column(Text)
+    #: a shadow run of that execution (core/shadow.py): hidden from its owner
+    shadow_of: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()
     queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -187,6 +189,13 @@ class ExecutionRow(Base):
             "ix_executions_finished_at",
             "finished_at",
             postgresql_where=text("finished_at IS NOT NULL"),
+        ),
+        # At most one shadow run per execution.
+        Index(
+            "ix_executions_shadow_of",
+            "shadow_of",
+            unique=True,
+            postgresql_where=text("shadow_of IS NOT NULL"),
         ),
         # Trees: every execution of a root, and the children of one execution.
         Index(None, "root_id"),
@@ -358,6 +367,8 @@ class RolloutStateRow(Base):
     events_backend: Mapped[EventsBackend] = mapped_column(
         StrEnumText(EventsBackend), nullable=False
     )
+    #: the share of completed root executions shadowed on the other track (core/shadow.py)
+    shadow_percent: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     #: bumped by every change; an API process applies a state only if newer than its own
     version: Mapped[int] = mapped_column(BigInteger, nullable=False)
     changed_at: Mapped[datetime] = _now()
@@ -367,6 +378,7 @@ class RolloutStateRow(Base):
     __table_args__ = (
         CheckConstraint("id = 1", name="single_row"),
         CheckConstraint("rollout_percent BETWEEN 0 AND 100", name="percent"),
+        CheckConstraint("shadow_percent BETWEEN 0 AND 100", name="shadow_percent"),
         CheckConstraint(_in_list("events_backend", EventsBackend), name="events_backend"),
     )
 
@@ -386,6 +398,7 @@ class RolloutHistoryRow(Base):
     events_backend: Mapped[EventsBackend] = mapped_column(
         StrEnumText(EventsBackend), nullable=False
     )
+    shadow_percent: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     kafka_phase: Mapped[TrackPhase] = mapped_column(StrEnumText(TrackPhase), nullable=False)
     dbos_phase: Mapped[TrackPhase] = mapped_column(StrEnumText(TrackPhase), nullable=False)
 
@@ -412,4 +425,60 @@ class GuardVerdictRow(Base):
 
     __table_args__ = (
         CheckConstraint("verdict IN ('pass', 'fail', 'inconclusive')", name="verdict"),
+    )
+
+
+SHADOW_STATUSES = ("running", "matched", "mismatched")
+
+
+class ShadowRunRow(Base):
+    """One shadow run per sampled execution (the primary key makes it at most one): running
+    until the shadow ends, then matched or mismatched (core/shadow.py)."""
+
+    __tablename__ = "shadow_runs"
+
+    original_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    shadow_id: Mapped[str] = mapped_column(Text, nullable=False)
+    owner_id: Mapped[str] = mapped_column(Text, nullable=False)
+    flow_id: Mapped[str] = mapped_column(Text, nullable=False)
+    flow_version: Mapped[int] = mapped_column(Integer, nullable=False)
+    original_track: Mapped[Track] = mapped_column(StrEnumText(Track), nullable=False)
+    shadow_track: Mapped[Track] = mapped_column(StrEnumText(Track), nullable=False)
+    status: Mapped[str] = mapped_column(Text, nullable=False)
+    #: node id -> why it did not run in the shadow (side effects)
+    replayed: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
+    )
+    scheduled_at: Mapped[datetime] = _now()
+    compared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(f"status IN {SHADOW_STATUSES!r}", name="status"),
+        # the sweep's "shadows still running" (few), and the scorecard's window
+        Index(
+            "ix_shadow_runs_running", "scheduled_at", postgresql_where=text("status = 'running'")
+        ),
+        Index(None, "compared_at"),
+    )
+
+
+class ShadowMismatchRow(Base):
+    """The mismatch ledger: the most recent SHADOW_LEDGER_SIZE shadow runs that differed."""
+
+    __tablename__ = "shadow_mismatches"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    recorded_at: Mapped[datetime] = _now()
+    original_id: Mapped[str] = mapped_column(Text, nullable=False)
+    shadow_id: Mapped[str] = mapped_column(Text, nullable=False)
+    flow_id: Mapped[str] = mapped_column(Text, nullable=False)
+    flow_version: Mapped[int] = mapped_column(Integer, nullable=False)
+    original_track: Mapped[Track] = mapped_column(StrEnumText(Track), nullable=False)
+    shadow_track: Mapped[Track] = mapped_column(StrEnumText(Track), nullable=False)
+    diff: Mapped[str] = mapped_column(Text, nullable=False)
+    #: both runs' normalized events in stream order (lines of domain.comparison.view)
+    original_events: Mapped[list[str]] = mapped_column(JSONB, nullable=False)
+    shadow_events: Mapped[list[str]] = mapped_column(JSONB, nullable=False)
+    replayed: Mapped[dict[str, Any]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
