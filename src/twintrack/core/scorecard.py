@@ -36,6 +36,22 @@ MISMATCHED = "mismatched"
 
 _S = ExecutionStatus
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+def parse_window(text: str) -> float:
+    """`90s`, `30m`, `1h`, `2d` (or plain seconds) as seconds; ValueError otherwise."""
+    value = text.strip().lower()
+    unit = _UNITS.get(value[-1:])
+    number = value[:-1] if unit is not None else value
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise ValueError(f"not a window: {text!r} (use 90s, 30m, 1h, 2d)") from None
+    if not 0 < seconds <= 30 * 86_400:
+        raise ValueError(f"the window must be over 0 and at most 30d, got {text!r}")
+    return seconds
+
 
 @dataclass(frozen=True)
 class ExecutionSample:

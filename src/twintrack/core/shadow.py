@@ -147,6 +147,10 @@ class ShadowStore(Protocol):
 
     async def running(self) -> list[ShadowRun]: ...
 
+    async def get(self, original_id: str) -> ShadowRun | None:
+        """The shadow run of an execution, if it has one."""
+        ...
+
     async def queued(self, track: Track) -> int:
         """Real (not shadow) executions of the track waiting for a worker."""
         ...

@@ -53,6 +53,9 @@ class MemoryShadowStore:
     async def running(self) -> list[ShadowRun]:
         return [r for r in self.runs.values() if r.status == RUNNING]
 
+    async def get(self, original_id: str) -> ShadowRun | None:
+        return self.runs.get(original_id)
+
     async def queued(self, track: Track) -> int:
         return sum(
             1

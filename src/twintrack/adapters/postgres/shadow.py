@@ -108,6 +108,11 @@ class PostgresShadowStore:
             )
             return [_run(r) for r in rows]
 
+    async def get(self, original_id: str) -> ShadowRun | None:
+        async with self._sessions() as session:
+            row = await session.get(ShadowRunRow, original_id)
+            return None if row is None else _run(row)
+
     async def queued(self, track: Track) -> int:
         async with self._sessions() as session:
             count = await session.scalar(

@@ -74,3 +74,59 @@ class Liveness(BaseModel):
 class Readiness(BaseModel):
     status: str = "ready"
     checks: dict[str, bool]
+
+
+# -- admin: shadow runs and the scorecard (core/shadow.py, core/scorecard.py) ----------------
+
+
+class ShadowMismatchOut(BaseModel):
+    """One entry of the mismatch ledger: a shadow run that differed from its original."""
+
+    id: int | None
+    recorded_at: str | None
+    original_id: str
+    shadow_id: str
+    flow_id: str
+    flow_version: int
+    original_track: str
+    shadow_track: str
+    #: unified diff of the normalized runs, original first
+    diff: str
+    #: both runs' normalized events, in stream order
+    original_events: list[str]
+    shadow_events: list[str]
+    #: node id -> why it was not run in the shadow (side effects)
+    replayed: dict[str, str]
+
+
+class ShadowMismatches(BaseModel):
+    """The ledger, newest first (at most SHADOW_LEDGER_SIZE are kept)."""
+
+    mismatches: list[ShadowMismatchOut]
+
+
+class CohortScoreOut(BaseModel):
+    """One track and cohort (`routed`, `rerouted`, or `all`) over the window."""
+
+    track: str
+    cohort: str
+    executions: int
+    completed: int
+    failed: int
+    error_rate: float | None
+    shadow_runs: int
+    shadow_matches: int
+    consistency_rate: float | None
+    p50_s: float | None
+    p99_s: float | None
+    queue_p50_s: float | None
+    queue_p99_s: float | None
+    recoveries: int
+
+
+class ScorecardOut(BaseModel):
+    """The rollout scorecard: executions that finished in the last `window_s` seconds."""
+
+    window_s: float
+    generated_at: str
+    rows: list[CohortScoreOut]

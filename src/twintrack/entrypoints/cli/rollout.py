@@ -1,4 +1,5 @@
-"""`twintrack rollout ...`: the live rollout (status, set), the guard, and moving unstarted work.
+"""`twintrack rollout ...`: the live rollout (status, set), the guard, moving unstarted work, the
+shadow mismatch ledger (`mismatches`) and the scorecard (`report`).
 
 `status` only reads the database; `set` changes the live rollout for every API process (within
 ROLLOUT_REFRESH_S), recorded in the history under `--by` (default: the CLI user) with
@@ -27,6 +28,8 @@ if TYPE_CHECKING:  # the factory pulls in both tracks: import it only when a com
     from twintrack.core.guard import GuardVerdict
     from twintrack.core.live_rollout import RolloutState
     from twintrack.core.rollout import RerouteReport, RolloutOverview, RolloutStatus
+    from twintrack.core.scorecard import Scorecard
+    from twintrack.core.shadow import Mismatch
 
 rollout_app = typer.Typer(
     help="Staged rollout and rollback: the live rollout, the guard, per-track drain status, "
@@ -189,7 +192,7 @@ def format_state(state: RolloutState) -> str:
     cohort = "flag" if s.rollout_percent is None else f"{s.rollout_percent}% of owners"
     return (
         f"v{state.version}: DBOS gets {s.dbos_share}% ({cohort}; ENABLE_DBOS={s.enable_dbos}), "
-        f"events backend {s.events_backend}"
+        f"events backend {s.events_backend}, shadow runs {s.shadow_percent}%"
     )
 
 
@@ -214,6 +217,15 @@ def set_command(
     events_backend: Annotated[
         TrackChoice | None,
         typer.Option("--events-backend", case_sensitive=False, help="For new DBOS executions."),
+    ] = None,
+    shadow_percent: Annotated[
+        int | None,
+        typer.Option(
+            "--shadow-percent",
+            min=0,
+            max=100,
+            help="Share of completed executions re-run on the other track (shadow runs).",
+        ),
     ] = None,
     by: Annotated[str | None, typer.Option(help="Who changes it (default: the CLI user).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
@@ -244,6 +256,7 @@ def set_command(
         change = RolloutChange(
             enable_dbos=enable_dbos,
             events_backend=EventsBackend(events_backend.value) if events_backend else None,
+            shadow_percent=shadow_percent,
             **fields,
         )
         return await set_rollout(store, change, changed_by=actor, reason=reason)
@@ -290,6 +303,86 @@ def guard_status(
             f"{when}  {v.verdict.value.upper():<12} {v.reason}{back}\n"
             f"    dbos: {dbos}\n    kafka: {kafka}  (failures in a row: {v.consecutive_failures})"
         )
+
+
+# -- shadow runs and the scorecard -----------------------------------------------------------
+
+
+@rollout_app.command("mismatches")
+def mismatches_command(
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="How many to show.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """The shadow mismatch ledger, newest first: shadow runs that differed from the original."""
+    settings = load_cli_settings()
+
+    async def body(sessions: async_sessionmaker[AsyncSession]) -> list[Mismatch]:
+        from twintrack.adapters.postgres.shadow import PostgresShadowStore
+
+        return await PostgresShadowStore(sessions).mismatches(limit)
+
+    found = _with_sessions(settings, body)
+    if as_json:
+        typer.echo(json.dumps({"mismatches": [m.to_json() for m in found]}, indent=2))
+        return
+    if not found:
+        typer.echo("no mismatches recorded")
+    for m in found:
+        when = m.recorded_at.strftime("%Y-%m-%d %H:%M:%S") if m.recorded_at else "-"
+        typer.echo(
+            f"{when}  {m.original_id} ({m.original_track}) vs shadow {m.shadow_id} "
+            f"({m.shadow_track})  flow {m.flow_id} v{m.flow_version}"
+        )
+        for node_id, why in sorted(m.replayed.items()):
+            typer.echo(f"    not run in the shadow: {node_id}: {why}")
+        typer.echo("    " + m.diff.replace("\n", "\n    "))
+
+
+def _figure(value: float | None, percent: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1%}" if percent else f"{value:.3f}"
+
+
+def format_scorecard(card: Scorecard) -> str:
+    header = (
+        f"{'TRACK':<6} {'COHORT':<9} {'EXECS':>6} {'ERRORS':>7} {'CONSIST':>8} {'SHADOWS':>7} "
+        f"{'P50 S':>8} {'P99 S':>8} {'QUEUE P50':>9} {'QUEUE P99':>9} {'RECOV':>5}"
+    )
+    rows = [f"window: {format_age(card.window_s)}", header]
+    for r in card.rows:
+        rows.append(
+            f"{r.track.value:<6} {r.cohort:<9} {r.executions:>6} "
+            f"{_figure(r.error_rate, True):>7} {_figure(r.consistency_rate, True):>8} "
+            f"{r.shadow_runs:>7} {_figure(r.p50_s):>8} {_figure(r.p99_s):>8} "
+            f"{_figure(r.queue_p50_s):>9} {_figure(r.queue_p99_s):>9} {r.recoveries:>5}"
+        )
+    return "\n".join(rows)
+
+
+@rollout_app.command("report")
+def report_command(
+    window: Annotated[str, typer.Option(help="How far back: 90s, 30m, 1h, 2d.")] = "1h",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """The scorecard per track and cohort: executions, error and consistency rates, p50/p99
+    create->completed and queue wait, recoveries."""
+    from twintrack.core.scorecard import parse_window
+
+    try:
+        window_s = parse_window(window)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    settings = load_cli_settings()
+
+    async def body(sessions: async_sessionmaker[AsyncSession]) -> Scorecard:
+        from twintrack.adapters.postgres.scorecard import PostgresScorecardStore
+        from twintrack.core.scorecard import scorecard
+
+        return await scorecard(PostgresScorecardStore(sessions), window_s)
+
+    card = _with_sessions(settings, body)
+    typer.echo(json.dumps(card.to_json(), indent=2) if as_json else format_scorecard(card))
 
 
 # -- reroute ---------------------------------------------------------------------------------
