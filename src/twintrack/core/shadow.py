@@ -277,7 +277,13 @@ class ShadowSweep:
         running = await self.store.running()
         still = 0
         for run in running:
-            outcome = await self._compare(run)
+            try:
+                outcome = await self._compare(run)
+            except Exception:
+                # One shadow that cannot be read (its stream expired, a flow gone) must not
+                # hold up the others: it is tried again next round.
+                log.warning("shadow run not compared", execution_id=run.original_id, exc_info=True)
+                outcome = None
             if outcome is None:
                 still += 1
             else:
