@@ -36,6 +36,8 @@ EXPECTED_TABLES = {
     "idempotency_keys",
     "rollout_state",
     "rollout_history",
+    "shadow_runs",
+    "shadow_mismatches",
     "rollout_guard_verdicts",
 }
 
