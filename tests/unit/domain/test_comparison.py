@@ -15,12 +15,6 @@ import pytest
 from tests.comparison import catalog
 from tests.comparison.catalog import Scenario, matches
 from twintrack.domain.commands import Command
-from twintrack.domain.events import Event
-from twintrack.domain.execution import ExecutionOptions
-from twintrack.domain.flow import check_options, parse_flow_json
-from twintrack.engine import EngineServices, EventSequencer, ExecutionControl, run_flow
-from twintrack.entrypoints.local import LocalRunner
-from twintrack.nodes.registry import default_registry
 from twintrack.domain.comparison import (
     Aliases,
     Ordering,
@@ -30,6 +24,12 @@ from twintrack.domain.comparison import (
     normalize,
     stream_problems,
 )
+from twintrack.domain.events import Event
+from twintrack.domain.execution import ExecutionOptions
+from twintrack.domain.flow import check_options, parse_flow_json
+from twintrack.engine import EngineServices, EventSequencer, ExecutionControl, run_flow
+from twintrack.entrypoints.local import LocalRunner
+from twintrack.nodes.registry import default_registry
 
 ROOT = "ex_0189f3a2b4c5d6e7f8091a2b3c4d5e6f"
 CHILD = "ex_0189f3a2b4c5d6e7f8091a2b3c4d5e70"

@@ -6,13 +6,13 @@ from typing import Any
 
 from rich.console import Console
 
+from twintrack.domain.comparison import Ordering
 from twintrack.entrypoints.cli.compare import (
     RunResult,
     build_report,
     percentile,
     render_report,
 )
-from twintrack.domain.comparison import Ordering
 
 T0 = "2026-11-21T10:00:00.000000Z"
 
