@@ -440,6 +440,7 @@ class ServiceFactory:
                 Sweep("shadow runs", shadow_sweep(s, container).sweep),
                 Sweep("scorecard", refresh.sweep),
             ],
+            on_lost=refresh.withdraw,
         )
 
 

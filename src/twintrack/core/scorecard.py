@@ -197,7 +197,8 @@ def publish(card: Scorecard) -> None:
 
 
 class ScorecardRefresh:
-    """Refreshes the gauges from the leading worker, at most every `refresh_s` (a sweep)."""
+    """Refreshes the gauges from the leading worker, at most every `refresh_s` (a sweep); a
+    worker that stops leading withdraws them, so only the leader's series exist."""
 
     def __init__(
         self,
@@ -221,3 +222,8 @@ class ScorecardRefresh:
         card = await scorecard(self.store, self.window_s)
         publish(card)
         return card
+
+    def withdraw(self) -> None:
+        """This process no longer leads: its figures would go stale, so drop them."""
+        SCORECARD.clear()
+        self._last = None

@@ -14,12 +14,14 @@ from twintrack.core.scorecard import (
     REROUTED,
     ROUTED,
     ExecutionSample,
+    ScorecardRefresh,
     parse_window,
     percentile,
     score,
     scorecard,
 )
 from twintrack.domain.execution import ExecutionStatus, Track
+from twintrack.observability.metrics import REGISTRY
 
 _S = ExecutionStatus
 NOW = datetime(2026, 12, 2, tzinfo=UTC)
@@ -87,3 +89,19 @@ async def test_the_memory_store_counts_executions_and_their_shadows() -> None:
         1.0,
     )
     assert card.row(Track.DBOS).executions == 0  # the shadow is not counted as an execution
+
+
+async def test_the_gauges_are_published_and_withdrawn_with_the_lead() -> None:
+    app = shadowing()
+    await completed(app, await new_flow(app, TALLY))
+    now = [0.0]
+    refresh = ScorecardRefresh(
+        app.scorecard_store, window_s=3600, refresh_s=30, clock=lambda: now[0]
+    )
+    assert await refresh.sweep() is not None
+    assert await refresh.sweep() is None  # not again within SCORECARD_REFRESH_S
+    labels = {"track": "kafka", "cohort": "routed", "figure": "executions"}
+    assert REGISTRY.get_sample_value("twintrack_rollout_scorecard", labels) == 1.0
+    refresh.withdraw()
+    assert REGISTRY.get_sample_value("twintrack_rollout_scorecard", labels) is None
+    assert await refresh.sweep() is not None  # a new lead publishes at once

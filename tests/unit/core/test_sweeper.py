@@ -80,3 +80,13 @@ async def test_a_leader_check_that_raises_counts_as_not_leading() -> None:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     assert leader.released == 1
+
+
+async def test_losing_the_lead_is_told_once() -> None:
+    leader, lost = FakeLeader(), []
+    loop = Sweeper(leader=leader, interval_s=0.001, sweeps=[], on_lost=lambda: lost.append(1))
+    await loop.sweep_once()
+    leader.leading = False
+    await loop.sweep_once()
+    await loop.sweep_once()
+    assert lost == [1]  # once per lead lost, not per round

@@ -247,7 +247,7 @@ class MemoryRerouteStore:
         now = _now()
         groups: dict[tuple[Track, ExecutionStatus], list[ExecutionRecord]] = {}
         for r in self._records.values():
-            if include_finished or not r.status.is_terminal:
+            if r.shadow_of is None and (include_finished or not r.status.is_terminal):
                 groups.setdefault((r.track, r.status), []).append(r)
         return [
             TrackCount(
@@ -276,6 +276,7 @@ class MemoryRerouteStore:
                 for r in self._records.values()
                 if r.status in UNSTARTED
                 and r.track is track
+                and r.shadow_of is None
                 and (owner_id is None or r.owner_id == owner_id)
             ),
             key=lambda r: (r.created_at, r.id),

@@ -307,6 +307,7 @@ def _unstarted_on(track: Track, owner_id: str | None) -> list[ColumnElement[bool
         text(NON_TERMINAL_SQL),
         ExecutionRow.status.in_(UNSTARTED),
         ExecutionRow.track == track,
+        ExecutionRow.shadow_of.is_(None),  # a shadow belongs on the other track: never moved
     ]
     if owner_id is not None:
         where.append(ExecutionRow.owner_id == owner_id)
@@ -325,14 +326,14 @@ class PostgresRerouteStore:
         async with self._sessions() as session:
             unfinished = await session.execute(
                 select(ExecutionRow.track, ExecutionRow.status, func.count(), age)
-                .where(text(NON_TERMINAL_SQL))
+                .where(text(NON_TERMINAL_SQL), ExecutionRow.shadow_of.is_(None))
                 .group_by(ExecutionRow.track, ExecutionRow.status)
             )
             out += [TrackCount(t, s, n, float(seconds)) for t, s, n, seconds in unfinished]
             if include_finished:
                 finished = await session.execute(
                     select(ExecutionRow.track, ExecutionRow.status, func.count())
-                    .where(text(f"NOT ({NON_TERMINAL_SQL})"))
+                    .where(text(f"NOT ({NON_TERMINAL_SQL})"), ExecutionRow.shadow_of.is_(None))
                     .group_by(ExecutionRow.track, ExecutionRow.status)
                 )
                 out += [TrackCount(t, s, n) for t, s, n in finished]
