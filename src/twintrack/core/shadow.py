@@ -346,7 +346,7 @@ class ShadowSweep:
         for original in candidates:
             assert original.finished_at is not None
             self._after = (original.finished_at, original.id)
-            if not shadow_sampled(original.id, percent) or _needs_a_human(original):
+            if not shadow_sampled(original.id, percent) or not _comparable(original):
                 continue
             target = other_track(original.track)
             if target not in busy:
@@ -394,6 +394,8 @@ class ShadowSweep:
         log.info("shadow run scheduled", execution_id=original.id, shadow_id=shadow_id)
 
 
-def _needs_a_human(record: ExecutionRecord) -> bool:
-    """A debug run or one with breakpoints would pause in the shadow with nobody to resume it."""
-    return record.options.debug or bool(record.options.breakpoints)
+def _comparable(record: ExecutionRecord) -> bool:
+    """Whether a shadow could match: not a debug run or one with breakpoints (the shadow would
+    pause with nobody to resume it), nor one recovery re-ran (its stream has the re-run's
+    `execution.retrying`, which no first run has)."""
+    return not (record.options.debug or record.options.breakpoints or record.attempt > 1)
