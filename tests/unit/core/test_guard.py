@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 
 from twintrack.adapters.memory.rollout import MemoryGuardStore, MemoryRolloutStore
+from twintrack.adapters.memory.shadow import MemoryShadowStore
 from twintrack.adapters.memory.stores import MemoryExecutionStore
 from twintrack.core.guard import GUARD, Guard, GuardPolicy, Verdict, judge
 from twintrack.core.live_rollout import RolloutChange, Switches
 from twintrack.core.records import ExecutionRecord
+from twintrack.core.shadow import MATCHED, MISMATCHED, ShadowRun
 from twintrack.domain.execution import EventsBackend, ExecutionOptions, ExecutionStatus, Track
 
 _S = ExecutionStatus
@@ -256,3 +258,28 @@ def test_without_a_kafka_baseline_the_thresholds_apply_to_dbos_alone() -> None:
     verdict, reason = judge(sick, kafka, policy)
     assert verdict is Verdict.FAIL
     assert "no Kafka baseline" in reason
+
+
+async def test_shadow_mismatches_fail_the_dbos_cohort_and_roll_it_back() -> None:
+    world = World(failures_to_rollback=2, max_mismatch_rate=0.1, min_shadow_samples=5)
+    shadows = MemoryShadowStore(world.executions, clock=world.clock)
+    world.guard.shadows = shadows
+    await world.start()
+    world.clock.advance(31)
+    world.add(Track.DBOS, _S.COMPLETED, 20)  # healthy by every other figure
+    world.add(Track.KAFKA, _S.COMPLETED, 20)
+    for i in range(6):
+        run = ShadowRun(f"ex_o{i}", f"ex_s{i}", "o", "fl", 1, Track.KAFKA, Track.DBOS)
+        await shadows.reserve(run)
+        await shadows.finish(
+            run.original_id, MISMATCHED if i < 2 else MATCHED, {}, None, ledger_size=10
+        )
+    first = await world.guard.check()
+    assert first is not None
+    assert first.verdict is Verdict.FAIL
+    assert "shadow runs differ" in first.reason
+    assert first.figures["shadow"] == {"compared": 6, "mismatched": 2, "mismatch_rate": 2 / 6}
+    second = await world.guard.check()
+    assert second is not None
+    assert second.rolled_back
+    assert await world.percent() == 0
