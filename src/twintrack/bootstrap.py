@@ -504,6 +504,8 @@ def shadow_sweep(settings: Settings, container: Container | MemoryContainer) -> 
     s = settings
 
     async def percent() -> int:
+        if s.rollout_source == "environment":  # the override: this process's settings rule
+            return s.shadow_percent
         state = await container.rollout_store.load()
         return s.shadow_percent if state is None else state.switches.shadow_percent
 

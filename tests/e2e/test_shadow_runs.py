@@ -160,3 +160,8 @@ async def test_completed_executions_are_shadowed_on_the_other_track_and_compared
         )
         assert off.status_code == 200, off.text
         assert off.json()["shadow_percent"] == 0
+        code, out = await run_cli(
+            stack, "set", "--shadow-percent", "50", "--reason", "half", "--by", "alice"
+        )
+        assert code == 0, out
+        assert "shadow runs 50%" in out
