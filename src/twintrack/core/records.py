@@ -47,6 +47,9 @@ class ExecutionRecord(BaseModel):
     next_event_index: int
     #: the W3C traceparent of the request that started it (None when tracing is off)
     traceparent: str | None = None
+    #: why an execution the rollout routed to DBOS was created on Kafka instead (DBOS admission
+    #: failed and DBOS_FALLBACK_TO_KAFKA was on); None for every other execution
+    fallback_reason: str | None = None
     created_at: datetime
     queued_at: datetime | None
     started_at: datetime | None

@@ -92,8 +92,10 @@ class ExecutionStore(Protocol):
         execution_id: str | None = None,
         next_event_index: int = 0,
         limits: OwnerLimits | None = None,
+        fallback_reason: str | None = None,
     ) -> ExecutionRecord:
-        """A new execution in `created`. A child takes root and depth from its parent (same
+        """A new execution in `created` (`fallback_reason`: why it is on Kafka although the
+        rollout routed it to DBOS). A child takes root and depth from its parent (same
         owner, else NotFound); the flow version must exist (NotFound); a taken `execution_id`
         is AlreadyExists, so a retried spawn reads the child instead of making a second one;
         with `limits`, a child that would pass MAX_EXECUTIONS_PER_TREE is LimitExceeded and
@@ -101,6 +103,12 @@ class ExecutionStore(Protocol):
         ...
 
     async def get(self, execution_id: str, owner_id: str | None = None) -> ExecutionRecord: ...
+
+    async def fall_back(self, execution_id: str, reason: str) -> ExecutionRecord:
+        """Move an execution still `created` to the Kafka track with Kafka events, keeping
+        `reason` as its `fallback_reason`: for a create whose DBOS admission failed before
+        anything was announced. UnexpectedStatus when it is no longer `created`."""
+        ...
 
     async def list(
         self,
