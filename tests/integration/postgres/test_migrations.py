@@ -37,6 +37,8 @@ EXPECTED_TABLES = {
     "rollout_state",
     "rollout_history",
     "rollout_guard_verdicts",
+    "bulk_operations",
+    "bulk_operation_items",
 }
 
 # Everything a migration could leave behind in the public schema, by kind.

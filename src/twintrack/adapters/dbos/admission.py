@@ -37,7 +37,9 @@ _CHECK = text(
                (SELECT array_agg(c.relname::text) FROM pg_class c
                  WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p')
                    AND c.relname = ANY(CAST(:tables AS text[]))
-                   AND NOT has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE')),
+                   AND NOT (has_table_privilege(c.oid, 'SELECT')
+                            AND has_table_privilege(c.oid, 'INSERT')
+                            AND has_table_privilege(c.oid, 'UPDATE'))),
                ARRAY[]::text[]) AS unwritable,
            EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid
                      AND c.relname = 'dbos_migrations') AS has_migrations
@@ -127,7 +129,16 @@ class DbosAdmission:
                     f"this database role may not write {SCHEMA}."
                     f"{f', {SCHEMA}.'.join(sorted(row.unwritable))}",
                 )
-            version = await conn.scalar(text(f"SELECT max(version) FROM {SCHEMA}.dbos_migrations"))
+            try:
+                version = await conn.scalar(
+                    text(f"SELECT max(version) FROM {SCHEMA}.dbos_migrations")
+                )
+            except Exception as exc:  # the catalog said it is there: so not readable by us
+                return Refusal(
+                    "no_privilege",
+                    f"this database role cannot read {SCHEMA}.dbos_migrations "
+                    f"({type(exc).__name__})",
+                )
         if version is None or int(version) < self.required_version:
             return Refusal(
                 "schema_behind",
