@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 executions_app = typer.Typer(help="Act on many executions at once.", no_args_is_help=True)
 
 
+@executions_app.callback()
+def executions() -> None:
+    """Act on many executions at once (a group even with one verb, so `stop` stays a verb)."""
+
+
 @executions_app.command("stop")
 def stop_command(
     filters: Annotated[list[str], typer.Option("--filter", help=FILTER_HELP)],
