@@ -163,6 +163,7 @@ class Container:
             *((self.rollout.close,) if self.rollout is not None else ()),
             *(q.close for q in self.queues.values()),
             *(b.close for b in self.buses.values()),
+            *(a.close for a in self.service.admission.values()),
             self.commands.close,
         ):
             try:
@@ -304,13 +305,17 @@ class ServiceFactory:
         engine when that is the same URL, so the same role is checked)."""
         s = self.settings
         system_url = s.dbos_system_database_url
+        own = system_url is not None and system_url != s.database_url
         engine = (
-            db_engine
-            if not system_url or system_url == s.database_url
-            else create_engine(system_url, pool_size=1, max_overflow=1)
+            create_engine(system_url, pool_size=1, max_overflow=1)
+            if system_url is not None and own
+            else db_engine
         )
         return DbosAdmission(
-            engine, timeout_s=s.dbos_admission_timeout_s, cache_s=s.dbos_admission_cache_s
+            engine,
+            timeout_s=s.dbos_admission_timeout_s,
+            cache_s=s.dbos_admission_cache_s,
+            owns_engine=own,
         )
 
     @staticmethod
@@ -582,7 +587,7 @@ class MemoryContainer:
     def __post_init__(self) -> None:
         self.recovery = MemoryRecovery(self.stores)
         self.guard_store = MemoryGuardStore(self.stores.executions)
-        self.bulk_store = MemoryBulkStore(self.stores.executions)
+        self.bulk_store = MemoryBulkStore(self.stores.executions, self.recovery.reroutes.held)
 
     @property
     def bulk(self) -> BulkActions:

@@ -31,7 +31,15 @@ from typing import Any, Protocol
 import structlog
 
 from twintrack.core.errors import NotFound
-from twintrack.core.rollout import UNSTARTED, Failed, Moved, move_one, other_track
+from twintrack.core.recovery_ports import HoldBack
+from twintrack.core.rollout import (
+    UNSTARTED,
+    Failed,
+    Moved,
+    hold_back_rule,
+    move_one,
+    other_track,
+)
 from twintrack.core.service import Conflict, ExecutionService, TrackUnavailable
 from twintrack.domain.commands import Command
 from twintrack.domain.execution import ExecutionStatus, Track
@@ -90,6 +98,8 @@ class ExecutionFilter:
     #: created strictly before / at or after
     created_before: datetime | None = None
     created_after: datetime | None = None
+    #: leave out what this reroute rule keeps back (set by a reroute, not by callers)
+    excluding: HoldBack | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -101,10 +111,12 @@ class ExecutionFilter:
             if self.created_before is None
             else self.created_before.isoformat(),
             "created_after": None if self.created_after is None else self.created_after.isoformat(),
+            **({} if self.excluding is None else {"excluding": self.excluding.name.lower()}),
         }
 
     def matches(self, record: Any) -> bool:
-        """For stores that filter in memory: `record` has the execution fields."""
+        """For stores that filter in memory: `record` has the execution fields (`excluding`
+        is left to the store, which knows the audit)."""
         return (
             (self.track is None or record.track is self.track)
             and (not self.statuses or record.status in self.statuses)
@@ -264,15 +276,23 @@ def stop_filter(where: ExecutionFilter) -> ExecutionFilter:
     return replace(where, statuses=statuses)
 
 
-def reroute_filter(where: ExecutionFilter, to: Track) -> ExecutionFilter:
-    """What a reroute to `to` selects: unstarted executions on the other track."""
+def reroute_filter(
+    where: ExecutionFilter, to: Track, include_dbos_streams: bool = True
+) -> ExecutionFilter:
+    """What a reroute to `to` selects: unstarted executions on the other track, without those
+    its hold-back rule keeps (so a dry run lists what would really move)."""
     source = other_track(to)
     if where.track is not None and where.track is not source:
         raise InvalidBulkRequest(f"executions on {where.track} cannot be rerouted to {to}")
     statuses = tuple(s for s in (where.statuses or UNSTARTED) if s in UNSTARTED)
     if not statuses:
         raise InvalidBulkRequest("only unstarted (created, queued) executions can be rerouted")
-    return replace(where, track=source, statuses=statuses)
+    return replace(
+        where,
+        track=source,
+        statuses=statuses,
+        excluding=hold_back_rule(to, include_dbos_streams),
+    )
 
 
 async def preview(
@@ -360,7 +380,7 @@ class BulkActions:
     ) -> BulkResult:
         """Move the unstarted executions `where` selects from the other track to `to`."""
         source = other_track(to)
-        where = reroute_filter(where, to)
+        where = reroute_filter(where, to, include_dbos_streams)
         if not dry_run:
             for track in (to, source):
                 if track not in self.service.queues:

@@ -65,6 +65,10 @@ class AdmissionProbe(Protocol):
         """None when the track admits; else why not."""
         ...
 
+    async def close(self) -> None:
+        """Release what the probe holds (a connection pool of its own, if any)."""
+        ...
+
 
 class EventBus(Protocol):
     """An execution's event stream: append-only, indexed, replayable from any index.

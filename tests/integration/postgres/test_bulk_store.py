@@ -6,6 +6,7 @@ executions that fell back in it as DBOS failures."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -16,6 +17,7 @@ from twintrack.adapters.postgres.bulk import PostgresBulkStore
 from twintrack.adapters.postgres.rollout import PostgresGuardStore
 from twintrack.core.bulk import BulkAction, ExecutionFilter, ItemResult, Outcome
 from twintrack.core.errors import UnexpectedStatus
+from twintrack.core.recovery_ports import HoldBack
 from twintrack.domain.execution import EventsBackend, ExecutionStatus, Track
 
 pytestmark = pytest.mark.integration
@@ -50,6 +52,9 @@ async def test_the_filter_pages_oldest_first_and_one_taker_gets_each_execution(
     rest = await store.matching(where, after=first[-1], limit=3)
     assert [c.execution_id for c in first + rest] == ids
     assert await store.matching(ExecutionFilter(owner_id="nobody"), after=None, limit=9) == []
+    # Their events are in DBOS streams: a reroute holding those back selects none of them.
+    kept = replace(where, excluding=HoldBack.DBOS_STREAMS)
+    assert await store.matching(kept, after=None, limit=9) == []
     later = ExecutionFilter(created_after=first[-1].created_at + timedelta(microseconds=1))
     assert {c.execution_id for c in await store.matching(later, after=None, limit=9)} == {
         *ids[3:],

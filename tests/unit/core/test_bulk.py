@@ -216,3 +216,30 @@ async def test_a_filter_that_cannot_select_anything_sensible_is_refused() -> Non
         await app.bulk.stop(
             ExecutionFilter(statuses=(_S.COMPLETED,)), reason="r", requested_by="o", dry_run=True
         )
+
+
+async def test_a_reroute_dry_run_leaves_out_what_the_hold_back_rules_keep() -> None:
+    app = app_with()
+    plain = await make(app, Track.DBOS)
+    streams = await app.executions.create(
+        owner_id=OWNER,
+        flow_id=await new_flow(app),
+        flow_version=1,
+        track=Track.DBOS,
+        events_backend=EventsBackend.DBOS,
+    )
+    held = await app.bulk.reroute(
+        ExecutionFilter(),
+        to=Track.KAFKA,
+        requested_by="o",
+        dry_run=True,
+        include_dbos_streams=False,
+    )
+    assert set(held.results) == {plain}
+    everything = await app.bulk.reroute(
+        ExecutionFilter(), to=Track.KAFKA, requested_by="o", dry_run=False
+    )
+    assert set(everything.results) == {plain, streams.id}
+    # Having left DBOS, neither goes back there: the rule keeps them out of the selection.
+    back = await app.bulk.reroute(ExecutionFilter(), to=Track.DBOS, requested_by="o", dry_run=True)
+    assert back.results == {}

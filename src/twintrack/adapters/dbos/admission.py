@@ -69,8 +69,10 @@ class DbosAdmission:
         timeout_s: float = 0.5,
         cache_s: float = 1.0,
         required_version: int | None = None,
+        owns_engine: bool = False,
     ) -> None:
         self._engine = engine
+        self._owns_engine = owns_engine
         self.timeout_s = timeout_s
         self.cache_s = cache_s
         self.required_version = required_version or required_migration()
@@ -85,6 +87,11 @@ class DbosAdmission:
             answer = await self._check()
             self._answer = (time.monotonic(), answer)
             return answer
+
+    async def close(self) -> None:
+        """Dispose of the engine if it was made for this probe (a separate system database)."""
+        if self._owns_engine:
+            await self._engine.dispose()
 
     def forget(self) -> None:
         """Drop the cached answer (tests, and an operator's `migrate` in the same process)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -14,11 +15,19 @@ from twintrack.core.bulk import (
     OperationRecord,
     Outcome,
 )
+from twintrack.core.records import ExecutionRecord
+from twintrack.core.recovery_ports import HoldBack
 
 
 class MemoryBulkStore:
-    def __init__(self, executions: MemoryExecutionStore) -> None:
+    def __init__(
+        self,
+        executions: MemoryExecutionStore,
+        held: Callable[[ExecutionRecord, HoldBack], bool] | None = None,
+    ) -> None:
         self.executions = executions
+        #: the reroute hold-back rules (they need the audit): MemoryRerouteStore.held
+        self.held = held
         self.operations: dict[str, OperationRecord] = {}
         #: every (operation, execution) taken, in order: a test sees nothing taken twice
         self.taken: list[tuple[str, str]] = []
@@ -30,7 +39,7 @@ class MemoryBulkStore:
             (
                 Candidate(r.id, r.created_at)
                 for r in self.executions.records.values()
-                if where.matches(r)
+                if where.matches(r) and not self._kept(r, where.excluding)
             ),
             key=lambda c: (c.created_at, c.execution_id),
         )
@@ -41,6 +50,9 @@ class MemoryBulkStore:
                 if (c.created_at, c.execution_id) > (after.created_at, after.execution_id)
             ]
         return found[:limit]
+
+    def _kept(self, record: ExecutionRecord, rule: HoldBack | None) -> bool:
+        return rule is not None and self.held is not None and self.held(record, rule)
 
     async def begin(
         self,

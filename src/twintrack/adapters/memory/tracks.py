@@ -196,6 +196,9 @@ class MemoryAdmission:
         self.checks += 1
         return self.refusing
 
+    async def close(self) -> None:
+        return None
+
 
 @dataclass
 class MemoryPorts:

@@ -14,6 +14,7 @@ from sqlalchemy import ColumnElement, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from twintrack.adapters.postgres.recovery import holds_back
 from twintrack.adapters.postgres.tables import BulkOperationItemRow, BulkOperationRow, ExecutionRow
 from twintrack.core.bulk import (
     BulkAction,
@@ -39,6 +40,8 @@ def _where(where: ExecutionFilter) -> list[ColumnElement[bool]]:
         clauses.append(ExecutionRow.created_at < where.created_before)
     if where.created_after is not None:
         clauses.append(ExecutionRow.created_at >= where.created_after)
+    if where.excluding is not None:
+        clauses.append(~holds_back(where.excluding))
     return clauses
 
 

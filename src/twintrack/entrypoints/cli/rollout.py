@@ -447,7 +447,7 @@ def _bulk_reroute(
         from twintrack.adapters.postgres.bulk import PostgresBulkStore
         from twintrack.core import bulk
 
-        chosen = bulk.reroute_filter(where, target)
+        chosen = bulk.reroute_filter(where, target, include_dbos_streams)
         request = {
             "filter": chosen.to_json(),
             "to": target.value,
