@@ -73,3 +73,24 @@ async def test_bulk_stop_and_reroute_through_the_admin_api() -> None:
             headers=admin,
         )
         assert bad.status_code == 422, bad.text
+
+
+async def test_a_rollout_change_may_be_conditional_on_the_version_read() -> None:
+    container = in_memory(
+        Settings(database_url=None, kafka_bootstrap_servers=None), registry=builtin_registry()
+    )
+    await container.start()
+    admin = {"Authorization": f"Bearer {(await container.keys.create('ops', admin=True)).key}"}
+    transport = httpx.ASGITransport(app=create_app(container))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        shown = (await http.get("/v1/admin/rollout", headers=admin)).json()
+        version = shown["state"]["version"]
+        first = {"rollout_percent": 10, "reason": "stage 1", "expected_version": version}
+        assert (await http.put("/v1/admin/rollout", json=first, headers=admin)).status_code == 200
+        stale = {"rollout_percent": 0, "reason": "late", "expected_version": version}
+        refused = await http.put("/v1/admin/rollout", json=stale, headers=admin)
+        assert refused.status_code == 409, refused.text
+        assert refused.json()["error"]["code"] == "conflict"
+        now = (await http.get("/v1/admin/rollout", headers=admin)).json()["state"]
+        assert (now["rollout_percent"], now["fallback_to_kafka"]) == (10, False)
+    await container.close()

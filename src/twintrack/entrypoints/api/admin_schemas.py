@@ -32,6 +32,12 @@ class RolloutUpdate(BaseModel):
         description="An execution routed to DBOS whose DBOS admission fails is created on Kafka "
         "(with its `fallback_reason`) instead of being refused with a 503.",
     )
+    expected_version: int | None = Field(
+        default=None,
+        ge=1,
+        description="Apply only over this version (compare-and-set): 409 `conflict` when the "
+        "rollout changed since the caller read it.",
+    )
 
 
 class RolloutStateOut(BaseModel):

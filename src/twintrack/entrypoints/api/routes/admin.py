@@ -21,7 +21,12 @@ from twintrack.core.bulk import (
     InvalidBulkRequest,
     OperationIdReused,
 )
-from twintrack.core.live_rollout import InvalidRolloutChange, RolloutChange, set_rollout
+from twintrack.core.live_rollout import (
+    InvalidRolloutChange,
+    RolloutChange,
+    RolloutSuperseded,
+    set_rollout,
+)
 from twintrack.core.rollout import rollout_overview
 from twintrack.entrypoints.api.admin_schemas import (
     BulkRerouteRequest,
@@ -62,7 +67,12 @@ async def get_rollout(request: Request, caller: Caller) -> RolloutOverviewOut:
     return RolloutOverviewOut.model_validate(overview.to_json())
 
 
-@router.put("/rollout", response_model=RolloutStateOut)
+_SUPERSEDED: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorResponse, "description": "`expected_version` is no longer in force"}
+}
+
+
+@router.put("/rollout", response_model=RolloutStateOut, responses=_SUPERSEDED)
 async def put_rollout(request: Request, caller: Caller, body: RolloutUpdate) -> RolloutStateOut:
     """Change the live rollout; answers the new state."""
     _admin(caller)
@@ -78,10 +88,16 @@ async def put_rollout(request: Request, caller: Caller, body: RolloutUpdate) -> 
     )
     try:
         state = await set_rollout(
-            container.rollout_store, change, changed_by=caller.owner_id, reason=body.reason
+            container.rollout_store,
+            change,
+            changed_by=caller.owner_id,
+            reason=body.reason,
+            expected_version=body.expected_version,
         )
     except InvalidRolloutChange as exc:
         raise ApiError(422, "invalid_request", str(exc), [issue("body", str(exc))]) from None
+    except RolloutSuperseded as exc:
+        raise ApiError(409, "conflict", str(exc), [issue("expected_version", str(exc))]) from None
     live = getattr(container, "rollout", None)
     if live is not None:
         live.apply(state)
