@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from twintrack.adapters.dbos.admission import DbosAdmission
 from twintrack.adapters.dbos.events import DbosStreamEventBus
 from twintrack.adapters.dbos.queue import DbosTaskQueue
 from twintrack.adapters.dbos.recovery import DbosWorkflows
@@ -34,10 +35,12 @@ from twintrack.adapters.memory import (
     MemoryPorts,
     MemoryStores,
 )
+from twintrack.adapters.memory.bulk import MemoryBulkStore
 from twintrack.adapters.memory.recovery import MemoryRecovery
 from twintrack.adapters.memory.rollout import MemoryGuardStore, MemoryRolloutStore
 from twintrack.adapters.memory.scorecard import MemoryScorecardStore
 from twintrack.adapters.memory.shadow import MemoryShadowStore
+from twintrack.adapters.postgres.bulk import PostgresBulkStore
 from twintrack.adapters.postgres.claims import PostgresClaimStore
 from twintrack.adapters.postgres.commands import PostgresCommandChannel
 from twintrack.adapters.postgres.counters import PostgresCounterStore
@@ -63,11 +66,12 @@ from twintrack.config import ConfigError, Settings
 from twintrack.core import transient
 from twintrack.core.attempts import Attempts
 from twintrack.core.audit import AuditTrail
+from twintrack.core.bulk import BulkActions, BulkLimits, BulkStore
 from twintrack.core.children_sweep import ChildSweeper
 from twintrack.core.dead_executors import DeadExecutorSweeper
 from twintrack.core.guard import Guard, GuardPolicy, GuardStore
 from twintrack.core.live_rollout import LiveRollout, RolloutStateStore, Switches
-from twintrack.core.ports import CommandChannel, EventBus, TaskQueue
+from twintrack.core.ports import AdmissionProbe, CommandChannel, EventBus, TaskQueue
 from twintrack.core.recovery import RecoverySweeper, SweepPolicy
 from twintrack.core.recovery_ports import RecoveryStore, RerouteStore
 from twintrack.core.rollout import reroute
@@ -145,6 +149,11 @@ class Container:
     def reroutes(self) -> RerouteStore:
         return PostgresRerouteStore(self.sessions)
 
+    @property
+    def bulk(self) -> BulkActions:
+        """Stop or reroute by filter (admin API, CLI), operations kept in Postgres."""
+        return bulk_actions(self.settings, self, PostgresBulkStore(self.sessions))
+
     async def start(self) -> None:
         if self._started:
             return
@@ -169,6 +178,7 @@ class Container:
             *((self.rollout.close,) if self.rollout is not None else ()),
             *(q.close for q in self.queues.values()),
             *(b.close for b in self.buses.values()),
+            *(a.close for a in self.service.admission.values()),
             self.commands.close,
         ):
             try:
@@ -223,6 +233,7 @@ class ServiceFactory:
         queues: Mapping[Track, TaskQueue] | None = None,
         buses: Mapping[EventsBackend, EventBus] | None = None,
         commands: CommandChannel | None = None,
+        admission: Mapping[Track, AdmissionProbe] | None = None,
     ) -> Container:
         """The production container; each argument given replaces that port's adapter.
 
@@ -271,6 +282,8 @@ class ServiceFactory:
         if s.rollout_source == "database":
             feed = PostgresRolloutFeed(s.database_url) if s.database_url else None
             rollout = live_rollout(s, rollout_store, feed)
+        if admission is None:
+            admission = {Track.DBOS: self.dbos_admission(db_engine)} if Track.DBOS in queues else {}
         service = compose_service(
             s,
             policy=rollout,
@@ -280,6 +293,7 @@ class ServiceFactory:
             queues=queues,
             buses=buses,
             commands=commands,
+            admission=admission,
         )
         return Container(
             settings=s,
@@ -299,6 +313,24 @@ class ServiceFactory:
             kafka=kafka,
             rollout_store=rollout_store,
             rollout=rollout,
+        )
+
+    def dbos_admission(self, db_engine: AsyncEngine) -> DbosAdmission:
+        """The DBOS admission check, on the system database DBOS's client uses (the main
+        engine when that is the same URL, so the same role is checked)."""
+        s = self.settings
+        system_url = s.dbos_system_database_url
+        own = system_url is not None and system_url != s.database_url
+        engine = (
+            create_engine(system_url, pool_size=1, max_overflow=1)
+            if system_url is not None and own
+            else db_engine
+        )
+        return DbosAdmission(
+            engine,
+            timeout_s=s.dbos_admission_timeout_s,
+            cache_s=s.dbos_admission_cache_s,
+            owns_engine=own,
         )
 
     @staticmethod
@@ -452,6 +484,7 @@ def initial_switches(settings: Settings) -> Switches:
         s.dbos_rollout_percent,
         s.execution_events_backend,
         shadow_percent=s.shadow_percent,
+        fallback_to_kafka=s.dbos_fallback_to_kafka,
     )
 
 
@@ -522,6 +555,18 @@ def shadow_sweep(settings: Settings, container: Container | MemoryContainer) -> 
     )
 
 
+def bulk_actions(
+    settings: Settings, container: Container | MemoryContainer, store: BulkStore
+) -> BulkActions:
+    return BulkActions(
+        container.service,
+        store,
+        reroutes=container.reroutes,
+        audit=container.audit,
+        limits=BulkLimits(max_ids=settings.bulk_max_ids, page_size=settings.bulk_page_size),
+    )
+
+
 def recovery_sweeper(
     settings: Settings, service: ExecutionService, store: RecoveryStore, audit: AuditTrail
 ) -> RecoverySweeper:
@@ -549,6 +594,7 @@ def compose_service(
     buses: Mapping[EventsBackend, EventBus],
     commands: CommandChannel,
     policy: PolicySource | None = None,
+    admission: Mapping[Track, AdmissionProbe] | None = None,
 ) -> ExecutionService:
     """The service on the given ports, with the routing and limits of `settings`; `policy`
     (the live rollout) replaces the settings' routing when given."""
@@ -567,6 +613,7 @@ def compose_service(
                 rollout_percent=s.dbos_rollout_percent,
                 events_backend=s.execution_events_backend,
                 max_depth=s.execution_max_depth,
+                fallback_to_kafka=s.dbos_fallback_to_kafka,
             )
         ),
         limits=OwnerLimits(
@@ -575,6 +622,7 @@ def compose_service(
         ),
         terminal_row_wait_s=s.terminal_row_wait_s,
         idempotency_key_ttl_s=s.idempotency_key_ttl_s,
+        admission=admission,
     )
 
 
@@ -596,6 +644,7 @@ class MemoryContainer:
     guard_store: MemoryGuardStore = field(init=False)
     shadow_store: MemoryShadowStore = field(init=False)
     scorecard_store: MemoryScorecardStore = field(init=False)
+    bulk_store: MemoryBulkStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.recovery = MemoryRecovery(self.stores)
@@ -604,6 +653,11 @@ class MemoryContainer:
         self.scorecard_store = MemoryScorecardStore(
             self.stores.executions, self.recovery.audit, self.shadow_store
         )
+        self.bulk_store = MemoryBulkStore(self.stores.executions, self.recovery.reroutes.held)
+
+    @property
+    def bulk(self) -> BulkActions:
+        return bulk_actions(self.settings, self, self.bulk_store)
 
     @property
     def reroutes(self) -> RerouteStore:
@@ -712,5 +766,6 @@ def in_memory(
         queues=ports.task_queues(),
         buses=ports.event_buses(),
         commands=ports.command_channel(),
+        admission=ports.admission_probes(),
     )
     return MemoryContainer(settings, stores, ports, registry, service, rollout_store, rollout)

@@ -58,6 +58,34 @@ class Settings(BaseSettings):
         default=1.0,
         description="How often an API process re-reads the live rollout besides LISTEN/NOTIFY.",
     )
+    dbos_fallback_to_kafka: bool = Field(
+        default=False,
+        description="An execution routed to DBOS whose DBOS admission fails is created on the "
+        "Kafka track instead (recorded as its `fallback_reason`); off: the create answers 503. "
+        "Seeds the live rollout like the three switches above.",
+    )
+    dbos_admission_timeout_s: PositiveSeconds = Field(
+        default=0.5,
+        description="How long the DBOS admission check (system schema, rights) may take before "
+        "it counts as a failed admission.",
+    )
+    dbos_admission_cache_s: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="How long one DBOS admission check answers for every create of a process.",
+    )
+
+    # -- bulk actions by filter (core/bulk.py) ----------------------------------------------------
+    bulk_max_ids: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Most executions one bulk stop or reroute acts on (the rest: a new operation).",
+    )
+    bulk_page_size: int = Field(
+        default=100, ge=1, le=1000, description="Executions a bulk operation reads per page."
+    )
 
     # -- the rollout guard (core/guard.py) ------------------------------------------------------
     guard_enabled: bool = Field(

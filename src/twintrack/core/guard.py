@@ -12,12 +12,16 @@ a verdict with its figures (Argo Rollouts / Flagger analysis):
 * `fail` — a threshold is crossed; after GUARD_FAILURES_TO_ROLLBACK failed rounds in a row (for
   the same rollout version) new admissions go back to Kafka: percent 0, recorded in the rollout
   history by "guard" with the reason. Running work is never moved; with GUARD_REROUTE_UNSTARTED
-  not-yet-started DBOS work is rerouted (core/rollout.reroute) too.
+  not-yet-started DBOS work is rerouted (core/rollout.reroute) too. The rollback is conditional
+  on the rollout version the verdict judged (compare-and-set): if an operator changed the
+  rollout meanwhile, their newer state stands and the verdict records that it was superseded.
 * `pass` — within every threshold; resets the failure count.
 
 While DBOS receives no new executions there is nothing to guard and no verdict is recorded.
 The Kafka cohort is the baseline when it has GUARD_MIN_SAMPLES itself; otherwise (a 100 % DBOS
-rollout) the thresholds apply to the DBOS figures alone.
+rollout) the thresholds apply to the DBOS figures alone. An execution routed to DBOS that fell
+back to Kafka at admission (DBOS_FALLBACK_TO_KAFKA) counts as a failed DBOS sample: DBOS could
+not take it, whatever then happened to it on Kafka.
 """
 
 from __future__ import annotations
@@ -30,7 +34,12 @@ from typing import Any, Protocol
 
 import structlog
 
-from twintrack.core.live_rollout import RolloutChange, RolloutStateStore, set_rollout
+from twintrack.core.live_rollout import (
+    RolloutChange,
+    RolloutStateStore,
+    RolloutSuperseded,
+    set_rollout,
+)
 from twintrack.core.shadow import ShadowOutcomes, ShadowStore
 from twintrack.domain.execution import Track
 from twintrack.observability.metrics import GUARD_ROLLBACKS, GUARD_VERDICTS
@@ -58,15 +67,23 @@ class CohortFigures:
     p99_s: float | None
     #: unfinished and started (queued or later) longer than GUARD_STUCK_AFTER_S ago
     stuck: int
+    #: (DBOS only) created in the window on Kafka because DBOS admission failed
+    fallbacks: int = 0
+
+    @property
+    def samples(self) -> int:
+        """Outcomes judged: finished executions, and admissions the track refused."""
+        return self.finished + self.fallbacks
 
     @property
     def error_rate(self) -> float | None:
-        return self.failed / self.finished if self.finished else None
+        return (self.failed + self.fallbacks) / self.samples if self.samples else None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "finished": self.finished,
             "failed": self.failed,
+            "fallbacks": self.fallbacks,
             "error_rate": self.error_rate,
             "p99_s": self.p99_s,
             "stuck": self.stuck,
@@ -146,7 +163,7 @@ def judge(
     shadow: ShadowOutcomes | None = None,
 ) -> tuple[Verdict, str]:
     """The verdict on one window's figures, and why (pure)."""
-    baseline = kafka.finished >= policy.min_samples
+    baseline = kafka.samples >= policy.min_samples
     stuck_over = dbos.stuck - (kafka.stuck if baseline else 0)
     if stuck_over > policy.max_stuck:
         return Verdict.FAIL, (
@@ -164,10 +181,10 @@ def judge(
             f"{shadow.mismatched} of {shadow.compared} shadow runs differ ({rate:.1%}): over "
             f"GUARD_MAX_MISMATCH_RATE={policy.max_mismatch_rate:g}"
         )
-    if dbos.finished < policy.min_samples:
+    if dbos.samples < policy.min_samples:
         return Verdict.INCONCLUSIVE, (
-            f"too few samples: {dbos.finished} finished DBOS executions in the window, "
-            f"GUARD_MIN_SAMPLES={policy.min_samples}"
+            f"too few samples: {dbos.samples} finished DBOS executions (and fallbacks) in the "
+            f"window, GUARD_MIN_SAMPLES={policy.min_samples}"
         )
     dbos_rate = dbos.error_rate or 0.0
     kafka_rate = (kafka.error_rate or 0.0) if baseline else 0.0
@@ -245,12 +262,7 @@ class Guard:
         }
         rolled_back = verdict is Verdict.FAIL and failures >= p.failures_to_rollback
         if rolled_back:
-            why = f"guard: {reason} ({failures} failed checks in a row)"
-            await set_rollout(
-                self.rollout, RolloutChange(rollout_percent=0), changed_by=GUARD, reason=why
-            )
-            GUARD_ROLLBACKS.labels(track=Track.DBOS.value).inc()
-            log.warning("rollout guard rolled new admissions back to kafka", reason=why)
+            rolled_back, reason = await self._roll_back(state.version, reason, failures, figures)
         recorded = await self.store.record(
             GuardVerdict(verdict, reason, failures, rolled_back, figures)
         )
@@ -261,3 +273,35 @@ class Guard:
             except Exception:
                 log.exception("guard could not reroute unstarted DBOS executions")
         return recorded
+
+    async def _roll_back(
+        self, version: int, reason: str, failures: int, figures: dict[str, Any]
+    ) -> tuple[bool, str]:
+        """Percent 0, only over the version judged: (rolled back, the verdict's reason)."""
+        why = f"guard: {reason} ({failures} failed checks in a row)"
+        try:
+            await set_rollout(
+                self.rollout,
+                RolloutChange(rollout_percent=0),
+                changed_by=GUARD,
+                reason=why,
+                expected_version=version,
+            )
+        except RolloutSuperseded as exc:
+            # An operator changed the rollout after this window was read: their state was not
+            # judged, so it is not undone; the next rounds judge it (after the initial delay).
+            current = exc.current
+            figures["superseded_by"] = current.version
+            log.warning(
+                "rollout guard did not roll back: the rollout changed since its verdict",
+                judged=version,
+                current=current.version,
+                by=current.changed_by,
+            )
+            return False, (
+                f"{reason}; not rolled back: the rollout changed to v{current.version} "
+                f"(by {current.changed_by}) after v{version} was judged"
+            )
+        GUARD_ROLLBACKS.labels(track=Track.DBOS.value).inc()
+        log.warning("rollout guard rolled new admissions back to kafka", reason=why)
+        return True, reason

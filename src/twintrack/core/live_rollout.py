@@ -38,6 +38,19 @@ class InvalidRolloutChange(ValueError):
     """The change cannot be applied (a percentage out of range, no reason given, ...)."""
 
 
+class RolloutSuperseded(Exception):
+    """A change conditional on a version (`expected_version`) met a newer one: someone changed
+    the rollout since the caller looked, and their state stands."""
+
+    def __init__(self, expected: int, current: RolloutState) -> None:
+        super().__init__(
+            f"the rollout is at v{current.version} (by {current.changed_by}: {current.reason}), "
+            f"not v{expected}"
+        )
+        self.expected = expected
+        self.current = current
+
+
 @dataclass(frozen=True)
 class Switches:
     """What decides the track and events backend of a new root execution."""
@@ -47,6 +60,8 @@ class Switches:
     events_backend: EventsBackend
     #: the share of completed root executions re-run on the other track (core/shadow.py)
     shadow_percent: int = 0
+    #: an execution routed to DBOS whose DBOS admission fails goes to Kafka (else: refused)
+    fallback_to_kafka: bool = False
 
     @property
     def dbos_share(self) -> int:
@@ -77,6 +92,7 @@ class RolloutState:
             "enable_dbos": s.enable_dbos,
             "rollout_percent": s.rollout_percent,
             "events_backend": s.events_backend.value,
+            "fallback_to_kafka": s.fallback_to_kafka,
             "dbos_share": s.dbos_share,
             "shadow_percent": s.shadow_percent,
             "phases": {t.value: p.value for t, p in s.phases().items()},
@@ -98,6 +114,7 @@ class RolloutChange:
     rollout_percent: int | None = _KEEP
     events_backend: EventsBackend | None = None
     shadow_percent: int | None = None
+    fallback_to_kafka: bool | None = None
 
     def apply(self, switches: Switches) -> Switches:
         percent = (
@@ -115,6 +132,9 @@ class RolloutChange:
             shadow_percent=(
                 switches.shadow_percent if self.shadow_percent is None else self.shadow_percent
             ),
+            fallback_to_kafka=switches.fallback_to_kafka
+            if self.fallback_to_kafka is None
+            else self.fallback_to_kafka,
         )
 
     @property
@@ -124,6 +144,7 @@ class RolloutChange:
             and self.rollout_percent is _KEEP
             and self.events_backend is None
             and self.shadow_percent is None
+            and self.fallback_to_kafka is None
         )
 
 
@@ -136,10 +157,18 @@ class RolloutStateStore(Protocol):
 
     async def load(self) -> RolloutState | None: ...
 
-    async def change(self, change: RolloutChange, *, changed_by: str, reason: str) -> RolloutState:
+    async def change(
+        self,
+        change: RolloutChange,
+        *,
+        changed_by: str,
+        reason: str,
+        expected_version: int | None = None,
+    ) -> RolloutState:
         """Apply `change` atomically (one writer at a time), record it in the history and tell
         every process (the change feed). InvalidRolloutChange when it does not fit; LookupError
-        when there is no state yet (seed first)."""
+        when there is no state yet (seed first); with `expected_version`, RolloutSuperseded
+        (and nothing changed) when the state in force is another version (compare-and-set)."""
         ...
 
     async def history(self, limit: int = 20) -> list[RolloutState]:
@@ -158,18 +187,27 @@ class RolloutFeed(Protocol):
 
 
 async def set_rollout(
-    store: RolloutStateStore, change: RolloutChange, *, changed_by: str, reason: str
+    store: RolloutStateStore,
+    change: RolloutChange,
+    *,
+    changed_by: str,
+    reason: str,
+    expected_version: int | None = None,
 ) -> RolloutState:
-    """An operator's (or the guard's) change: who and why are required, for the history."""
+    """An operator's (or the guard's) change: who and why are required, for the history. With
+    `expected_version` it applies only over that version (RolloutSuperseded otherwise)."""
     if not reason.strip():
         raise InvalidRolloutChange("a reason is required (it goes into the rollout history)")
     if not changed_by.strip():
         raise InvalidRolloutChange("who changes the rollout must be known")
     if change.empty:
         raise InvalidRolloutChange(
-            "nothing to change: give a percent, the flag, a backend or a shadow percent"
+            "nothing to change: give a percent, the flag, a backend, a shadow percent or the "
+            "Kafka fallback"
         )
-    return await store.change(change, changed_by=changed_by, reason=reason.strip())
+    return await store.change(
+        change, changed_by=changed_by, reason=reason.strip(), expected_version=expected_version
+    )
 
 
 class LiveRollout:
@@ -196,6 +234,7 @@ class LiveRollout:
             rollout_percent=initial.rollout_percent,
             events_backend=initial.events_backend,
             max_depth=max_depth,
+            fallback_to_kafka=initial.fallback_to_kafka,
         )
         self._initial = initial
         self.state: RolloutState | None = None
@@ -219,6 +258,7 @@ class LiveRollout:
             enable_dbos=s.enable_dbos,
             rollout_percent=s.rollout_percent,
             events_backend=s.events_backend,
+            fallback_to_kafka=s.fallback_to_kafka,
         )
         if self.state is not None:
             log.info(
@@ -226,6 +266,7 @@ class LiveRollout:
                 version=state.version,
                 dbos_share=s.dbos_share,
                 events_backend=s.events_backend.value,
+                fallback_to_kafka=s.fallback_to_kafka,
                 by=state.changed_by,
                 reason=state.reason,
             )

@@ -44,6 +44,32 @@ class TaskQueue(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Refusal:
+    """Why a track cannot admit new executions now."""
+
+    #: a closed set, for the metric label: schema_missing, schema_behind, no_privilege,
+    #: timeout, client_error, enqueue_failed
+    cause: str
+    message: str
+
+
+class AdmissionProbe(Protocol):
+    """Whether a track can take a new execution now, asked once per create before any row or
+    event exists (DBOS: its system schema is there, current and usable by this role). Answers
+    within its own short timeout (a timeout is a refusal) and may cache its answer briefly."""
+
+    track: Track
+
+    async def refusal(self) -> Refusal | None:
+        """None when the track admits; else why not."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the probe holds (a connection pool of its own, if any)."""
+        ...
+
+
 class EventBus(Protocol):
     """An execution's event stream: append-only, indexed, replayable from any index.
 

@@ -49,6 +49,9 @@ class ExecutionRecord(BaseModel):
     traceparent: str | None = None
     #: the execution this one is a shadow run of (core/shadow.py); None for real ones
     shadow_of: str | None = None
+    #: why an execution the rollout routed to DBOS was created on Kafka instead (DBOS admission
+    #: failed and DBOS_FALLBACK_TO_KAFKA was on); None for every other execution
+    fallback_reason: str | None = None
     created_at: datetime
     queued_at: datetime | None
     started_at: datetime | None

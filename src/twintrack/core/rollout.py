@@ -296,7 +296,7 @@ async def _refusal(
     return LEFT_DBOS if await audit.left_dbos(row) else None
 
 
-async def _move_one(
+async def move_one(
     service: ExecutionService,
     store: RerouteStore,
     audit: AuditTrail,
@@ -304,7 +304,8 @@ async def _move_one(
     to: Track,
     include_dbos_streams: bool,
 ) -> Moved | Skipped:
-    """Move one execution under its row lock, or say why not; raises when delivery fails."""
+    """Move one execution under its row lock, or say why not; raises when delivery fails.
+    (`reroute` moves a plan's candidates with it, core/bulk.py a filter's.)"""
     record: ExecutionRecord
     try:
         async with audit.locked(execution_id) as audited:
@@ -366,7 +367,7 @@ async def reroute(
     async def one(candidate: Moved) -> Moved | Skipped:
         async with slots:
             try:
-                return await _move_one(
+                return await move_one(
                     service, store, audit, candidate.execution_id, to, include_dbos_streams
                 )
             except Exception as exc:

@@ -7,9 +7,10 @@ compared), p50/p99 of create→completed and of the queue wait (queued→started
 (audit rows of core/audit.py, reroutes and a worker's own failed runs left out).
 
 A **cohort** is how the row came to be on its track: `routed` (the rollout in force at its
-creation chose the track) or `rerouted` (a reroute moved it there: it has a `rerouted` audit
-row); each track also has an `all` row. The figures come from a store as one sample per
-execution and are computed here, so the Postgres and memory stores share every rule.
+creation chose the track), `rerouted` (a reroute moved it there: it has a `rerouted` audit
+row) or `fallback` (routed to DBOS, created on Kafka because DBOS could not admit it: its
+`fallback_reason`); each track also has an `all` row. The figures come from a store as one
+sample per execution and are computed here, so the Postgres and memory stores share every rule.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from twintrack.observability.metrics import SCORECARD
 
 ROUTED = "routed"
 REROUTED = "rerouted"
+FALLBACK = "fallback"
 ALL = "all"
-COHORTS = (ROUTED, REROUTED)
+COHORTS = (ROUTED, REROUTED, FALLBACK)
 #: audit reasons that are not a recovery: a reroute is a move, the others a worker's own note
 NOT_RECOVERIES = frozenset({Reason.REROUTED, Reason.RUN_FAILED, Reason.HANDOVER})
 MATCHED = "matched"

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import structlog
 
 from twintrack.core.errors import AlreadyExists, NotFound
-from twintrack.core.ports import CommandChannel, EventBus, TaskQueue
+from twintrack.core.ports import AdmissionProbe, CommandChannel, EventBus, Refusal, TaskQueue
 from twintrack.core.records import MAX_PAGE_SIZE, ExecutionRecord, FlowRecord, Page
 from twintrack.core.stores import ExecutionStore, FlowStore, LockedExecution
 from twintrack.domain.commands import Command
@@ -40,6 +40,7 @@ from twintrack.domain.rollout import choose_track, events_backend_for
 from twintrack.engine import EventTooLarge, check_event_size, result_from_terminal_event
 from twintrack.nodes.base import NodeError, SpawnedChild, child_depth
 from twintrack.nodes.registry import NodeRegistry
+from twintrack.observability.metrics import ADMISSION_REFUSALS
 from twintrack.observability.tracing import current_traceparent
 
 log = structlog.get_logger()
@@ -97,6 +98,8 @@ class RoutingPolicy:
     rollout_percent: int | None
     events_backend: EventsBackend
     max_depth: int
+    #: a root routed to DBOS whose DBOS admission fails is created on Kafka instead
+    fallback_to_kafka: bool = False
 
 
 class PolicySource(Protocol):
@@ -164,6 +167,7 @@ class ExecutionService:
         limits: OwnerLimits | None = None,
         terminal_row_wait_s: float = 60.0,
         idempotency_key_ttl_s: float = 24 * 3600.0,
+        admission: Mapping[Track, AdmissionProbe] | None = None,
     ) -> None:
         self.flows = flows
         self.executions = executions
@@ -177,6 +181,8 @@ class ExecutionService:
         self.limits = limits or OwnerLimits()
         self.terminal_row_wait_s = terminal_row_wait_s
         self.idempotency_key_ttl_s = idempotency_key_ttl_s
+        #: per track, whether it admits new executions now (a track without one always does)
+        self.admission = dict(admission or {})
         self._flow_cache: OrderedDict[tuple[str, int], Flow] = OrderedDict()
 
     @property
@@ -245,19 +251,49 @@ class ExecutionService:
         With `shadow_of`, a shadow run of that execution (core/shadow.py): hidden from the
         owner, outside the owner's running limit.
 
+        A root goes where the rollout routes it, unless `track` is given (admin keys). Its
+        track must admit it first (the DBOS system schema there, current and usable): when it
+        does not, a routed root falls back to Kafka if the rollout says so (DBOS_FALLBACK_TO_
+        KAFKA; the row keeps `fallback_reason`), else the create is refused. The same holds when
+        DBOS refuses the workflow a DBOS-streams execution needs at creation. Either way it is
+        decided once, before `execution.created`: the stream never names a track it left.
+        Children follow their parent's track without asking.
+
         Raises NotFound for an unknown flow or version, FlowValidationError for options that do
-        not fit the flow, TrackUnavailable when this process cannot reach the chosen track.
+        not fit the flow, TrackUnavailable when this process cannot reach the chosen track or
+        the track refuses admission without a fallback.
         """
         options = options or ExecutionOptions()
         flow_record = await self.flows.get(owner_id, flow_id, version)
         check_options(self.compile(flow_record), options)
+        fallback: Refusal | None = None
+        may_fall_back = False
         if parent is not None:
             track, backend = parent.track, parent.events_backend
         else:
             # One snapshot decides both: a rollout change in between cannot mix two states.
             policy = self.policy
+            routed = track is None
             track = track or self._route(owner_id, policy)
             backend = events_backend_for(track, policy.events_backend)
+            may_fall_back = (
+                routed
+                and policy.fallback_to_kafka
+                and track is not Track.KAFKA
+                and Track.KAFKA in self.queues
+            )
+            refusal = await self._refusal(track)
+            if refusal is not None:
+                if not may_fall_back:
+                    ADMISSION_REFUSALS.labels(
+                        track=track.value, cause=refusal.cause, outcome="refused"
+                    ).inc()
+                    why = "DBOS_FALLBACK_TO_KAFKA is off" if routed else "the track was chosen"
+                    raise TrackUnavailable(
+                        f"the {track} track cannot admit new executions ({why}): {refusal.message}"
+                    )
+                fallback = self._count_fallback(track, refusal)
+                track, backend = Track.KAFKA, EventsBackend.KAFKA
         if track not in self.queues:
             raise TrackUnavailable(f"the {track} track is not available in this deployment")
         if backend not in self.buses:
@@ -276,9 +312,44 @@ class ExecutionService:
             next_event_index=1,
             limits=self.limits,
             shadow_of=shadow_of,
+            fallback_reason=None if fallback is None else fallback.message,
         )
-        await self._announce_created(record)
+        try:
+            await self.queues[record.track].prepare(record.id, record.events_backend)
+        except Exception as exc:
+            if not may_fall_back or fallback is not None:
+                raise
+            record = await self._fall_back(record, exc)
+        await self._publish_created(record)
         return record
+
+    async def _refusal(self, track: Track) -> Refusal | None:
+        probe = self.admission.get(track)
+        return None if probe is None else await probe.refusal()
+
+    @staticmethod
+    def _count_fallback(track: Track, refusal: Refusal) -> Refusal:
+        ADMISSION_REFUSALS.labels(track=track.value, cause=refusal.cause, outcome="fallback").inc()
+        log.warning(
+            "DBOS admission failed; execution created on kafka",
+            cause=refusal.cause,
+            reason=refusal.message,
+        )
+        return refusal
+
+    async def _fall_back(self, record: ExecutionRecord, error: Exception) -> ExecutionRecord:
+        """The track refused what a new row needs first (DBOS: its parked workflow): move the
+        row, which nothing has announced yet, to Kafka with Kafka events."""
+        refusal = self._count_fallback(
+            record.track,
+            Refusal(
+                "enqueue_failed", f"DBOS refused the workflow: {type(error).__name__}: {error}"
+            ),
+        )
+        moved = await self.executions.fall_back(record.id, refusal.message)
+        with contextlib.suppress(Exception):  # a half-made workflow finds the row on Kafka
+            await self.queues[record.track].cancel(record.id)
+        return moved
 
     async def create_once(
         self,
@@ -340,6 +411,9 @@ class ExecutionService:
         """What the track needs first, then `execution.created` (index 0): both idempotent, so
         a re-run of a parent can redo them for a child a crash left without them."""
         await self.queues[record.track].prepare(record.id, record.events_backend)
+        await self._publish_created(record)
+
+    async def _publish_created(self, record: ExecutionRecord) -> None:
         created = {
             "flow_id": record.flow_id,
             "flow_version": record.flow_version,
@@ -350,6 +424,8 @@ class ExecutionService:
             "root_id": record.root_id,
             "events": [e.model_dump(mode="json") for e in record.trigger_events],
         }
+        if record.fallback_reason is not None:
+            created["fallback_reason"] = record.fallback_reason
         event = Event(
             execution_id=record.id, index=0, type=EventType.EXECUTION_CREATED, data=created
         )

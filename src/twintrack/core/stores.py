@@ -95,8 +95,10 @@ class ExecutionStore(Protocol):
         next_event_index: int = 0,
         limits: OwnerLimits | None = None,
         shadow_of: str | None = None,
+        fallback_reason: str | None = None,
     ) -> ExecutionRecord:
-        """A new execution in `created` (a shadow run of `shadow_of` when given). A child
+        """A new execution in `created` (a shadow run of `shadow_of` when given;
+        `fallback_reason`: why it is on Kafka although the rollout routed it to DBOS). A child
         takes root and depth from its parent (same owner, else NotFound); the flow version
         must exist (NotFound); a taken `execution_id` is AlreadyExists, so a retried spawn
         reads the child instead of making a second one; with `limits`, a child that would
@@ -105,6 +107,12 @@ class ExecutionStore(Protocol):
         ...
 
     async def get(self, execution_id: str, owner_id: str | None = None) -> ExecutionRecord: ...
+
+    async def fall_back(self, execution_id: str, reason: str) -> ExecutionRecord:
+        """Move an execution still `created` to the Kafka track with Kafka events, keeping
+        `reason` as its `fallback_reason`: for a create whose DBOS admission failed before
+        anything was announced. UnexpectedStatus when it is no longer `created`."""
+        ...
 
     async def list(
         self,

@@ -100,6 +100,13 @@ SCORECARD = Gauge(
     ["track", "cohort", "figure"],
     registry=REGISTRY,
 )
+ADMISSION_REFUSALS = Counter(
+    "twintrack_admission_refusals",
+    "Executions routed to a track (dbos) whose admission failed, by cause and by what became "
+    "of them: `fallback` (created on Kafka, DBOS_FALLBACK_TO_KAFKA) or `refused` (a 503).",
+    ["track", "cause", "outcome"],
+    registry=REGISTRY,
+)
 
 
 def render() -> tuple[bytes, str]:

@@ -39,6 +39,8 @@ EXPECTED_TABLES = {
     "shadow_runs",
     "shadow_mismatches",
     "rollout_guard_verdicts",
+    "bulk_operations",
+    "bulk_operation_items",
 }
 
 # Everything a migration could leave behind in the public schema, by kind.

@@ -84,3 +84,15 @@ def test_a_running_thread_keeps_its_target_and_arguments() -> None:
     finally:
         release.set()
         thread.join()
+
+
+def test_the_migration_count_the_admission_check_expects() -> None:
+    """adapters/dbos/admission.py compares `dbos.dbos_migrations` with the count of the
+    installed release's migrations, as `DBOS.migrate` records it."""
+    from dbos._migration import get_dbos_migrations, get_migration_versions
+
+    from twintrack.adapters.dbos.admission import required_migration
+
+    assert params(get_dbos_migrations) == ["schema", "use_listen_notify", "is_cockroach"]
+    assert params(get_migration_versions) == ["engine", "schema", "use_listen_notify"]
+    assert required_migration() >= 1

@@ -282,4 +282,49 @@ async def test_shadow_mismatches_fail_the_dbos_cohort_and_roll_it_back() -> None
     second = await world.guard.check()
     assert second is not None
     assert second.rolled_back
+
+
+async def test_a_rollback_never_undoes_a_rollout_an_operator_changed_after_the_verdict() -> None:
+    """Compare-and-set: the guard judged v1; an operator set v2 while it judged; v2 stands and
+    the verdict records that it was not rolled back, and why."""
+    world = World(failures_to_rollback=1)
+    await world.start()
+    world.clock.advance(31)
+    world.add(Track.DBOS, _S.FAILED, 10)
+    read_figures = world.store.figures
+
+    async def figures_then_operator(**kwargs: Any) -> Any:
+        figures = await read_figures(**kwargs)
+        await world.rollout.change(
+            RolloutChange(rollout_percent=50), changed_by="alice", reason="stage 3"
+        )
+        return figures
+
+    world.store.figures = figures_then_operator  # type: ignore[method-assign]
+    verdict = await world.guard.check()
+    assert verdict is not None
+    assert (verdict.verdict, verdict.rolled_back) == (Verdict.FAIL, False)
+    assert "not rolled back: the rollout changed to v2 (by alice) after v1" in verdict.reason
+    assert verdict.figures["superseded_by"] == 2
+    assert await world.percent() == 50
+    assert [s.changed_by for s in await world.rollout.history()] == ["alice", "environment"]
+    assert world.rerouted == 0
+
+
+async def test_fallbacks_at_admission_count_as_dbos_failures() -> None:
+    """Executions routed to DBOS that DBOS could not admit ran on Kafka (and completed there):
+    the guard counts each as a failed DBOS sample."""
+    world = World(failures_to_rollback=1)
+    await world.start()
+    world.clock.advance(31)
+    world.add(Track.DBOS, _S.COMPLETED, 4)
+    world.add(Track.KAFKA, _S.COMPLETED, 20)
+    for _ in range(8):
+        r = record(world.clock, Track.KAFKA, _S.COMPLETED, fallback_reason="DBOS schema behind")
+        world.executions.records[r.id] = r
+    verdict = await world.guard.check()
+    assert verdict is not None
+    assert verdict.figures["dbos"]["fallbacks"] == 8
+    assert (verdict.verdict, verdict.rolled_back) == (Verdict.FAIL, True)
+    assert "DBOS error rate 66.7%" in verdict.reason
     assert await world.percent() == 0

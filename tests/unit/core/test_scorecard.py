@@ -11,6 +11,7 @@ from tests.unit.core.test_shadow import TALLY, completed, run_shadow, set_percen
 from twintrack.bootstrap import shadow_sweep
 from twintrack.core.scorecard import (
     ALL,
+    FALLBACK,
     REROUTED,
     ROUTED,
     ExecutionSample,
@@ -34,11 +35,13 @@ def test_rates_and_percentiles_per_track_and_cohort() -> None:
         ExecutionSample(Track.DBOS, REROUTED, _S.COMPLETED, 5.0, 1.0, shadow="matched"),
         ExecutionSample(Track.DBOS, REROUTED, _S.COMPLETED, 5.0, 1.0, shadow="mismatched"),
         ExecutionSample(Track.DBOS, REROUTED, _S.STOPPED, None, None),
+        ExecutionSample(Track.KAFKA, FALLBACK, _S.COMPLETED, 2.0, 0.1),
     ]
     card = score(samples, window_s=3600, now=NOW)
     assert {(r.track, r.cohort) for r in card.rows} == {
-        (t, c) for t in Track for c in (ALL, ROUTED, REROUTED)
+        (t, c) for t in Track for c in (ALL, ROUTED, REROUTED, FALLBACK)
     }
+    assert card.row(Track.KAFKA, FALLBACK).executions == 1
     routed = card.row(Track.DBOS, ROUTED)
     assert (routed.executions, routed.completed, routed.failed) == (11, 10, 1)
     assert routed.error_rate == pytest.approx(1 / 11)
@@ -51,7 +54,7 @@ def test_rates_and_percentiles_per_track_and_cohort() -> None:
     everything = card.row(Track.DBOS)
     assert everything.executions == 14
     assert everything.queue_p99_s == 1.0
-    empty = card.row(Track.KAFKA)
+    empty = card.row(Track.KAFKA, ROUTED)
     assert (empty.executions, empty.error_rate, empty.p50_s) == (0, None, None)
     assert card.to_json()["rows"][0]["track"] == "kafka"
 

@@ -63,3 +63,17 @@ def test_the_published_document_is_current(schema: dict[str, Any]) -> None:
     assert PUBLISHED.read_text() == current + "\n", (
         "the API changed: review the diff, then regenerate docs/openapi.json (see the docstring)"
     )
+
+
+def test_admin_answers_are_typed_models(schema: dict[str, Any]) -> None:
+    """Generated clients get real types for the admin routes too, not a bare object."""
+    admin = [(p, m, op) for p, m, op in _operations(schema) if p.startswith("/v1/admin")]
+    assert {(p, m) for p, m, _ in admin} >= {
+        ("/v1/admin/rollout", "get"),
+        ("/v1/admin/rollout", "put"),
+        ("/v1/admin/executions/stop", "post"),
+        ("/v1/admin/executions/reroute", "post"),
+    }
+    for path, method, op in admin:
+        answer = op["responses"]["200"]["content"]["application/json"]["schema"]
+        assert answer.get("$ref", "").split("/")[-1].endswith("Out"), (method, path, answer)

@@ -261,7 +261,8 @@ class MemoryRerouteStore:
             for (track, status), rs in groups.items()
         ]
 
-    def _held(self, record: ExecutionRecord, rule: HoldBack) -> bool:
+    def held(self, record: ExecutionRecord, rule: HoldBack) -> bool:
+        """Whether `rule` keeps the execution from a reroute."""
         if rule is HoldBack.LEFT_DBOS:
             return any(
                 r.reason is Reason.REROUTED and r.track is Track.KAFKA
@@ -293,12 +294,12 @@ class MemoryRerouteStore:
         found = [
             Unstarted(r.id, r.status, r.events_backend)
             for r in self._unstarted(track, owner_id)
-            if excluding is None or not self._held(r, excluding)
+            if excluding is None or not self.held(r, excluding)
         ]
         return found if limit is None else found[:limit]
 
     async def held_back(self, track: Track, *, owner_id: str | None, rule: HoldBack) -> int:
-        return sum(1 for r in self._unstarted(track, owner_id) if self._held(r, rule))
+        return sum(1 for r in self._unstarted(track, owner_id) if self.held(r, rule))
 
     async def move(self, row: LockedExecution, to: Track) -> ExecutionRecord:
         handle = _handle(row)

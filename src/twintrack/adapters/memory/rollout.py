@@ -9,7 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 from twintrack.adapters.memory.stores import MemoryExecutionStore
 from twintrack.core.guard import CohortFigures, GuardVerdict, WindowFigures
-from twintrack.core.live_rollout import RolloutChange, RolloutState, Switches
+from twintrack.core.live_rollout import (
+    RolloutChange,
+    RolloutState,
+    RolloutSuperseded,
+    Switches,
+)
 from twintrack.domain.execution import ExecutionStatus, Track
 
 _S = ExecutionStatus
@@ -31,10 +36,19 @@ class MemoryRolloutStore:
     async def load(self) -> RolloutState | None:
         return self.states[-1] if self.states else None
 
-    async def change(self, change: RolloutChange, *, changed_by: str, reason: str) -> RolloutState:
+    async def change(
+        self,
+        change: RolloutChange,
+        *,
+        changed_by: str,
+        reason: str,
+        expected_version: int | None = None,
+    ) -> RolloutState:
         if not self.states:
             raise LookupError("no rollout state yet")
         current = self.states[-1]
+        if expected_version is not None and current.version != expected_version:
+            raise RolloutSuperseded(expected_version, current)
         state = RolloutState(
             change.apply(current.switches), current.version + 1, self.clock(), changed_by, reason
         )
@@ -104,12 +118,18 @@ class MemoryGuardStore:
                 if r.status in (_S.QUEUED, _S.RUNNING)
                 and (r.queued_at or r.created_at) < stuck_before
             )
+            fallbacks = sum(
+                1
+                for r in self.executions.records.values()
+                if r.fallback_reason is not None and r.created_at >= since
+            )
             cohorts[track] = CohortFigures(
                 track=track,
                 finished=len(ended),
                 failed=sum(1 for r in ended if r.status is _S.FAILED),
                 p99_s=_p99(durations),
                 stuck=stuck,
+                fallbacks=fallbacks if track is Track.DBOS else 0,
             )
         return WindowFigures(now=now, cohorts=cohorts)
 

@@ -9,7 +9,7 @@ from twintrack.adapters.memory.recovery import MemoryRecoveryAudit
 from twintrack.adapters.memory.shadow import MemoryShadowStore
 from twintrack.adapters.memory.stores import MemoryExecutionStore
 from twintrack.core.recovery_ports import Reason
-from twintrack.core.scorecard import NOT_RECOVERIES, REROUTED, ROUTED, ExecutionSample
+from twintrack.core.scorecard import FALLBACK, NOT_RECOVERIES, REROUTED, ROUTED, ExecutionSample
 from twintrack.core.shadow import RUNNING
 
 
@@ -41,7 +41,13 @@ class MemoryScorecardStore:
             found.append(
                 ExecutionSample(
                     track=r.track,
-                    cohort=REROUTED if any(a.reason is Reason.REROUTED for a in rows) else ROUTED,
+                    cohort=(
+                        REROUTED
+                        if any(a.reason is Reason.REROUTED for a in rows)
+                        else FALLBACK
+                        if r.fallback_reason is not None
+                        else ROUTED
+                    ),
                     status=r.status,
                     total_s=(r.finished_at - r.created_at).total_seconds(),
                     queue_s=(

@@ -257,6 +257,7 @@ class MemoryExecutionStore:
         next_event_index: int = 0,
         limits: OwnerLimits | None = None,
         shadow_of: str | None = None,
+        fallback_reason: str | None = None,
     ) -> ExecutionRecord:
         execution_id = execution_id or new_execution_id()
         root_id, depth = execution_id, 0
@@ -290,6 +291,7 @@ class MemoryExecutionStore:
             attempt=0,
             next_event_index=next_event_index,
             shadow_of=shadow_of,
+            fallback_reason=fallback_reason,
             created_at=now,
             queued_at=None,
             started_at=None,
@@ -305,6 +307,21 @@ class MemoryExecutionStore:
             for r in self.records.values()
             if r.owner_id == owner_id and r.status in RUNNING_STATUSES and r.shadow_of is None
         )
+
+    async def fall_back(self, execution_id: str, reason: str) -> ExecutionRecord:
+        record = self._visible(execution_id, None)
+        if record.status is not _S.CREATED:
+            raise UnexpectedStatus(execution_id, record.status, _S.CREATED, frozenset([_S.CREATED]))
+        moved = record.model_copy(
+            update={
+                "track": Track.KAFKA,
+                "events_backend": EventsBackend.KAFKA,
+                "fallback_reason": reason,
+                "updated_at": _now(),
+            }
+        )
+        self.records[execution_id] = moved
+        return moved
 
     async def get(self, execution_id: str, owner_id: str | None = None) -> ExecutionRecord:
         return self._visible(execution_id, owner_id)

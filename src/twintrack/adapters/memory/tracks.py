@@ -1,4 +1,5 @@
-"""In-memory TaskQueue, EventBus and CommandChannel: the track ports without any server.
+"""In-memory TaskQueue, EventBus, CommandChannel and AdmissionProbe: the track ports without any
+server.
 
 For tests of what sits above the ports (the service, the run, the API): each records what it
 was given so a test can assert on it, and the event bus keeps the subscriber contract of
@@ -14,7 +15,15 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
-from twintrack.core.ports import CommandChannel, CommandHandler, CommandMessage, EventBus, TaskQueue
+from twintrack.core.ports import (
+    AdmissionProbe,
+    CommandChannel,
+    CommandHandler,
+    CommandMessage,
+    EventBus,
+    Refusal,
+    TaskQueue,
+)
 from twintrack.domain.commands import Command
 from twintrack.domain.events import Event
 from twintrack.domain.execution import EventsBackend, Track
@@ -29,6 +38,8 @@ class MemoryTaskQueue:
         self.prepared: list[str] = []
         self.cancelled: list[str] = []
         self.started = False
+        #: raised by `prepare` while set (a test: the track refuses what a create needs)
+        self.refuse_prepare: Exception | None = None
 
     async def start(self) -> None:
         self.started = True
@@ -37,6 +48,8 @@ class MemoryTaskQueue:
         self.started = False
 
     async def prepare(self, execution_id: str, events_backend: EventsBackend) -> None:
+        if self.refuse_prepare is not None:
+            raise self.refuse_prepare
         self.prepared.append(execution_id)
 
     async def enqueue(
@@ -171,6 +184,22 @@ class MemoryCommandChannel:
         return [(m.command, m.reason) for m in self.commands if m.execution_id == execution_id]
 
 
+class MemoryAdmission:
+    """`AdmissionProbe`: admits until a test sets `refusing` (and counts the checks)."""
+
+    def __init__(self, track: Track) -> None:
+        self.track = track
+        self.refusing: Refusal | None = None
+        self.checks = 0
+
+    async def refusal(self) -> Refusal | None:
+        self.checks += 1
+        return self.refusing
+
+    async def close(self) -> None:
+        return None
+
+
 @dataclass
 class MemoryPorts:
     """One set of doubles: a queue per track, a bus per events backend, one command channel."""
@@ -182,6 +211,9 @@ class MemoryPorts:
         default_factory=lambda: {b: MemoryEventBus(b) for b in EventsBackend}
     )
     commands: MemoryCommandChannel = field(default_factory=MemoryCommandChannel)
+    admission: dict[Track, MemoryAdmission] = field(
+        default_factory=lambda: {Track.DBOS: MemoryAdmission(Track.DBOS)}
+    )
 
     @classmethod
     def only(cls, tracks: Iterable[Track], backends: Iterable[EventsBackend]) -> MemoryPorts:
@@ -199,3 +231,6 @@ class MemoryPorts:
 
     def command_channel(self) -> CommandChannel:
         return self.commands
+
+    def admission_probes(self) -> dict[Track, AdmissionProbe]:
+        return dict(self.admission)

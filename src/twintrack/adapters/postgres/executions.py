@@ -141,6 +141,7 @@ class PostgresExecutionStore:
         next_event_index: int = 0,
         limits: OwnerLimits | None = None,
         shadow_of: str | None = None,
+        fallback_reason: str | None = None,
     ) -> ExecutionRecord:
         """Insert an execution in status `created`.
 
@@ -186,6 +187,7 @@ class PostgresExecutionStore:
                     trigger_events=[e.model_dump(mode="json") for e in trigger_events],
                     next_event_index=next_event_index,
                     shadow_of=shadow_of,
+                    fallback_reason=fallback_reason,
                 )
                 .returning(ExecutionRow)
             )
@@ -244,6 +246,29 @@ class PostgresExecutionStore:
         if row is None:
             raise NotFound("execution", execution_id)
         return _record(row)
+
+    async def fall_back(self, execution_id: str, reason: str) -> ExecutionRecord:
+        async with self._sessions.begin() as session:
+            row = await session.scalar(
+                update(ExecutionRow)
+                .where(ExecutionRow.id == execution_id, ExecutionRow.status == _S.CREATED)
+                .values(
+                    track=Track.KAFKA,
+                    events_backend=EventsBackend.KAFKA,
+                    fallback_reason=reason,
+                    updated_at=func.now(),
+                )
+                .returning(ExecutionRow)
+                .execution_options(synchronize_session=False)
+            )
+            if row is None:
+                current = await session.scalar(
+                    select(ExecutionRow.status).where(ExecutionRow.id == execution_id)
+                )
+                if current is None:
+                    raise NotFound("execution", execution_id)
+                raise UnexpectedStatus(execution_id, current, _S.CREATED, frozenset([_S.CREATED]))
+            return _record(row)
 
     async def finished_among(self, execution_ids: Collection[str]) -> set[str]:
         """Which of these executions have ended: one primary-key query however many."""

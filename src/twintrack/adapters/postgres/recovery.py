@@ -294,7 +294,7 @@ def _left_dbos() -> ColumnElement[bool]:
     )
 
 
-def _holds_back(rule: HoldBack) -> ColumnElement[bool]:
+def holds_back(rule: HoldBack) -> ColumnElement[bool]:
     if rule is HoldBack.LEFT_DBOS:
         return _left_dbos()
     return ExecutionRow.events_backend == EventsBackend.DBOS
@@ -353,7 +353,7 @@ class PostgresRerouteStore:
             .order_by(ExecutionRow.created_at, ExecutionRow.id)
         )
         if excluding is not None:
-            query = query.where(~_holds_back(excluding))
+            query = query.where(~holds_back(excluding))
         if limit is not None:
             query = query.limit(limit)
         async with self._sessions() as session:
@@ -362,7 +362,7 @@ class PostgresRerouteStore:
     async def held_back(self, track: Track, *, owner_id: str | None, rule: HoldBack) -> int:
         async with self._sessions() as session:
             held = await session.scalar(
-                select(func.count()).where(*_unstarted_on(track, owner_id), _holds_back(rule))
+                select(func.count()).where(*_unstarted_on(track, owner_id), holds_back(rule))
             )
         return int(held or 0)
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, cast
 
 import asyncpg
@@ -28,7 +29,12 @@ from twintrack.adapters.postgres.tables import (
     RolloutStateRow,
 )
 from twintrack.core.guard import CohortFigures, GuardVerdict, Verdict, WindowFigures
-from twintrack.core.live_rollout import RolloutChange, RolloutState, Switches
+from twintrack.core.live_rollout import (
+    RolloutChange,
+    RolloutState,
+    RolloutSuperseded,
+    Switches,
+)
 from twintrack.domain.execution import Track
 
 log = structlog.get_logger()
@@ -40,7 +46,11 @@ APPLICATION_NAME = "twintrack-rollout"
 def _state(row: RolloutStateRow | RolloutHistoryRow) -> RolloutState:
     return RolloutState(
         switches=Switches(
-            row.enable_dbos, row.rollout_percent, row.events_backend, row.shadow_percent
+            row.enable_dbos,
+            row.rollout_percent,
+            row.events_backend,
+            shadow_percent=row.shadow_percent,
+            fallback_to_kafka=row.fallback_to_kafka,
         ),
         version=row.version,
         changed_at=row.changed_at,
@@ -60,6 +70,7 @@ def _history(state_row: RolloutStateRow) -> dict[str, Any]:
         "rollout_percent": state_row.rollout_percent,
         "events_backend": state_row.events_backend,
         "shadow_percent": state_row.shadow_percent,
+        "fallback_to_kafka": state_row.fallback_to_kafka,
         "kafka_phase": phases[Track.KAFKA],
         "dbos_phase": phases[Track.DBOS],
     }
@@ -81,6 +92,7 @@ class PostgresRolloutStore:
                     rollout_percent=initial.rollout_percent,
                     events_backend=initial.events_backend,
                     shadow_percent=initial.shadow_percent,
+                    fallback_to_kafka=initial.fallback_to_kafka,
                     version=1,
                     changed_by=changed_by,
                     reason=reason,
@@ -99,18 +111,28 @@ class PostgresRolloutStore:
             row = await session.get(RolloutStateRow, 1)
             return None if row is None else _state(row)
 
-    async def change(self, change: RolloutChange, *, changed_by: str, reason: str) -> RolloutState:
+    async def change(
+        self,
+        change: RolloutChange,
+        *,
+        changed_by: str,
+        reason: str,
+        expected_version: int | None = None,
+    ) -> RolloutState:
         async with self._sessions.begin() as session:
             row = await session.scalar(
                 select(RolloutStateRow).where(RolloutStateRow.id == 1).with_for_update()
             )
             if row is None:
                 raise LookupError("no rollout state yet: start an API process or migrate first")
+            if expected_version is not None and row.version != expected_version:
+                raise RolloutSuperseded(expected_version, _state(row))
             switches = change.apply(_state(row).switches)
             row.enable_dbos = switches.enable_dbos
             row.rollout_percent = switches.rollout_percent
             row.events_backend = switches.events_backend
             row.shadow_percent = switches.shadow_percent
+            row.fallback_to_kafka = switches.fallback_to_kafka
             row.version = row.version + 1
             row.changed_at = (await session.execute(select(func.now()))).scalar_one()
             row.changed_by = changed_by
@@ -214,7 +236,8 @@ class PostgresRolloutFeed:
         await self._drop()
 
 
-# Finished in the window, or unfinished (to count the stuck): both indexed.
+# Finished in the window, unfinished (to count the stuck), or fallen back to Kafka at admission
+# in the window (DBOS failures, whatever track they ran on): each indexed.
 _FIGURES = text(
     """
     WITH bounds AS (
@@ -232,11 +255,15 @@ _FIGURES = text(
         count(*) FILTER (
             WHERE e.status IN ('queued', 'running')
               AND coalesce(e.queued_at, e.created_at) < b.stuck_before
-        ) AS stuck
+        ) AS stuck,
+        count(*) FILTER (
+            WHERE e.fallback_reason IS NOT NULL AND e.created_at >= b.since
+        ) AS fallbacks
     FROM bounds b
     LEFT JOIN executions e
       ON ((e.finished_at >= b.since AND e.finished_at IS NOT NULL)
-          OR e.status IN ('queued', 'running'))
+          OR e.status IN ('queued', 'running')
+          OR (e.fallback_reason IS NOT NULL AND e.created_at >= b.since))
       AND e.shadow_of IS NULL
     GROUP BY b.now, e.track
     """
@@ -256,10 +283,12 @@ class PostgresGuardStore:
             ).all()
         now = rows[0].now if rows else await self._now()
         cohorts = {t: CohortFigures(t, 0, 0, None, 0) for t in Track}
+        fallbacks = 0
         for row in rows:
             if row.track is None:
                 continue
             track = Track(row.track)
+            fallbacks += int(row.fallbacks)
             cohorts[track] = CohortFigures(
                 track=track,
                 finished=int(row.finished),
@@ -267,6 +296,7 @@ class PostgresGuardStore:
                 p99_s=None if row.p99_s is None else float(row.p99_s),
                 stuck=int(row.stuck),
             )
+        cohorts[Track.DBOS] = replace(cohorts[Track.DBOS], fallbacks=fallbacks)
         return WindowFigures(now=now, cohorts=cohorts)
 
     async def _now(self) -> Any:

@@ -10,7 +10,7 @@ from sqlalchemy import ARRAY, Text, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from twintrack.core.recovery_ports import Reason
-from twintrack.core.scorecard import NOT_RECOVERIES, REROUTED, ROUTED, ExecutionSample
+from twintrack.core.scorecard import FALLBACK, NOT_RECOVERIES, REROUTED, ROUTED, ExecutionSample
 from twintrack.domain.execution import ExecutionStatus, Track
 
 _SAMPLES = text(
@@ -22,6 +22,7 @@ _SAMPLES = text(
           WHERE r.execution_id = e.id AND NOT (r.reason = ANY(:not_recoveries))) AS recoveries,
         EXISTS (SELECT 1 FROM execution_recoveries r
           WHERE r.execution_id = e.id AND r.reason = :rerouted) AS rerouted,
+        e.fallback_reason IS NOT NULL AS fell_back,
         s.status AS shadow
     FROM executions e
     LEFT JOIN shadow_runs s ON s.original_id = e.id
@@ -50,7 +51,7 @@ class PostgresScorecardStore:
         samples = [
             ExecutionSample(
                 track=Track(row.track),
-                cohort=REROUTED if row.rerouted else ROUTED,
+                cohort=REROUTED if row.rerouted else FALLBACK if row.fell_back else ROUTED,
                 status=ExecutionStatus(row.status),
                 total_s=None if row.total_s is None else float(row.total_s),
                 queue_s=None if row.queue_s is None else float(row.queue_s),

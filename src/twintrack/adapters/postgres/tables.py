@@ -148,6 +148,8 @@ class ExecutionRow(Base):
     traceparent: Mapped[str | None] = mapped_column(Text)
     #: a shadow run of that execution (core/shadow.py): hidden from its owner
     shadow_of: Mapped[str | None] = mapped_column(Text)
+    # Why DBOS admission failed for an execution the rollout routed there (it runs on Kafka).
+    fallback_reason: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()
     queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -196,6 +198,12 @@ class ExecutionRow(Base):
             "shadow_of",
             unique=True,
             postgresql_where=text("shadow_of IS NOT NULL"),
+        ),
+        # The guard's window: executions that fell back to Kafka at admission lately.
+        Index(
+            "ix_executions_fallback_created_at",
+            "created_at",
+            postgresql_where=text("fallback_reason IS NOT NULL"),
         ),
         # Trees: every execution of a root, and the children of one execution.
         Index(None, "root_id"),
@@ -369,6 +377,7 @@ class RolloutStateRow(Base):
     )
     #: the share of completed root executions shadowed on the other track (core/shadow.py)
     shadow_percent: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    fallback_to_kafka: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
     #: bumped by every change; an API process applies a state only if newer than its own
     version: Mapped[int] = mapped_column(BigInteger, nullable=False)
     changed_at: Mapped[datetime] = _now()
@@ -399,6 +408,7 @@ class RolloutHistoryRow(Base):
         StrEnumText(EventsBackend), nullable=False
     )
     shadow_percent: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
+    fallback_to_kafka: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
     kafka_phase: Mapped[TrackPhase] = mapped_column(StrEnumText(TrackPhase), nullable=False)
     dbos_phase: Mapped[TrackPhase] = mapped_column(StrEnumText(TrackPhase), nullable=False)
 
@@ -482,3 +492,42 @@ class ShadowMismatchRow(Base):
     replayed: Mapped[dict[str, Any]] = mapped_column(
         JSONB, nullable=False, server_default=text("'{}'::jsonb")
     )
+
+
+class BulkOperationRow(Base):
+    """A bulk stop or reroute by filter, kept by its operation id: a request sent again with the
+    id answers what the first one did instead of acting again."""
+
+    __tablename__ = "bulk_operations"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    action: Mapped[str] = mapped_column(Text, nullable=False)
+    #: SHA-256 of the action and its parameters: the same id with another request is refused
+    request_hash: Mapped[str] = mapped_column(Text, nullable=False)
+    request: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    requested_by: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = _now()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: more executions matched than BULK_MAX_IDS: the rest were left for another operation
+    truncated: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default=false())
+
+    __table_args__ = (
+        CheckConstraint("action IN ('stop', 'reroute')", name="action"),
+        Index(None, "created_at"),
+    )
+
+
+class BulkOperationItemRow(Base):
+    """One execution of a bulk operation: taken (inserted) before it is acted on, so however
+    often the operation is retried, each execution is acted on at most once."""
+
+    __tablename__ = "bulk_operation_items"
+
+    operation_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("bulk_operations.id", ondelete="CASCADE"), primary_key=True
+    )
+    execution_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    #: `pending` while (or if a crash left it) being acted on, then the outcome
+    outcome: Mapped[str] = mapped_column(Text, nullable=False)
+    detail: Mapped[str | None] = mapped_column(Text)
+    position: Mapped[int] = mapped_column(Integer, nullable=False)

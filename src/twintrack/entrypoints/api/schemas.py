@@ -99,7 +99,7 @@ class ShadowMismatchOut(BaseModel):
     replayed: dict[str, str]
 
 
-class ShadowMismatches(BaseModel):
+class ShadowMismatchesOut(BaseModel):
     """The ledger, newest first (at most SHADOW_LEDGER_SIZE are kept)."""
 
     mismatches: list[ShadowMismatchOut]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from twintrack.entrypoints.cli.compare import compare
+from twintrack.entrypoints.cli.executions import executions_app
 from twintrack.entrypoints.cli.rollout import rollout_app
 from twintrack.entrypoints.cli.support import (
     EXIT_FAILED,
@@ -185,6 +186,7 @@ def dev(
 
 app.command()(compare)
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(executions_app, name="executions")
 
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
+from twintrack.entrypoints.cli.bulk import FILTER_HELP, format_bulk, parse_filter
 from twintrack.entrypoints.cli.support import EXIT_FAILED, fail, load_cli_settings
 
 if TYPE_CHECKING:  # the factory pulls in both tracks: import it only when a command runs
@@ -25,6 +26,7 @@ if TYPE_CHECKING:  # the factory pulls in both tracks: import it only when a com
 
     from twintrack.bootstrap import Container
     from twintrack.config import Settings
+    from twintrack.core.bulk import BulkResult
     from twintrack.core.guard import GuardVerdict
     from twintrack.core.live_rollout import RolloutState
     from twintrack.core.rollout import RerouteReport, RolloutOverview, RolloutStatus
@@ -193,6 +195,7 @@ def format_state(state: RolloutState) -> str:
     return (
         f"v{state.version}: DBOS gets {s.dbos_share}% ({cohort}; ENABLE_DBOS={s.enable_dbos}), "
         f"events backend {s.events_backend}, shadow runs {s.shadow_percent}%"
+        + ("; Kafka fallback on" if s.fallback_to_kafka else "")
     )
 
 
@@ -227,6 +230,14 @@ def set_command(
             help="Share of completed executions re-run on the other track (shadow runs).",
         ),
     ] = None,
+    fallback_to_kafka: Annotated[
+        bool | None,
+        typer.Option(
+            "--fallback-to-kafka/--no-fallback-to-kafka",
+            help="Create an execution routed to DBOS on Kafka when DBOS cannot admit it "
+            "(else: refused with a 503).",
+        ),
+    ] = None,
     by: Annotated[str | None, typer.Option(help="Who changes it (default: the CLI user).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
 ) -> None:
@@ -257,6 +268,7 @@ def set_command(
             enable_dbos=enable_dbos,
             events_backend=EventsBackend(events_backend.value) if events_backend else None,
             shadow_percent=shadow_percent,
+            fallback_to_kafka=fallback_to_kafka,
             **fields,
         )
         return await set_rollout(store, change, changed_by=actor, reason=reason)
@@ -447,15 +459,36 @@ def reroute_command(
     yes: Annotated[
         bool, typer.Option("--yes", help="Do it (without: show what would move).")
     ] = False,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            help=f"Move only these (a bulk operation with a result per id). {FILTER_HELP}",
+        ),
+    ] = None,
+    operation_id: Annotated[
+        str | None,
+        typer.Option(
+            help="With --filter: run (or re-run) this operation; nothing moves twice under it."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
 ) -> None:
     """Move unstarted executions (created, queued) to another track; a dry run unless --yes.
 
-    Each moves atomically and at most once, and runs exactly once, on the new track."""
+    Each moves atomically and at most once, and runs exactly once, on the new track. With
+    --filter it is a bulk operation (per-id results, safe to re-run with --operation-id)."""
     from twintrack.domain.execution import Track
 
     settings = load_cli_settings()
     target = Track(to.value)
+    if filters or operation_id is not None:
+        if limit is not None or owner is not None:
+            raise fail("with --filter, select with it (owner=...), and BULK_MAX_IDS caps it")
+        _bulk_reroute(
+            settings, target, filters or [], operation_id, include_dbos_streams, yes, as_json
+        )
+        return
 
     async def plan(sessions: async_sessionmaker[AsyncSession]) -> RerouteReport:
         from twintrack.adapters.postgres.recovery import PostgresRerouteStore
@@ -485,4 +518,53 @@ def reroute_command(
     report = _with_container(settings, move) if yes else _with_sessions(settings, plan)
     typer.echo(json.dumps(report.to_json(), indent=2) if as_json else format_report(report))
     if report.failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _bulk_reroute(
+    settings: Settings,
+    target: Any,
+    filters: list[str],
+    operation_id: str | None,
+    include_dbos_streams: bool,
+    yes: bool,
+    as_json: bool = False,
+) -> None:
+    import getpass
+
+    from twintrack.core.bulk import InvalidBulkRequest, OperationIdReused
+
+    where = parse_filter(filters)
+
+    async def preview(sessions: async_sessionmaker[AsyncSession]) -> BulkResult:
+        from twintrack.adapters.postgres.bulk import PostgresBulkStore
+        from twintrack.core import bulk
+
+        chosen = bulk.reroute_filter(where, target, include_dbos_streams)
+        request = {
+            "filter": chosen.to_json(),
+            "to": target.value,
+            "include_dbos_streams": include_dbos_streams,
+        }
+        limits = bulk.BulkLimits(max_ids=settings.bulk_max_ids, page_size=settings.bulk_page_size)
+        return await bulk.preview(
+            PostgresBulkStore(sessions), bulk.BulkAction.REROUTE, chosen, request, limits
+        )
+
+    async def act(container: Container) -> BulkResult:
+        return await container.bulk.reroute(
+            where,
+            to=target,
+            requested_by=getpass.getuser(),
+            include_dbos_streams=include_dbos_streams,
+            dry_run=False,
+            operation_id=operation_id,
+        )
+
+    try:
+        result = _with_container(settings, act) if yes else _with_sessions(settings, preview)
+    except (InvalidBulkRequest, OperationIdReused) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(json.dumps(result.to_json(), indent=2) if as_json else format_bulk(result))
+    if any(r.outcome.value == "failed" for r in result.results.values()):
         raise typer.Exit(EXIT_FAILED)
