@@ -144,10 +144,17 @@ def request_fingerprint(
 
 
 def _as_utc(moment: datetime | None) -> datetime | None:
-    """An aware instant; a naive one is read as UTC, the zone every stored time is in."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
+    """The instant in UTC; a naive one is read as UTC, the zone every stored time is in. An
+    instant at the very edge of datetime's range whose UTC falls outside it is clamped."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        edge = datetime.min if moment.year == datetime.min.year else datetime.max
+        return edge.replace(tzinfo=UTC)
 
 
 def aggregate_status(statuses: Collection[ExecutionStatus]) -> ExecutionStatus:

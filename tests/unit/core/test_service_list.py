@@ -4,7 +4,7 @@ exactly once."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from tests.unit.core.support import OWNER
@@ -87,3 +87,10 @@ async def test_filters_combine(app: MemoryContainer) -> None:
     queued = await _ids(app, root_id=root.id, status=ExecutionStatus.QUEUED)
     assert queued == [kids[1].id]
     assert await _ids(app, root_id=root.id, track=Track.DBOS) == []
+
+
+async def test_an_instant_at_the_edge_of_the_calendar_is_clamped(app: MemoryContainer) -> None:
+    made = await _made(app, 0)
+    earliest = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))  # before year 1 in UTC
+    latest = datetime(9999, 12, 31, 23, 59, tzinfo=timezone(timedelta(hours=-14)))
+    assert await _ids(app, created_after=earliest, created_before=latest) == [made.id]
