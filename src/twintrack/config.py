@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from twintrack.domain.execution import EventsBackend, Track
@@ -251,12 +251,33 @@ class Settings(BaseSettings):
     dbos_queue_concurrency: int = Field(default=100, ge=1, le=100_000)
     dbos_worker_concurrency: int = Field(default=5, ge=1, le=10_000)
     dbos_queue_polling_interval_s: PositiveSeconds = 0.05
+    dbos_admin_enabled: bool = Field(
+        default=False,
+        description="Serve DBOS's admin routes (health, workflows, steps, queues) on each "
+        "DBOS-track worker. DBOS 3.4 ships no admin server, so twintrack serves the routes "
+        "over DBOS's own calls (adapters/dbos/admin.py).",
+    )
+    dbos_admin_host: str = Field(
+        default="127.0.0.1", description="Where the admin server listens (0.0.0.0: everywhere)."
+    )
+    dbos_admin_port: int = Field(default=3001, ge=1, le=65535, description="DBOS's usual port.")
+    dbos_conductor_url: str | None = Field(
+        default=None, description="A self-hosted DBOS Conductor's websocket URL (DBOS's own)."
+    )
+    dbos_conductor_key: SecretStr | None = Field(
+        default=None, description="Connects DBOS-track workers to DBOS Conductor when set."
+    )
 
     # -- processes ---------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
     worker_metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve a worker's /metrics on this port."
+    )
+    console_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs the console's session cookies; the same on every API process "
+        "behind one address. Unset: a random secret per process (sessions end with it).",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
@@ -267,6 +288,9 @@ class Settings(BaseSettings):
         "dbos_rollout_percent",
         "dbos_system_database_url",
         "dbos_executor_id",
+        "dbos_conductor_url",
+        "dbos_conductor_key",
+        "console_secret",
         "worker_metrics_port",
         mode="before",
     )

@@ -214,13 +214,16 @@ class Stack:
         self.workers.append(worker)
         return worker
 
-    def spawn_worker_process(self, name: str) -> subprocess.Popen[bytes]:
-        """A real `twintrack worker` process, to be killed."""
+    def spawn_worker_process(
+        self, name: str, *, module: str = "twintrack", env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A real `twintrack worker` process, to be killed (`module`: another entry point
+        wrapping the command, as tests/e2e/traced.py does)."""
         assert self.log_dir is not None
         log = (self.log_dir / f"{name}.log").open("wb")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "twintrack", "worker"],
-            env={**os.environ, **self.env},
+            [sys.executable, "-m", module, "worker"],
+            env={**os.environ, **self.env, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -228,14 +231,27 @@ class Stack:
         self.processes.append(proc)
         return proc
 
-    def spawn_api_process(self, name: str, port: int) -> subprocess.Popen[bytes]:
+    def spawn_api_process(
+        self,
+        name: str,
+        port: int,
+        *,
+        module: str = "twintrack",
+        env: dict[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
         """A real `twintrack api` process on `port` (same database and topics), to be killed
         and started again on the same port."""
         assert self.log_dir is not None
         log = (self.log_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "twintrack", "api"],
-            env={**os.environ, **self.env, "API_HOST": "127.0.0.1", "API_PORT": str(port)},
+            [sys.executable, "-m", module, "api"],
+            env={
+                **os.environ,
+                **self.env,
+                **(env or {}),
+                "API_HOST": "127.0.0.1",
+                "API_PORT": str(port),
+            },
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

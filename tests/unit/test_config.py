@@ -123,3 +123,21 @@ def test_an_empty_optional_variable_means_unset(monkeypatch: pytest.MonkeyPatch)
     s = load_settings()
     assert s.dbos_rollout_percent is None
     assert s.database_url is None
+
+
+def test_secrets_are_read_from_the_environment_and_never_printed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CONSOLE_SECRET", "console-signing-secret")
+    monkeypatch.setenv("DBOS_CONDUCTOR_KEY", "conductor-key")
+    monkeypatch.setenv("DBOS_ADMIN_ENABLED", "true")
+    s = load_settings()
+    assert s.console_secret is not None
+    assert s.console_secret.get_secret_value() == "console-signing-secret"
+    assert s.dbos_conductor_key is not None
+    assert s.dbos_conductor_key.get_secret_value() == "conductor-key"
+    assert s.dbos_admin_enabled is True
+    assert "console-signing-secret" not in repr(s)
+    assert "conductor-key" not in repr(s)
+    monkeypatch.setenv("CONSOLE_SECRET", "")
+    assert load_settings().console_secret is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from datetime import datetime
 from types import TracebackType
 
 import httpx
@@ -174,12 +175,30 @@ class AsyncClient:
         flow_id: str | None = None,
         status: ExecutionStatus | str | None = None,
         track: Track | str | None = None,
+        parent_id: str | None = None,
+        root_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
         page_size: int = 50,
     ) -> AsyncIterator[ExecutionRecord]:
-        """The owner's executions, newest first, optionally filtered, a page at a time."""
+        """The owner's executions, newest first, optionally filtered, a page at a time.
+
+        `parent_id`: its direct children; `root_id`: its whole tree, the root included;
+        `created_after` <= created < `created_before` (a time without a zone is UTC).
+        """
         cursor: str | None = None
         while True:
-            call = _core.list_executions(flow_id, status, track, page_size, cursor)
+            call = _core.list_executions(
+                flow_id,
+                status,
+                track,
+                page_size,
+                cursor,
+                parent_id=parent_id,
+                root_id=root_id,
+                created_after=created_after,
+                created_before=created_before,
+            )
             page = _core.parse(ExecutionPage, await self._send(call))
             for item in page.items:
                 yield item

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -267,6 +268,11 @@ def list_executions(
     track: Track | str | None,
     limit: int,
     cursor: str | None,
+    *,
+    parent_id: str | None = None,
+    root_id: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
 ) -> Call:
     params = _page(limit, cursor)
     if flow_id is not None:
@@ -275,6 +281,14 @@ def list_executions(
         params["status"] = ExecutionStatus(status).value
     if track is not None:
         params["track"] = Track(track).value
+    if parent_id is not None:
+        params["parent_id"] = parent_id
+    if root_id is not None:
+        params["root_id"] = root_id
+    if created_after is not None:
+        params["created_after"] = created_after.isoformat()
+    if created_before is not None:
+        params["created_before"] = created_before.isoformat()
     return Call("GET", "/v1/executions", params=params)
 
 

@@ -31,7 +31,7 @@ from twintrack.engine import (
     run_flow,
 )
 from twintrack.nodes.base import Counters, SpawnedChild
-from twintrack.observability.tracing import RunSpans
+from twintrack.observability.tracing import RunSpans, queue_wait_ms
 
 log = structlog.get_logger()
 _SPAWN_BACKOFF_S = 0.2
@@ -215,6 +215,8 @@ async def run_execution(
         attempt=record.attempt,
         worker_id=worker_id,
         traceparent=record.traceparent,
+        events_backend=record.events_backend.value,
+        queue_wait_ms=queue_wait_ms(record),
     )
     services = EngineServices(
         counters=counters,
@@ -245,7 +247,8 @@ async def run_execution(
             start_data={"attempt": record.attempt, "worker_id": worker_id, "track": record.track},
         )
         lease.check()
-        await bus.flush(record.id)
+        with spans.flushing():
+            await bus.flush(record.id)
         await status.finished(result, sink.sequencer.next_index)
     log.info(
         "execution finished",

@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import structlog
@@ -143,6 +144,20 @@ def request_fingerprint(
     }
     canonical = json.dumps(request, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _as_utc(moment: datetime | None) -> datetime | None:
+    """The instant in UTC; a naive one is read as UTC, the zone every stored time is in. An
+    instant at the very edge of datetime's range whose UTC falls outside it is clamped."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        edge = datetime.min if moment.year == datetime.min.year else datetime.max
+        return edge.replace(tzinfo=UTC)
 
 
 def aggregate_status(statuses: Collection[ExecutionStatus]) -> ExecutionStatus:
@@ -691,9 +706,24 @@ class ExecutionService:
         track: Track | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        parent_id: str | None = None,
+        root_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> Page[ExecutionRecord]:
+        """The owner's executions, newest first; a time without a zone is taken as UTC (the
+        stores compare instants), and the cursor is only valid with the same filters."""
         return await self.executions.list(
-            owner_id, flow_id, status, track, limit=limit, cursor=cursor
+            owner_id,
+            flow_id,
+            status,
+            track,
+            limit=limit,
+            cursor=cursor,
+            parent_id=parent_id,
+            root_id=root_id,
+            created_after=_as_utc(created_after),
+            created_before=_as_utc(created_before),
         )
 
     async def tree(

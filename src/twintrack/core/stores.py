@@ -122,8 +122,16 @@ class ExecutionStore(Protocol):
         track: Track | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        *,
+        parent_id: str | None = None,
+        root_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> Page[ExecutionRecord]:
-        """The owner's executions, newest first, each exactly once across pages."""
+        """The owner's executions, newest first, each exactly once across pages (with the
+        same filters). `parent_id`: its direct children; `root_id`: every execution of that
+        tree, the root included; `created_after` <= created_at < `created_before` (aware
+        datetimes), a half-open range so adjacent windows never count a row twice."""
         ...
 
     async def children(

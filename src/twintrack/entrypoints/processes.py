@@ -111,6 +111,11 @@ def api_server(container: Container, host: str, port: int) -> uvicorn.Server:
         unavailable_errors=ServiceFactory.outage_errors(),
         store_errors=ServiceFactory.store_errors(),
         max_sse_streams_per_key=container.settings.max_sse_streams_per_key,
+        console_secret=(
+            secret.get_secret_value()
+            if (secret := container.settings.console_secret) is not None
+            else None
+        ),
     )
     config = uvicorn.Config(
         app,

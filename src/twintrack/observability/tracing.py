@@ -15,8 +15,10 @@ exporter.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import structlog
 from opentelemetry import context, propagate, trace
@@ -26,6 +28,9 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from twintrack.domain.events import Event, EventType
+
+if TYPE_CHECKING:
+    from twintrack.core.records import ExecutionRecord
 
 log = structlog.get_logger()
 TRACER_NAME = "twintrack"
@@ -91,6 +96,104 @@ def context_from(traceparent: str | None) -> context.Context:
     return propagate.extract({"traceparent": traceparent})
 
 
+def _traceparent_of(span: Span) -> str | None:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent")
+
+
+def _task_attributes(
+    execution_id: str, attempt: int, track: str, events_backend: str
+) -> dict[str, str | int]:
+    return {
+        "execution.id": execution_id,
+        "attempt": attempt,
+        "track": track,
+        "events_backend": events_backend,
+    }
+
+
+@contextmanager
+def task_sent(
+    *, execution_id: str, attempt: int, track: str, events_backend: str, system: str
+) -> Iterator[str | None]:
+    """A producer span around handing a task to a track; yields the `traceparent` to send with
+    the task (a Kafka header, a DBOS workflow input), None when tracing is off."""
+    with tracer().start_as_current_span(
+        "task.send",
+        kind=SpanKind.PRODUCER,
+        attributes={
+            **_task_attributes(execution_id, attempt, track, events_backend),
+            "messaging.system": system,
+        },
+    ) as span:
+        yield _traceparent_of(span)
+
+
+class TaskTaken:
+    """The consumer span of a worker taking a task: `traceparent` is what the run continues
+    (this span when the task carried a context, else the one stored with the row)."""
+
+    def __init__(self, span: Span, carried: str | None) -> None:
+        self.span = span
+        self.traceparent = _traceparent_of(span) if carried else None
+        self._ended = False
+
+    def end(self) -> None:
+        if not self._ended:
+            self._ended = True
+            self.span.end()
+
+    def claimed(self, record: ExecutionRecord) -> ExecutionRecord:
+        """The claimed record, set to continue this trace; ends the claim's span (the run that
+        follows is a span of its own). A later claim of the same delivery keeps the trace."""
+        if self._ended:
+            return self._continuing(record)
+        self.span.set_attributes(
+            {
+                **_task_attributes(
+                    record.id, record.attempt, record.track.value, record.events_backend.value
+                ),
+                "queue.wait_ms": queue_wait_ms(record),
+            }
+        )
+        self.end()
+        return self._continuing(record)
+
+    def _continuing(self, record: ExecutionRecord) -> ExecutionRecord:
+        if self.traceparent is None:
+            return record
+        return record.model_copy(update={"traceparent": self.traceparent})
+
+
+@contextmanager
+def task_taken(*, execution_id: str, track: str, traceparent: str | None) -> Iterator[TaskTaken]:
+    """A consumer span around claiming a delivered task, a child of the producer's when the task
+    carried its `traceparent`. A task that carries none (re-sent by recovery, or sent with
+    tracing off) gets no span: the run then continues the trace stored with the row."""
+    if not traceparent:
+        yield TaskTaken(trace.INVALID_SPAN, None)
+        return
+    span = tracer().start_span(
+        "task.claim",
+        context=context_from(traceparent),
+        kind=SpanKind.CONSUMER,
+        attributes={"execution.id": execution_id, "track": track},
+    )
+    taken = TaskTaken(span, traceparent)
+    try:
+        yield taken
+    finally:
+        taken.end()
+
+
+def queue_wait_ms(record: ExecutionRecord) -> float:
+    """How long the execution waited between being queued and a worker claiming it."""
+    if record.queued_at is None or record.started_at is None:
+        return 0.0
+    return max(0.0, (record.started_at - record.queued_at).total_seconds() * 1000)
+
+
 # -- one execution run ------------------------------------------------------------------------
 
 _NODE_ENDINGS = {
@@ -116,21 +219,37 @@ class RunSpans:
         attempt: int,
         worker_id: str,
         traceparent: str | None,
+        events_backend: str = "",
+        queue_wait_ms: float | None = None,
         provider: trace.TracerProvider | None = None,
     ) -> None:
         self._tracer = (provider or trace.get_tracer_provider()).get_tracer(TRACER_NAME)
+        self._common: dict[str, str | int] = {
+            "execution.id": execution_id,
+            "track": track,
+            "events_backend": events_backend,
+            "attempt": attempt,
+        }
+        attributes: dict[str, str | int | float] = {**self._common, "worker.id": worker_id}
+        if queue_wait_ms is not None:
+            attributes["queue.wait_ms"] = queue_wait_ms
         self._span = self._tracer.start_span(
             "execution.run",
             context=context_from(traceparent),
             kind=SpanKind.CONSUMER,
-            attributes={
-                "execution.id": execution_id,
-                "execution.track": track,
-                "execution.attempt": attempt,
-                "worker.id": worker_id,
-            },
+            attributes=attributes,
         )
         self._nodes: dict[str, Span] = {}
+
+    @contextmanager
+    def flushing(self) -> Iterator[None]:
+        """A span around flushing the run's events to the bus (its last write before the end)."""
+        with self._tracer.start_as_current_span(
+            "events.flush",
+            context=trace.set_span_in_context(self._span),
+            attributes=self._common,
+        ):
+            yield
 
     def __enter__(self) -> RunSpans:
         return self
@@ -158,7 +277,11 @@ class RunSpans:
                 f"node {node_id}",
                 context=trace.set_span_in_context(self._span),
                 start_time=at,
-                attributes={"node.id": node_id, "node.type": str(event.data.get("type", ""))},
+                attributes={
+                    **self._common,
+                    "node.id": node_id,
+                    "node.type": str(event.data.get("type", "")),
+                },
             )
         elif event.type in _NODE_ENDINGS and isinstance(node_id, str):
             span = self._nodes.pop(node_id, None)

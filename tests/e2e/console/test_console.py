@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from playwright.async_api import Page, expect
+from sqlalchemy import text
 
 from tests.e2e import flows
 from tests.e2e.console.conftest import Shots, sign_in
@@ -44,6 +45,61 @@ async def test_sign_in_and_list_filters(kafka_stack: Stack, page: Page, shots: S
     await page.select_option("select[name=track]", "dbos")
     await page.click("form.filters button[type=submit]")
     await expect(table).to_contain_text("No executions match")
+    await page.select_option("select[name=track]", "")
+
+    # Children of a parent, the members of a tree (children made directly: any flow will do).
+    root = await stack.container.service.get("team-a", waiting["id"])
+    kids = [
+        await stack.container.executions.create(
+            owner_id="team-a",
+            flow_id=flow_id,
+            flow_version=1,
+            track=root.track,
+            events_backend=root.events_backend,
+            parent_id=parent_id,
+        )
+        for parent_id in (root.id, root.id)
+    ]
+    grandchild = await stack.container.executions.create(
+        owner_id="team-a",
+        flow_id=flow_id,
+        flow_version=1,
+        track=root.track,
+        events_backend=root.events_backend,
+        parent_id=kids[0].id,
+    )
+    await page.fill("input[name=parent_id]", root.id)
+    await page.click("form.filters button[type=submit]")
+    await expect(table.locator("tbody tr")).to_have_count(2)
+    for kid in kids:
+        await expect(table.locator(f'tr[data-id="{kid.id}"]')).to_be_visible()
+    await page.fill("input[name=parent_id]", "")
+    await page.fill("input[name=root_id]", root.id)
+    await page.click("form.filters button[type=submit]")
+    await expect(table.locator("tbody tr")).to_have_count(4)
+    await expect(table.locator(f'tr[data-id="{grandchild.id}"]')).to_be_visible()
+    await shots.take(page, "executions-tree-filter")
+
+    # A time range (UTC, to the second): `done` moved an hour back, so the second of the
+    # grandchild's creation divides them whatever the clock did meanwhile.
+    async with stack.container.sessions() as session, session.begin():
+        await session.execute(
+            text(
+                "UPDATE executions SET created_at = created_at - interval '1 hour' WHERE id = :id"
+            ),
+            {"id": done["id"]},
+        )
+    await page.fill("input[name=root_id]", "")
+    since = grandchild.created_at.strftime("%Y-%m-%dT%H:%M:%S")
+    await page.fill("input[name=created_after]", since)
+    await page.click("form.filters button[type=submit]")
+    await expect(table.locator(f'tr[data-id="{grandchild.id}"]')).to_be_visible()
+    await expect(table.locator(f'tr[data-id="{done["id"]}"]')).to_have_count(0)
+    await page.fill("input[name=created_after]", "")
+    await page.fill("input[name=created_before]", since)
+    await page.click("form.filters button[type=submit]")
+    await expect(table.locator(f'tr[data-id="{done["id"]}"]')).to_be_visible()
+    await expect(table.locator(f'tr[data-id="{grandchild.id}"]')).to_have_count(0)
 
     cookie = next(c for c in await page.context.cookies() if c["name"] == "tt_console")
     assert cookie["httpOnly"]

@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Iterator, MutableMapping
 from dataclasses import dataclass, field
+from datetime import UTC
 from typing import Any
 
 import httpx
@@ -625,6 +626,64 @@ async def test_tree_lists_descendants_with_the_aggregate_status(
     assert tree["tree_status"] == "failed"
     sub = (await client.get(f"/v1/executions/{child.id}/tree", headers=alice)).json()
     assert (sub["root_id"], len(sub["executions"])) == (child.id, 1)
+
+
+async def test_list_filters_by_parent_root_and_creation_time(
+    client: httpx.AsyncClient, container: Container, alice: Headers, bob: Headers
+) -> None:
+    flow_id = await new_flow(client, alice)
+    root = await container.executions.get((await new_execution(client, alice, flow_id))["id"])
+    children = [
+        await container.executions.create(
+            owner_id="alice",
+            flow_id=flow_id,
+            flow_version=1,
+            track=root.track,
+            events_backend=root.events_backend,
+            parent_id=parent_id,
+        )
+        for parent_id in (root.id, root.id)
+    ]
+    grandchild = await container.executions.create(
+        owner_id="alice",
+        flow_id=flow_id,
+        flow_version=1,
+        track=root.track,
+        events_backend=root.events_backend,
+        parent_id=children[0].id,
+    )
+    other = (await new_execution(client, alice, flow_id))["id"]
+
+    async def ids(headers: Headers = alice, **params: Any) -> list[str]:
+        response = await client.get("/v1/executions", params=params, headers=headers)
+        assert response.status_code == 200, response.text
+        return [item["id"] for item in response.json()["items"]]
+
+    assert await ids(parent_id=root.id) == [children[1].id, children[0].id]
+    assert await ids(root_id=root.id) == [grandchild.id, children[1].id, children[0].id, root.id]
+    assert await ids(bob, root_id=root.id) == []
+    # Paging a filtered list with its cursor gives each match once, and only matches.
+    first = (
+        await client.get("/v1/executions", params={"root_id": root.id, "limit": 3}, headers=alice)
+    ).json()
+    rest = await ids(root_id=root.id, limit=3, cursor=first["next_cursor"])
+    assert [i["id"] for i in first["items"]] + rest == await ids(root_id=root.id)
+
+    cut = (await container.executions.get(grandchild.id)).created_at
+    newer = await ids(created_after=cut.isoformat())
+    assert newer == [other, grandchild.id]
+    assert grandchild.id not in await ids(created_before=cut.isoformat())
+    naive_utc = cut.astimezone(UTC).replace(tzinfo=None).isoformat()
+    assert await ids(created_after=naive_utc) == newer
+    for params, location in [
+        ("created_after=yesterday", "query.created_after"),
+        ("parent_id=not%20an%20id", "query.parent_id"),
+        ("root_id=%25", "query.root_id"),
+    ]:
+        error = assert_error(
+            await client.get(f"/v1/executions?{params}", headers=alice), 400, "invalid_parameter"
+        )
+        assert locations(error) == [location]
 
 
 # -- commands -----------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
@@ -344,6 +345,62 @@ async def test_execution_list_filters_by_flow_status_and_track(
     assert await ids(status=S.QUEUED) == {dbos_b.id}
     assert await ids(flow_id=flow_a, track=Track.DBOS, status=S.CREATED) == {dbos_a.id}
     assert await ids(flow_id=flow_b, status=S.CREATED) == set()
+
+
+async def test_execution_list_filters_by_parent_root_and_time_range_across_pages(
+    flows: PostgresFlowStore, executions: PostgresExecutionStore, session_factory: Sessions
+) -> None:
+    flow_id = (await flows.create(ALICE, "f", DEFINITION)).id
+    root = await _new_execution(flows, executions, flow_id=flow_id)
+    kids = [
+        await executions.create(
+            owner_id=ALICE,
+            flow_id=flow_id,
+            flow_version=1,
+            track=Track.KAFKA,
+            events_backend=EventsBackend.KAFKA,
+            parent_id=root.id,
+        )
+        for _ in range(4)
+    ]
+    grandchild = await executions.create(
+        owner_id=ALICE,
+        flow_id=flow_id,
+        flow_version=1,
+        track=Track.KAFKA,
+        events_backend=EventsBackend.KAFKA,
+        parent_id=kids[0].id,
+    )
+    loner = await _new_execution(flows, executions, flow_id=flow_id)
+    ordered = [root, *kids, grandchild, loner]
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    async with session_factory() as session, session.begin():
+        for minute, record in enumerate(ordered):  # one minute apart, in creation order
+            await session.execute(
+                text("UPDATE executions SET created_at = :at WHERE id = :id"),
+                {"at": t0 + timedelta(minutes=minute), "id": record.id},
+            )
+
+    async def ids(**filters: Any) -> list[str]:
+        rows, _ = await _all_pages(
+            lambda cursor: executions.list(ALICE, limit=2, cursor=cursor, **filters)
+        )
+        return [e.id for e in rows]
+
+    assert await ids(parent_id=root.id) == [k.id for k in reversed(kids)]
+    assert await ids(root_id=root.id) == [r.id for r in reversed(ordered[:6])]
+    assert await ids(root_id=loner.id) == [loner.id]
+    window = {
+        "created_after": t0 + timedelta(minutes=1),
+        "created_before": t0 + timedelta(minutes=4),
+    }
+    assert await ids(**window) == [kids[2].id, kids[1].id, kids[0].id]
+    assert await ids(parent_id=root.id, created_after=t0 + timedelta(minutes=3)) == [
+        kids[3].id,
+        kids[2].id,
+    ]
+    assert await ids(created_after=t0 + timedelta(minutes=6)) == [loner.id]
+    assert (await executions.list(BOB, root_id=root.id)).items == []
 
 
 # --- executions: the state machine -------------------------------------------------------------

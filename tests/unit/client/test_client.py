@@ -356,6 +356,28 @@ def test_lists_follow_cursors_page_by_page() -> None:
     assert {r.url.params["limit"] for r in script.requests} == {"2"}
 
 
+async def test_execution_lists_send_their_filters_with_every_page() -> None:
+    script = Script(
+        httpx.Response(200, json={"items": [row("ex_1")], "next_cursor": "c"}),
+        httpx.Response(200, json={"items": [row("ex_2")], "next_cursor": None}),
+    )
+    since = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    async with async_client(script) as tt:
+        listed = [
+            e.id
+            async for e in tt.list_executions(
+                root_id="ex_root", parent_id="ex_p", created_after=since, page_size=1
+            )
+        ]
+    assert listed == ["ex_1", "ex_2"]
+    for request in script.requests:  # the cursor only holds with the same filters
+        assert request.url.params["root_id"] == "ex_root"
+        assert request.url.params["parent_id"] == "ex_p"
+        assert request.url.params["created_after"] == "2026-12-01T09:30:00+00:00"
+        assert "created_before" not in request.url.params
+    assert [r.url.params.get("cursor") for r in script.requests] == [None, "c"]
+
+
 async def test_tree_joins_every_page() -> None:
     page = {"root_id": "ex_1", "tree_status": "running", "size": 2}
     script = Script(

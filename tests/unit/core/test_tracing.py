@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from tests.unit.core.support import OWNER, SUM, claimed, flow, new_flow
 from twintrack.bootstrap import MemoryContainer
 from twintrack.domain.execution import ExecutionStatus
+from twintrack.observability.tracing import task_sent, task_taken
 
 FAILING = flow([("boom", "fail", {"message": "no"})], [])
 
@@ -84,3 +85,44 @@ async def test_without_a_trace_nothing_is_kept(app: MemoryContainer) -> None:
     record = await app.service.create(OWNER, flow_id)
     started = await app.service.start(OWNER, record.id)
     assert started.traceparent is None
+
+
+async def test_a_task_carries_its_context_to_the_claim_and_the_run(
+    app: MemoryContainer, spans: InMemorySpanExporter
+) -> None:
+    spans.clear()
+    flow_id = await new_flow(app, SUM)
+    record = await app.service.create(OWNER, flow_id)
+    with (
+        trace.get_tracer("test").start_as_current_span("POST start"),
+        task_sent(
+            execution_id=record.id, attempt=1, track="kafka", events_backend="kafka", system="t"
+        ) as carried,
+    ):
+        assert carried is not None
+    with task_taken(execution_id=record.id, track="kafka", traceparent=carried) as delivery:
+        continued = delivery.claimed(record)
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    sent, claim = finished["task.send"], finished["task.claim"]
+    assert sent.kind is SpanKind.PRODUCER
+    assert claim.kind is SpanKind.CONSUMER
+    assert claim.parent is not None
+    assert claim.parent.span_id == sent.context.span_id
+    assert dict(claim.attributes or {})["events_backend"] == "kafka"
+    assert "queue.wait_ms" in dict(claim.attributes or {})
+    # The run continues the claim, not the row's older context.
+    assert continued.traceparent is not None
+    assert continued.traceparent.split("-")[2] == f"{claim.context.span_id:016x}"
+
+
+async def test_a_task_without_context_leaves_the_rows_trace(
+    app: MemoryContainer, spans: InMemorySpanExporter
+) -> None:
+    spans.clear()
+    flow_id = await new_flow(app, SUM)
+    record = (await app.service.create(OWNER, flow_id)).model_copy(
+        update={"traceparent": "00-0123456789abcdef0123456789abcdef-0123456789abcdef-01"}
+    )
+    with task_taken(execution_id=record.id, track="dbos", traceparent=None) as delivery:
+        assert delivery.claimed(record) == record
+    assert [s.name for s in spans.get_finished_spans()] == []

@@ -1,4 +1,5 @@
-"""`twintrack compare`'s verdict and table, from synthetic runs (no servers)."""
+"""The comparison verdict (tooling/compare_report.py) and `twintrack compare`'s table, from
+synthetic runs (no servers)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,8 @@ from typing import Any
 from rich.console import Console
 
 from twintrack.domain.comparison import Ordering
-from twintrack.entrypoints.cli.compare import (
-    RunResult,
-    build_report,
-    percentile,
-    render_report,
-)
+from twintrack.entrypoints.cli.compare import render_report
+from twintrack.tooling.compare_report import RunResult, build_report, percentile
 
 T0 = "2026-11-21T10:00:00.000000Z"
 

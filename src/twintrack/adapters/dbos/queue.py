@@ -12,6 +12,7 @@ from twintrack.adapters.dbos.runtime import (
 from twintrack.adapters.dbos.system_db import promote_delayed
 from twintrack.core.transient import retry_transient
 from twintrack.domain.execution import EventsBackend, Track
+from twintrack.observability.tracing import task_sent
 
 
 class DbosTaskQueue:
@@ -36,7 +37,9 @@ class DbosTaskQueue:
             raise RuntimeError("DbosTaskQueue.start() was not called")
         return self._client
 
-    async def _enqueue(self, execution_id: str, delay_s: float | None = None) -> None:
+    async def _enqueue(
+        self, execution_id: str, delay_s: float | None = None, traceparent: str | None = None
+    ) -> None:
         options: EnqueueOptions = {
             "workflow_name": WORKFLOW_NAME,
             "queue_name": QUEUE_NAME,
@@ -45,7 +48,7 @@ class DbosTaskQueue:
         }
         if delay_s is not None:
             options["delay_seconds"] = delay_s
-        await self._client_or_fail().enqueue_async(options, execution_id)
+        await self._client_or_fail().enqueue_async(options, execution_id, traceparent)
 
     async def prepare(self, execution_id: str, events_backend: EventsBackend) -> None:
         """With DBOS streams, the workflow must exist before its first event: it is made now,
@@ -63,14 +66,22 @@ class DbosTaskQueue:
         """The workflow id is the execution id, so a second start (or a retried one) is the
         same workflow: DBOS runs it once. The pinned version makes it recoverable. A workflow
         `prepare` parked is released at once (DBOS's own job would take up to a second)."""
-        if events_backend is EventsBackend.DBOS:
-            client = self._client_or_fail()
-            await client.set_workflow_delay_async(execution_id, delay_seconds=0)
-            # DBOS retries its own statements through an outage; this internal one it does not.
-            await retry_transient(
-                lambda: blocking(promote_delayed, client), what=f"release {execution_id}"
-            )
-        await self._enqueue(execution_id)
+        with task_sent(
+            execution_id=execution_id,
+            attempt=attempt,
+            track=self.track.value,
+            events_backend=events_backend.value,
+            system="dbos",
+        ) as traceparent:
+            if events_backend is EventsBackend.DBOS:
+                # Made at creation, its inputs are fixed: its run continues the row's trace.
+                client = self._client_or_fail()
+                await client.set_workflow_delay_async(execution_id, delay_seconds=0)
+                # DBOS retries its own statements through an outage; this internal one not.
+                await retry_transient(
+                    lambda: blocking(promote_delayed, client), what=f"release {execution_id}"
+                )
+            await self._enqueue(execution_id, traceparent=traceparent)
 
     async def redeliver(self, executions: dict[str, EventsBackend]) -> dict[str, str]:
         """Make sure the workflow of each queued execution will run; what was done to which.

@@ -13,10 +13,10 @@ import asyncio
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from dbos import DBOS, DBOSClient
+from dbos import DBOS, DBOSClient, DBOSConfig
 from twintrack.adapters.dbos.names import QUEUE_NAME
 from twintrack.config import Settings
 
@@ -39,6 +39,11 @@ class DbosConfig:
     queue_concurrency: int
     worker_concurrency: int
     polling_interval_s: float
+    admin_enabled: bool = False
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 3001
+    conductor_url: str | None = None
+    conductor_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DbosConfig:
@@ -52,7 +57,33 @@ class DbosConfig:
             queue_concurrency=settings.dbos_queue_concurrency,
             worker_concurrency=settings.dbos_worker_concurrency,
             polling_interval_s=settings.dbos_queue_polling_interval_s,
+            admin_enabled=settings.dbos_admin_enabled,
+            admin_host=settings.dbos_admin_host,
+            admin_port=settings.dbos_admin_port,
+            conductor_url=settings.dbos_conductor_url,
+            conductor_key=(
+                settings.dbos_conductor_key.get_secret_value()
+                if settings.dbos_conductor_key is not None
+                else None
+            ),
         )
+
+
+def dbos_config(config: DbosConfig, executor_id: str) -> DBOSConfig:
+    """The configuration DBOS is launched with. Conductor (DBOS's hosted, or self-hosted,
+    operator service) is connected by DBOS itself when its key is set."""
+    built: DBOSConfig = {
+        "name": config.app_name,
+        "system_database_url": config.system_database_url,
+        "executor_id": executor_id,
+        "application_version": config.application_version,
+        "log_level": "WARNING",
+    }
+    if config.conductor_key:
+        built["conductor_key"] = config.conductor_key
+        if config.conductor_url:
+            built["conductor_url"] = config.conductor_url
+    return built
 
 
 def migrate(system_database_url: str) -> None:
@@ -81,15 +112,7 @@ class DbosRuntime:
         from twintrack.adapters.dbos import workflow  # noqa: F401 - registers the workflow
 
         c = self.config
-        DBOS(
-            config={
-                "name": c.app_name,
-                "system_database_url": c.system_database_url,
-                "executor_id": self.executor_id,
-                "application_version": c.application_version,
-                "log_level": "WARNING",
-            }
-        )
+        DBOS(config=dbos_config(c, self.executor_id))
         DBOS.listen_queues([QUEUE_NAME])
         await blocking(DBOS.launch)
         self.launched = True

@@ -19,11 +19,13 @@ import math
 import structlog
 
 from twintrack.adapters.dbos import workflow
+from twintrack.adapters.dbos.admin import DbosAdminServer
 from twintrack.adapters.dbos.runtime import DbosRuntime
 from twintrack.adapters.postgres.claims import ACTIVE
 from twintrack.core.run_host import RunHost
 from twintrack.core.transient import retry_transient
 from twintrack.domain.execution import ExecutionStatus, Track
+from twintrack.observability.tracing import TaskTaken, task_taken
 
 log = structlog.get_logger()
 _CLAIM_POLL_S = 0.25
@@ -37,11 +39,16 @@ class DbosWorker:
         # there (it is, after another asyncio.run in the same thread), the running one is not.
         self.loop: asyncio.AbstractEventLoop = asyncio.get_running_loop()
         self._parked = 0
+        self._admin: DbosAdminServer | None = None
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         workflow.serve(self)
         await self.runtime.launch()
+        config = self.runtime.config
+        if config.admin_enabled and self._admin is None:
+            self._admin = DbosAdminServer(config.admin_host, config.admin_port)
+            self._admin.start()
         log.info("dbos worker started", executor_id=self.runtime.executor_id)
 
     async def stop_taking_work(self) -> None:
@@ -63,6 +70,9 @@ class DbosWorker:
                     "re-enqueueing this executor's workflows failed; the "
                     "dead-executor sweeper of another worker takes them over"
                 )
+        if self._admin is not None:
+            admin, self._admin = self._admin, None
+            await asyncio.to_thread(admin.stop)
         await self.runtime.destroy()
         workflow.serve(None)
         log.info("dbos worker stopped", executor_id=self.runtime.executor_id)
@@ -74,8 +84,15 @@ class DbosWorker:
         await asyncio.Event().wait()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def execute(self, execution_id: str) -> str:
-        """The workflow step: claim, run to the end (again if the run was lost), report."""
+    async def execute(self, execution_id: str, traceparent: str | None = None) -> str:
+        """The workflow step: claim, run to the end (again if the run was lost), report.
+        `traceparent` (a workflow input) is the start's trace, which the run continues."""
+        with task_taken(
+            execution_id=execution_id, track=Track.DBOS.value, traceparent=traceparent
+        ) as delivery:
+            return await self._execute(execution_id, delivery)
+
+    async def _execute(self, execution_id: str, delivery: TaskTaken) -> str:
         host = self.host
         while True:
             if host.draining:
@@ -129,6 +146,7 @@ class DbosWorker:
                     await asyncio.sleep(_CLAIM_POLL_S)  # a previous holder's lease must run out
                     continue
             claim, record = taken
+            record = delivery.claimed(record)
             if host.draining:  # claimed while the worker began to stop
                 await host.hand_back(claim, record)
                 return await self._park(execution_id)

@@ -18,7 +18,7 @@ from twintrack.adapters.dbos.names import WORKFLOW_NAME
 class StepHost(Protocol):
     loop: asyncio.AbstractEventLoop
 
-    async def execute(self, execution_id: str) -> str: ...
+    async def execute(self, execution_id: str, traceparent: str | None = None) -> str: ...
 
 
 _host: StepHost | None = None
@@ -31,15 +31,17 @@ def serve(host: StepHost | None) -> None:
 
 
 @DBOS.step(name="twintrack_run_flow")
-async def run_flow(execution_id: str) -> str:
+async def run_flow(execution_id: str, traceparent: str | None = None) -> str:
     host = _host
     if host is None:
         raise RuntimeError("no DBOS worker serves executions in this process")
     # DBOS runs async workflows on its own loop; our clients live on the worker's loop.
-    future = asyncio.run_coroutine_threadsafe(host.execute(execution_id), host.loop)
+    future = asyncio.run_coroutine_threadsafe(host.execute(execution_id, traceparent), host.loop)
     return await asyncio.wrap_future(future)
 
 
 @DBOS.workflow(name=WORKFLOW_NAME)
-async def execution_workflow(execution_id: str) -> str:
-    return await run_flow(execution_id)
+async def execution_workflow(execution_id: str, traceparent: str | None = None) -> str:
+    """`traceparent`: the W3C context of the start that enqueued it (None for a workflow made
+    ahead at creation, or enqueued with tracing off: the run then continues the row's)."""
+    return await run_flow(execution_id, traceparent)

@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel, ConfigDict, Field
 
 from twintrack.adapters.kafka.clients import BrokerUnavailable, KafkaConfig, make_producer
 from twintrack.domain.execution import EventsBackend, Track
+from twintrack.observability.tracing import task_sent
+
+#: the W3C trace context header a task carries, so the worker continues the start's trace
+TRACEPARENT = "traceparent"
+
+
+def traceparent_of(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
+    """The task's W3C `traceparent` header, if it carries one."""
+    for key, value in headers or ():
+        if key == TRACEPARENT and value:
+            return value.decode("latin-1")
+    return None
 
 
 class TaskMessage(BaseModel):
@@ -57,12 +70,21 @@ class KafkaTaskQueue:
         # still goes out later is harmless (workers claim first); one that never does is
         # re-sent by the recovery sweeper, as any lost task.
         try:
-            async with asyncio.timeout(self.config.call_timeout_s):
-                await self._producer.send_and_wait(
-                    self.config.tasks_topic,
-                    key=execution_id.encode(),
-                    value=message.model_dump_json().encode(),
-                )
+            with task_sent(
+                execution_id=execution_id,
+                attempt=attempt,
+                track=self.track.value,
+                events_backend=events_backend.value,
+                system="kafka",
+            ) as traceparent:
+                headers = [] if traceparent is None else [(TRACEPARENT, traceparent.encode())]
+                async with asyncio.timeout(self.config.call_timeout_s):
+                    await self._producer.send_and_wait(
+                        self.config.tasks_topic,
+                        key=execution_id.encode(),
+                        value=message.model_dump_json().encode(),
+                        headers=headers,
+                    )
         except TimeoutError:
             raise BrokerUnavailable(
                 f"the broker did not acknowledge the task of {execution_id} within "

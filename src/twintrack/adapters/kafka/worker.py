@@ -16,12 +16,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from pydantic import ValidationError
 
 from twintrack.adapters.kafka.clients import KafkaConfig, make_consumer, make_producer
-from twintrack.adapters.kafka.tasks import TaskMessage
+from twintrack.adapters.kafka.tasks import TaskMessage, traceparent_of
 from twintrack.core.errors import NotFound
 from twintrack.core.run_host import RunHost
 from twintrack.core.transient import retry_transient
 from twintrack.domain.execution import Track
 from twintrack.observability.metrics import DEAD_LETTERS
+from twintrack.observability.tracing import task_taken
 
 log = structlog.get_logger()
 
@@ -138,20 +139,28 @@ class KafkaWorker:
             )
             await self._dead_letter(message, reason)
             return
-        try:
-            taken = await retry_transient(
-                lambda: self.host.claims.claim(
-                    task.execution_id, self.worker_id, self.host.claim_ttl_s, track=Track.KAFKA
-                ),
-                what=f"claim {task.execution_id}",
-            )
-        except NotFound:
-            await self._dead_letter(message, f"unknown execution '{task.execution_id}'")
-            return
-        if taken is None:
-            log.debug("task skipped: not queued or held elsewhere", execution_id=task.execution_id)
-            return
-        claim, record = taken
+        with task_taken(
+            execution_id=task.execution_id,
+            track=Track.KAFKA.value,
+            traceparent=traceparent_of(message.headers),
+        ) as delivery:
+            try:
+                taken = await retry_transient(
+                    lambda: self.host.claims.claim(
+                        task.execution_id, self.worker_id, self.host.claim_ttl_s, track=Track.KAFKA
+                    ),
+                    what=f"claim {task.execution_id}",
+                )
+            except NotFound:
+                await self._dead_letter(message, f"unknown execution '{task.execution_id}'")
+                return
+            if taken is None:
+                log.debug(
+                    "task skipped: not queued or held elsewhere", execution_id=task.execution_id
+                )
+                return
+            claim, record = taken
+            record = delivery.claimed(record)
         self._mine.add(record.id)
         self.host.launch(claim, record)
 

@@ -334,6 +334,11 @@ class MemoryExecutionStore:
         track: Track | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        *,
+        parent_id: str | None = None,
+        root_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> Page[ExecutionRecord]:
         matching = [
             r
@@ -343,6 +348,10 @@ class MemoryExecutionStore:
             and (flow_id is None or r.flow_id == flow_id)
             and (status is None or r.status is status)
             and (track is None or r.track is track)
+            and (parent_id is None or r.parent_id == parent_id)
+            and (root_id is None or r.root_id == root_id)
+            and (created_after is None or r.created_at >= created_after)
+            and (created_before is None or r.created_at < created_before)
         ]
         items, next_cursor = _newest_first(matching, limit, cursor)
         return Page(items=items, next_cursor=next_cursor)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import builtins
 from collections.abc import AsyncIterator, Collection, Iterable
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -287,8 +287,13 @@ class PostgresExecutionStore:
         track: Track | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        *,
+        parent_id: str | None = None,
+        root_id: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> Page[ExecutionRecord]:
-        """The owner's executions, newest first, optionally filtered."""
+        """The owner's executions, newest first, optionally filtered (see the port)."""
         query = select(ExecutionRow).where(*_owned(ExecutionRow.owner_id == owner_id, owner_id))
         if flow_id is not None:
             query = query.where(ExecutionRow.flow_id == flow_id)
@@ -296,6 +301,14 @@ class PostgresExecutionStore:
             query = query.where(ExecutionRow.status == status)
         if track is not None:
             query = query.where(ExecutionRow.track == track)
+        if parent_id is not None:
+            query = query.where(ExecutionRow.parent_id == parent_id)
+        if root_id is not None:
+            query = query.where(ExecutionRow.root_id == root_id)
+        if created_after is not None:
+            query = query.where(ExecutionRow.created_at >= created_after)
+        if created_before is not None:
+            query = query.where(ExecutionRow.created_at < created_before)
         query = newest_first(query, ExecutionRow.created_at, ExecutionRow.id, limit, cursor)
         async with self._sessions() as session:
             rows = (await session.scalars(query)).all()

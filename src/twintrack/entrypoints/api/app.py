@@ -49,6 +49,7 @@ def create_app(
     store_errors: Sequence[type[BaseException]] = (),
     max_sse_streams_per_key: int = DEFAULT_MAX_SSE_STREAMS_PER_KEY,
     console: bool = True,
+    console_secret: str | None = None,
     tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     """The API over `container` (not started or closed here).
@@ -58,7 +59,8 @@ def create_app(
     error types, 503 when the connection was lost and 500 otherwise. Both come from the
     bootstrap: the API itself knows nothing of Kafka, DBOS or SQL. `console` serves the operator
     console at `/ui` when the container also offers the database (`sessions`) it reads. Each
-    request gets a span from `tracer_provider` (default: the global one, a no-op unless set).
+    request gets a span from `tracer_provider` (default: the global one, a no-op unless set);
+    `console_secret` signs console sessions (CONSOLE_SECRET; random per process when None).
     """
     app = FastAPI(
         title="twintrack",
@@ -78,7 +80,7 @@ def create_app(
     for router in (flows.router, executions.router, events.router, health.router, admin.router):
         app.include_router(router)
     if console and hasattr(container, "sessions"):
-        mount_console(app, container)
+        mount_console(app, container, secret=console_secret)
     # Added innermost first: metrics see every answer, including 413s and 500s.
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(UnhandledErrors, outage=outage)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -58,3 +61,12 @@ class RequestSpans:
                 execution_id = scope.get("path_params", {}).get("execution_id")
                 if execution_id:
                     span.set_attribute("execution.id", execution_id)
+
+
+@contextmanager
+def use_case(name: str, **attributes: str) -> Iterator[trace.Span]:
+    """A span for the use case a route runs (`execution.create`, `execution.start`), inside
+    the request's: what a start stores and sends with its task is this span's context, so the
+    worker's run hangs under it."""
+    with tracer().start_as_current_span(name, attributes=attributes) as span:
+        yield span

@@ -8,8 +8,8 @@ it) and SameSite=Strict (no other site's page sends it), and each POST must also
 derived from the nonce (`X-CSRF-Token` from htmx, or a `csrf` form field), which a page of
 another origin cannot read.
 
-The signing secret is `CONSOLE_SECRET` when set (every API process behind one address must
-share it); otherwise a random one per process, so sessions end when the process does.
+The signing secret is the `CONSOLE_SECRET` setting when set (every API process behind one
+address must share it); otherwise a random one per process, so sessions end when it does.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import base64
 import hashlib
 import hmac
 import json
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ from twintrack.adapters.postgres.keys import Principal, hash_key
 COOKIE = "tt_console"
 CSRF_HEADER = "X-CSRF-Token"
 DEFAULT_SESSION_TTL_S = 12 * 3600
-SECRET_ENV = "CONSOLE_SECRET"
 
 
 class PrincipalByHash(Protocol):
@@ -74,7 +72,7 @@ class Sessions:
         secret: str | None = None,
         ttl_s: float = DEFAULT_SESSION_TTL_S,
     ) -> None:
-        secret = secret or os.environ.get(SECRET_ENV) or secrets.token_urlsafe(32)
+        secret = secret or secrets.token_urlsafe(32)
         self._secret = secret.encode()
         self._keys = keys
         self.ttl_s = ttl_s
@@ -87,7 +85,7 @@ class Sessions:
         body = {
             "kh": hash_key(key),
             "exp": int(time.time() + self.ttl_s),
-            "n": _b64(os.urandom(16)),
+            "n": _b64(secrets.token_bytes(16)),
         }
         payload = json.dumps(body, separators=(",", ":")).encode()
         return f"{_b64(payload)}.{self._sign(payload)}"

@@ -39,10 +39,33 @@ router = APIRouter(
     responses=COMMON_RESPONSES,
 )
 
+# One SSE message, as OpenAPI 3.1 tools read `schema` under `text/event-stream` (3.2 would say
+# `itemSchema`): `id` is the event's index, `event` its type and `data` the event as JSON; a
+# stream that cannot go on ends with `event: error`, `data: {"error": ...}`, and no id.
+_SSE_MESSAGE: dict[str, Any] = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"type": "string"},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "type": "object",
+                "anyOf": [
+                    {"required": ["execution_id", "index", "type", "timestamp", "data"]},
+                    {"required": ["error"]},
+                ],
+            },
+        },
+    },
+}
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
-        "description": "`text/event-stream`: one message per event, ending after the terminal one",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "description": "`text/event-stream`: one message per event, ending after the terminal "
+        "one (`id` = index, `event` = type, `data` = the event as JSON)",
+        "content": {"text/event-stream": {"schema": _SSE_MESSAGE}},
     },
     204: {"description": "The execution has finished and nothing follows the given index"},
     400: {"model": ErrorResponse, "description": "Bad `from_index` or `Last-Event-ID`"},

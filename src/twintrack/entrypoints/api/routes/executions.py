@@ -17,6 +17,7 @@ execution has ended: waiting for a result costs one request, not a poll loop. Bo
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
@@ -48,6 +49,7 @@ from twintrack.entrypoints.api.schemas import (
     ExecutionPage,
     ExecutionTreeOut,
 )
+from twintrack.entrypoints.api.spans import use_case
 from twintrack.entrypoints.api.waits import EndWatch
 
 router = APIRouter(
@@ -132,11 +134,20 @@ async def create_execution(
         "events": body.events,
         "track": body.track,
     }
-    if idempotency_key is None:
-        record, created = await service.create(caller.owner_id, body.flow_id, **arguments), True
-    else:
-        record, created = await service.create_once(
-            caller.owner_id, idempotency_key, body.flow_id, **arguments
+    with use_case("execution.create", **{"flow.id": body.flow_id}) as span:
+        if idempotency_key is None:
+            record = await service.create(caller.owner_id, body.flow_id, **arguments)
+            created = True
+        else:
+            record, created = await service.create_once(
+                caller.owner_id, idempotency_key, body.flow_id, **arguments
+            )
+        span.set_attributes(
+            {
+                "execution.id": record.id,
+                "track": record.track.value,
+                "events_backend": record.events_backend.value,
+            }
         )
     if created:
         EXECUTIONS_CREATED.labels(record.track).inc()
@@ -159,14 +170,36 @@ async def list_executions(
     flow_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     status: ExecutionStatus | None = None,
     track: Track | None = None,
+    parent_id: Annotated[
+        str | None, Query(pattern=ID_PATTERN, description="Only its direct children")
+    ] = None,
+    root_id: Annotated[
+        str | None,
+        Query(pattern=ID_PATTERN, description="Only the executions of its tree, itself included"),
+    ] = None,
+    created_after: Annotated[
+        datetime | None,
+        Query(description="Created at or after this instant (ISO 8601; no zone means UTC)"),
+    ] = None,
+    created_before: Annotated[
+        datetime | None,
+        Query(description="Created strictly before this instant (ISO 8601; no zone means UTC)"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE)] = 50,
-    cursor: Annotated[str | None, Query(max_length=1024)] = None,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=1024, description="`next_cursor` of a page asked with the same filters"),
+    ] = None,
 ) -> ExecutionPage:
     page = await service.list(
         owner,
         flow_id=flow_id,
         status=status,
         track=track,
+        parent_id=parent_id,
+        root_id=root_id,
+        created_after=created_after,
+        created_before=created_before,
         limit=limit,
         cursor=checked_cursor(cursor),
     )
@@ -244,9 +277,12 @@ def _command_endpoint(command: Command) -> CommandEndpoint:
         reason = body.reason if body is not None else None
         if reason is not None:
             ensure_storable(reason, "reason")
-        record = await service.command(
-            owner, checked_id("execution", execution_id), command, reason
-        )
+        checked = checked_id("execution", execution_id)
+        with use_case(f"execution.{command.value}", **{"execution.id": checked}) as span:
+            record = await service.command(owner, checked, command, reason)
+            span.set_attributes(
+                {"track": record.track.value, "events_backend": record.events_backend.value}
+            )
         COMMANDS.labels(record.track, command.value).inc()
         tag_track(request, record.track)
         return CommandAccepted(id=record.id, command=command, status=record.status)

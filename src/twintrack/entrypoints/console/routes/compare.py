@@ -20,9 +20,9 @@ from twintrack.core.service import ExecutionService
 from twintrack.domain.commands import Command
 from twintrack.domain.execution import Track
 from twintrack.entrypoints.api.ids import checked_id
-from twintrack.entrypoints.cli.compare import TRACKS, RunResult, build_report, percentile
 from twintrack.entrypoints.console.session import CurrentViewer, Viewer
 from twintrack.entrypoints.console.web import ConsoleRoute, page
+from twintrack.tooling.compare_report import TRACKS, RunResult, build_report, percentile
 
 router = APIRouter(prefix="/ui/compare", route_class=ConsoleRoute, include_in_schema=False)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
@@ -51,6 +52,18 @@ def _enum_or_none(kind: type[Track] | type[ExecutionStatus], value: str | None) 
         return None
 
 
+def _id_or_none(value: str | None) -> str | None:
+    return value.strip() if value and value.strip() else None
+
+
+def _moment(value: str | None) -> datetime | None:
+    """A datetime-local field's value (no zone: the console shows and takes UTC)."""
+    try:
+        return datetime.fromisoformat(value.strip()) if value and value.strip() else None
+    except ValueError:
+        return None
+
+
 @router.get("")
 async def list_page(
     request: Request,
@@ -58,20 +71,37 @@ async def list_page(
     track: str | None = None,
     status: str | None = None,
     flow_id: str | None = None,
+    parent_id: str | None = None,
+    root_id: str | None = None,
+    created_after: str | None = None,
+    created_before: str | None = None,
     cursor: str | None = None,
     notice: str | None = None,
 ) -> Response:
-    filters = {"track": track or "", "status": status or "", "flow_id": flow_id or ""}
-    chosen_flow = flow_id.strip() if flow_id else None
-    if chosen_flow and not ID_RE.match(chosen_flow):
+    filters = {
+        "track": track or "",
+        "status": status or "",
+        "flow_id": flow_id or "",
+        "parent_id": parent_id or "",
+        "root_id": root_id or "",
+        "created_after": created_after or "",
+        "created_before": created_before or "",
+    }
+    ids = {"flow_id": _id_or_none(flow_id), "parent_id": _id_or_none(parent_id)}
+    ids["root_id"] = _id_or_none(root_id)
+    if any(v is not None and not ID_RE.match(v) for v in ids.values()):
         items: list[ExecutionRecord] = []
         next_cursor = None
     else:
         result = await _service(request).list(
             viewer.owner_id,
-            flow_id=chosen_flow or None,
+            flow_id=ids["flow_id"],
             status=_enum_or_none(ExecutionStatus, status),
             track=_enum_or_none(Track, track),
+            parent_id=ids["parent_id"],
+            root_id=ids["root_id"],
+            created_after=_moment(created_after),
+            created_before=_moment(created_before),
             limit=PAGE_SIZE,
             cursor=checked_cursor(cursor or None),
         )

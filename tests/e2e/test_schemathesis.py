@@ -1,0 +1,70 @@
+"""Schemathesis against the API on the real servers (PostgreSQL, broker, a worker): generated
+requests to every operation (those of one execution on a real, finished one), each answer
+checked against docs/openapi.json — no 5xx, only declared status codes, bodies, SSE messages
+and content types that match their schemas. Bounded (examples per operation, one seed), so it
+fits a CI run; the CLI runs in a subprocess while this process serves the API."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e import flows
+from tests.e2e.stack import Stack
+
+CHECKS = ",".join(
+    [
+        "not_a_server_error",
+        "status_code_conformance",
+        "response_schema_conformance",
+        "content_type_conformance",
+    ]
+)
+
+
+# About 800 generated requests: 35-60 s of CLI plus 10 s of stack on the shared 2-core machine.
+@pytest.mark.timeout(180)
+async def test_the_api_conforms_to_its_openapi(kafka_stack: Stack, tmp_path: Path) -> None:
+    # Path ids of a real, finished execution and its flow, so the per-execution operations
+    # answer more than 404 (finished: its event stream ends, and commands are a 409).
+    api = kafka_stack.api
+    flow_id = await api.create_flow(flows.three_nodes())
+    execution_id = (await api.create(flow_id))["id"]
+    assert await api.command(execution_id, "start") == 202
+    await api.wait_status(execution_id, "completed")
+    (tmp_path / "schemathesis.toml").write_text(
+        f'[parameters]\n"path.execution_id" = "{execution_id}"\n"path.flow_id" = "{flow_id}"\n'
+    )
+    cli = Path(sys.executable).with_name("schemathesis")
+    proc = await asyncio.create_subprocess_exec(
+        str(cli),
+        "run",
+        f"{kafka_stack.base_url}/openapi.json",
+        "--checks",
+        CHECKS,
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--max-examples",
+        "4",
+        "--workers",
+        "2",
+        "--seed",
+        "1",
+        "--request-timeout",
+        "10",
+        "--header",
+        f"Authorization: Bearer {kafka_stack.api.key}",
+        "--generation-database",
+        "none",
+        "--no-color",
+        cwd=tmp_path,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(proc.communicate(), timeout=90)
+    report = output.decode(errors="replace")
+    print(report[-4000:])  # the summary, shown by pytest when the test fails (or with -rP)
+    assert proc.returncode == 0, report[-6000:]
