@@ -4,9 +4,9 @@ A baseline is a column of the results table (`ModeResult.baseline`), shaped like
 deployment: `WORKER_PROCESSES` worker processes of its own (`python -m bench.bare_kafka worker`,
 `python -m bench.bare_dbos worker`) and a client process in place of the API and the load
 generator. The client first measures latency (one at a time, after a warm-up that has every
-worker serving), then throughput (`Sizes.throughput_clients` for `Sizes.throughput_s`) while the
-CPU of every process is metered. Its rows use the split shape's keys, so each mode's ratio over
-its library sits on the same line.
+worker serving), then throughput (`Sizes.throughput_clients` for `Sizes.throughput_s`, at most
+`IN_FLIGHT` ahead of the work done) while the CPU of every process is metered. Its rows use the
+split shape's keys, so each mode's ratio over its library sits on the same line.
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ from twintrack.config import Settings
 _ROOT = Path(__file__).resolve().parents[1]
 READY_S = 90.0
 CONCURRENCY = int(DEPLOYMENT_ENV["WORKER_CONCURRENCY"])
+#: The throughput client's cap on work sent and not yet done: every worker slot busy and as much
+#: again queued. twintrack's load generator is paced by the API's answers (its backlog stays
+#: small); an unbounded flood would measure a growing backlog, not the library.
+IN_FLIGHT = 2 * WORKER_PROCESSES * CONCURRENCY
 
 
 @dataclass(frozen=True)
@@ -239,6 +243,7 @@ async def _run(
                 "--phase=throughput",
                 f"--clients={sizes.throughput_clients}",
                 f"--seconds={sizes.throughput_s}",
+                f"--in-flight={IN_FLIGHT}",
             ],
             groups,
         )

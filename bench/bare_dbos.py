@@ -6,8 +6,9 @@ version) and serves the queue with the worker and global concurrency and the pol
 twintrack's DBOS track uses. `python -m bench.bare_dbos client ...` enqueues through
 `DBOSClient` (as twintrack's API does): `--phase latency` one workflow at a time, waiting for its
 result (enqueue → last step done, from the workflow's own timestamp); `--phase throughput`
-`--clients` threads enqueueing back to back for `--seconds`, then the workflows completed inside
-the window are counted in `dbos.workflow_status`. Each prints one JSON line (see `bench.bare`).
+`--clients` threads enqueueing back to back for `--seconds` (never more than `--in-flight` ahead
+of the completed ones), then the workflows completed inside the window are counted in
+`dbos.workflow_status`. Each prints one JSON line (see `bench.bare`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ VERSION = "bench-bare-1"
 QUEUE = "bare"
 WORKFLOW = "bare_three_steps"
 RESULT_POLL_S = 0.005
+#: how often the throughput client re-counts the workflows done (for its in-flight cap)
+WATCH_S = 0.02
 WARM_S = 90.0
 
 
@@ -76,7 +79,8 @@ def worker(args: argparse.Namespace) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print("ready", flush=True)
-    stop.wait()
+    while not stop.wait(0.5):  # a timed wait: the handler runs between the waits
+        pass
     DBOS.destroy(workflow_completion_timeout_sec=0)
 
 
@@ -119,25 +123,65 @@ def _warm(client: DBOSClient, args: argparse.Namespace) -> None:
     raise TimeoutError(f"executors {sorted(wanted)} not all serving within {WARM_S:g}s")
 
 
+class _Done:
+    """The number of this run's workflows that succeeded, re-counted every `WATCH_S` in a thread
+    of its own (the throughput client's in-flight cap reads it)."""
+
+    def __init__(self, url: str, since_ms: int) -> None:
+        self.count = 0
+        self._url, self._since_ms = url, since_ms
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._watch()), daemon=True)
+
+    async def _watch(self) -> None:
+        connection = await asyncpg.connect(self._url)
+        try:
+            while not self._stop.is_set():
+                self.count = int(
+                    await connection.fetchval(
+                        "SELECT count(*) FROM dbos.workflow_status WHERE name = $1 "
+                        "AND status = 'SUCCESS' AND created_at >= $2",
+                        WORKFLOW,
+                        self._since_ms,
+                    )
+                )
+                await asyncio.sleep(WATCH_S)
+        finally:
+            await connection.close()
+
+    def __enter__(self) -> _Done:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _throughput(client: DBOSClient, args: argparse.Namespace) -> dict[str, Any]:
+    """`--clients` threads enqueueing, never more than `--in-flight` ahead of the done ones."""
     sent = [0] * args.clients
     errors: list[str] = []
     deadline = time.monotonic() + args.seconds
+    began, cpu0 = time.time(), time.process_time()
 
-    def one(i: int) -> None:
+    def one(i: int, done: _Done) -> None:
         while time.monotonic() < deadline:
+            if sum(sent) - done.count >= args.in_flight:
+                time.sleep(0.002)
+                continue
             try:
                 client.enqueue(_OPTIONS, time.time())
                 sent[i] += 1
             except Exception as exc:  # a failed enqueue is a result to report, not a crash
                 errors.append(f"{type(exc).__name__}: {exc}")
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(args.clients)]
-    began, cpu0 = time.time(), time.process_time()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with _Done(args.url, int(began * 1000)) as done:
+        threads = [threading.Thread(target=one, args=(i, done)) for i in range(args.clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
     ended, cpu = time.time(), time.process_time() - cpu0
     time.sleep(1.0)  # workflows completed just before the window closed are committed by now
     rows = asyncio.run(
@@ -196,6 +240,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", default="worker")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--in-flight", type=int, default=80, help="cap: enqueued, not yet done")
     return parser.parse_args(argv)
 
 

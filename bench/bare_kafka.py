@@ -3,17 +3,19 @@ PostgreSQL claim row per message, no twintrack around it.
 
 `python -m bench.bare_kafka worker ...` is one consumer of a group (as a `twintrack worker` is):
 it takes up to `--concurrency` messages a fetch, for each one claims a row (INSERT, one
-transaction) and marks it done (UPDATE, a second), then commits the batch's offsets.
-`python -m bench.bare_kafka client ...` is the producer (acks=all): `--phase latency` sends one
-message at a time and waits for its row to be done (send → done, from the worker's timestamp);
-`--phase throughput` runs `--clients` producers back to back for `--seconds` and counts the rows
-done inside the window. Each prints one JSON line (see `bench.bare`).
+transaction) and marks it done (UPDATE, a second), then commits the batch's offsets. `python -m
+bench.bare_kafka client ...` is the producer (acks=all): `--phase latency` sends one message at
+a time and waits for its row to be done (send → done, from the worker's timestamp); `--phase
+throughput` runs `--clients` producers back to back for `--seconds`, never more than
+`--in-flight` messages ahead of the rows done, and counts the rows done inside the window. Each
+prints one JSON line (see `bench.bare`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import time
@@ -27,6 +29,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 TABLE = "bare_claims"
 POLL_S = 0.005
+#: how often the throughput client re-counts the rows done (for its in-flight cap)
+WATCH_S = 0.02
 WARM_S = 90.0
 
 
@@ -159,16 +163,30 @@ async def client(args: argparse.Namespace) -> dict[str, Any]:
         await producer.stop()
 
 
+_DONE = f"SELECT count(*) FROM {TABLE} WHERE tag = 'throughput' AND done_at IS NOT NULL"
+
+
 async def _throughput(
     producer: AIOKafkaProducer, connection: asyncpg.Connection, args: argparse.Namespace
 ) -> dict[str, Any]:
-    sent = 0
+    """`--clients` senders, never more than `--in-flight` messages sent and not yet done."""
+    sent = issued = done = 0
     errors: list[str] = []
     deadline = time.monotonic() + args.seconds
 
+    async def watch() -> None:
+        nonlocal done
+        while True:
+            done = int(await connection.fetchval(_DONE))
+            await asyncio.sleep(WATCH_S)
+
     async def one() -> None:
-        nonlocal sent
+        nonlocal sent, issued
         while time.monotonic() < deadline:
+            if issued - done >= args.in_flight:
+                await asyncio.sleep(0.002)
+                continue
+            issued += 1
             key, value = _message("throughput")
             try:
                 await producer.send_and_wait(args.topic, value, key=key.encode())
@@ -177,17 +195,19 @@ async def _throughput(
                 errors.append(f"{type(exc).__name__}: {exc}")
 
     began, cpu0 = time.time(), time.process_time()
+    watcher = asyncio.create_task(watch())
     await asyncio.gather(*(one() for _ in range(args.clients)))
     ended, cpu = time.time(), time.process_time() - cpu0
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
     await asyncio.sleep(1.0)  # rows done just before the window closed are committed by now
     in_window = await connection.fetchval(
         f"SELECT count(*) FROM {TABLE} WHERE tag = 'throughput' AND done_at BETWEEN $1 AND $2",
         began,
         ended,
     )
-    done = await connection.fetchval(
-        f"SELECT count(*) FROM {TABLE} WHERE tag = 'throughput' AND done_at IS NOT NULL"
-    )
+    done = await connection.fetchval(_DONE)
     return {
         "began": began,
         "ended": ended,
@@ -216,6 +236,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", default="worker")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--in-flight", type=int, default=80, help="cap: sent and not yet done")
     return parser.parse_args(argv)
 
 
