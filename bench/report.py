@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.stats import fmt
+
 START_MARKER = "<!-- bench:results:start (written by `python -m bench --out`) -->"
 END_MARKER = "<!-- bench:results:end -->"
 _BLOCK = re.compile(
@@ -97,7 +99,7 @@ def _ratio(top: Row | None, bottom: Row | None) -> str:
         return "—"
     parts = []
     for a, b in zip(top.numbers, bottom.numbers, strict=True):
-        parts.append("n/a" if math.isnan(a) or math.isnan(b) or b == 0 else f"{a / b:.2f}")
+        parts.append("n/a" if math.isnan(a) or math.isnan(b) or b == 0 else fmt(a / b))
     return " / ".join(parts) + " x"
 
 

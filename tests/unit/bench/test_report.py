@@ -78,6 +78,14 @@ def test_each_ratio_divides_figure_by_figure_on_the_same_line() -> None:
     assert latency[4] == "10 / 20 ms"  # the baseline's value sits on the mode's line
 
 
+def test_a_large_ratio_shows_only_meaningful_decimals() -> None:
+    results = [
+        _result("kafka", [_rate(250.0)], track="kafka", library="bare Kafka"),
+        _result("bare Kafka", [_rate(1.0)], track="kafka", baseline=True),
+    ]
+    assert results_table(results).splitlines()[2].endswith("| 250 x |")
+
+
 def test_a_row_only_some_columns_have_gets_dashes_and_a_failed_mode_says_not_run() -> None:
     rss = Row("rss", "idle RSS", "≤ 150 MB", "109 MB", True, (109.0,))
     results = [
