@@ -105,7 +105,8 @@ async def measure(found: Servers, sizes: Sizes) -> Section:
     await admin(found.postgres.url, f'CREATE DATABASE "{name}"')
     url = libpq_url(with_database(found.postgres.url, name))
     binary = pgbench_path()
-    tool = f"pgbench ({binary})" if binary else "an asyncpg loop (no pgbench found)"
+    where = "the embedded server's" if binary and "pgserver" in str(binary) else "on PATH"
+    tool = f"pgbench ({where})" if binary else "an asyncpg loop (no pgbench found)"
     section = Section("physical bound")
     try:
         connection = await asyncpg.connect(url)

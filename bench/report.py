@@ -180,7 +180,8 @@ def render(
             out += [f"Not run: {result.error}", ""]
         if result.settings:
             shown = ", ".join(f"`{k}={v}`" for k, v in sorted(result.settings.items()))
-            out += [f"Settings on top of the service defaults: {shown}.", ""]
+            lead = "Set up with" if result.baseline else "Settings on top of the service defaults:"
+            out += [f"{lead} {shown}.", ""]
         for section in result.sections:
             if section.details:
                 out += [f"**{section.title}**", "", *section.details, ""]
