@@ -27,6 +27,7 @@ from bench import bare_kafka
 from bench import cpu as cpu_rows
 from bench.bound import libpq_url
 from bench.config import DEPLOYMENT_ENV, SPLIT, WORKER_PROCESSES, Sizes
+from bench.dbos_logs import contention_line
 from bench.infra import (
     BROKER,
     LOADGEN,
@@ -247,7 +248,11 @@ async def _run(
             ],
             groups,
         )
-    return [_latency_section(lib, latency["latency_ms"]), _throughput_section(load, cores, wall)]
+    sections = [_latency_section(lib, latency["latency_ms"])]
+    sections.append(_throughput_section(load, cores, wall))
+    if lib is DBOS:
+        sections[-1].details.append(contention_line(logs))
+    return sections
 
 
 def _latency_section(lib: Library, samples: list[float]) -> Section:

@@ -190,8 +190,13 @@ class Deployment:
         )
         return int(rows[0].pid) if rows else None
 
+    @property
+    def log_dir(self) -> Path | None:
+        """Where the deployment's processes write their logs (one file each)."""
+        return self.remote.log_dir if self.remote else self._stack.log_dir
+
     def log_tail(self, lines: int = 20) -> str:
-        log_dir = self.remote.log_dir if self.remote else self._stack.log_dir
+        log_dir = self.log_dir
         assert log_dir is not None
         tails = []
         for log in sorted(log_dir.glob("*.log")):

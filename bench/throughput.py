@@ -22,6 +22,7 @@ from sqlalchemy import func, select
 
 from bench import cpu as cpu_rows
 from bench.config import DEV, Sizes
+from bench.dbos_logs import contention_line
 from bench.drive import warm_up
 from bench.flows import three_nodes
 from bench.infra import BENCH_ROLE, LOADGEN, Deployment, cpu_groups, progress
@@ -155,5 +156,7 @@ async def measure(deployment: Deployment, sizes: Sizes) -> Section:
         "- CPU per finished execution (the load generator's over the window only): "
         + ", ".join(f"{name} {value:.1f} ms" for name, value in ms.items()),
     ]
+    if deployment.mode.track == "dbos" and deployment.log_dir is not None:
+        details.append("- " + contention_line(deployment.log_dir))
     title = "throughput" if shape != DEV else "throughput (dev shape)"
     return Section(title, [row, *cpu_rows.rows(shape, ms)], details)
