@@ -12,6 +12,7 @@ from bench import cpu
 from bench.__main__ import ALL, _arguments
 from bench.bound import libpq_url, parse_tps
 from bench.config import DEV, SHAPES, SPLIT
+from bench.dbos_logs import CONTENTION, contention_line
 from bench.report import (
     END_MARKER,
     RATIO_NOTE,
@@ -182,3 +183,10 @@ def test_a_plain_run_has_every_part_and_both_shapes() -> None:
     assert len(args.mode_list) == 3
     with pytest.raises(SystemExit):
         _arguments(["--shapes", "cluster"])
+
+
+def test_dbos_contention_back_offs_are_counted_per_worker_log(tmp_path: Path) -> None:
+    line = f"04:32:00 [ WARNING] (dbos:_queue.py:884) {CONTENTION} for bare. Increasing...\n"
+    (tmp_path / "worker-1.log").write_text(line * 2 + "other\n")
+    (tmp_path / "worker-2.log").write_text("quiet\n")
+    assert contention_line(tmp_path).endswith("so far: worker-1 2, worker-2 0.")
