@@ -118,15 +118,17 @@ async def _variant(
     return samples
 
 
-def _label(settings: Mapping[str, str]) -> str:
+def _label(settings: Mapping[str, str], mode: Mode) -> str:
+    """The variant's settings; for none, the recovery settings in force (the service defaults,
+    unless `--set` changed them for every mode)."""
     if settings:
         return ", ".join(f"{k}={v}" for k, v in settings.items())
     fields = Settings.model_fields
-    shown = ", ".join(
-        f"{name.upper()}={fields[name].default:g}"
-        for name in ("claim_ttl_s", "recovery_sweep_interval_s")
-    )
-    return f"service defaults: {shown}"
+    names = ("CLAIM_TTL_S", "RECOVERY_SWEEP_INTERVAL_S")
+    values = {n: mode.env.get(n, f"{fields[n.lower()].default:g}") for n in names}
+    shown = ", ".join(f"{n}={v}" for n, v in values.items())
+    changed = any(n in mode.env for n in names)
+    return shown if changed else f"service defaults: {shown}"
 
 
 async def measure(found: Servers, mode: Mode, sizes: Sizes, log_dir: Path) -> Section:
@@ -142,13 +144,13 @@ async def measure(found: Servers, mode: Mode, sizes: Sizes, log_dir: Path) -> Se
         "|---|---|---|---|---|---|",
     ]
     for settings in sizes.recovery_variants:
-        progress(f"recovery: {_label(settings)}, {sizes.recovery_runs} kill(s)")
+        progress(f"recovery: {_label(settings, mode)}, {sizes.recovery_runs} kill(s)")
         samples = await _variant(found, mode, sizes, log_dir, settings)
         to_retrying = Summary.of([s.to_retrying_s for s in samples])
         section.rows.append(
             Row(
-                "recovery-" + (_label(settings) if settings else "defaults"),
-                f"worker SIGKILLed → execution retrying elsewhere ({_label(settings)}), "
+                "recovery-" + (_label(settings, mode) if settings else "defaults"),
+                f"worker SIGKILLed → execution retrying elsewhere ({_label(settings, mode)}), "
                 f"worst of {len(samples)}",
                 f"≤ {GOAL_S:g} s",
                 f"{fmt(to_retrying.max)} s (median {fmt(to_retrying.p50)} s)",
@@ -157,7 +159,7 @@ async def measure(found: Servers, mode: Mode, sizes: Sizes, log_dir: Path) -> Se
             )
         )
         section.details += [
-            f"| {_label(settings)} | {fmt(s.to_expiry_s)} | {fmt(s.to_swept_s)} | "
+            f"| {_label(settings, mode)} | {fmt(s.to_expiry_s)} | {fmt(s.to_swept_s)} | "
             f"{fmt(s.to_retrying_s)} | {fmt(s.retrying_seen_s)} | {s.outcome} |"
             for s in samples
         ]
