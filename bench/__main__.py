@@ -1,4 +1,9 @@
-"""`python -m bench [--quick] [--out docs/benchmarks.md] [--modes kafka] [--only latency,...]`.
+"""`python -m bench [--quick] [--out docs/benchmarks.md] [--modes kafka] [--shapes split,dev]
+[--only latency,...]`.
+
+One run: the physical bound (`bound`: one-row commits of the run's PostgreSQL), the two bare
+baselines (`baselines`: aiokafka + a claim row, plain DBOS 3.4), then per mode the split
+deployment (every measurement), the dev deployment (latency and throughput) and recovery.
 
 `--only soak [--soak-executions N]` runs the chaos soak instead (not part of a plain run: it
 breaks its servers on purpose, so it brings its own; see `bench.soak`)."""
@@ -12,12 +17,13 @@ import json
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from bench import (
+    bare,
+    bound,
     children,
     commands,
     event_latency,
@@ -29,11 +35,32 @@ from bench import (
     throughput,
 )
 from bench.chaos import SoakServers, soak_servers
-from bench.config import DEFAULT_MODES, FULL, MODES, QUICK, QUICK_SOAK, SOAK, Mode, Sizes, SoakSizes
-from bench.infra import Deployment, Servers, cpu_groups, deploy, progress, servers
+from bench.config import (
+    DEFAULT_MODES,
+    DEV,
+    DEV_MEASURES,
+    FULL,
+    MODES,
+    QUICK,
+    QUICK_SOAK,
+    SHAPES,
+    SOAK,
+    SPLIT,
+    Mode,
+    Sizes,
+    SoakSizes,
+)
+from bench.infra import Deployment, Servers, cpu_groups, deploy, deploy_dev, progress, servers
 from bench.machine import code_revision, facts, load_average
 from bench.procs import CpuMeter
-from bench.report import ModeResult, Row, Section, render, results_table, write_doc
+from bench.report import (
+    ModeResult,
+    Section,
+    failed_section,
+    render,
+    results_table,
+    write_doc,
+)
 from twintrack.observability.logs import configure_logging
 
 Measure = Callable[[Deployment, Sizes], Awaitable[Section]]
@@ -47,16 +74,12 @@ ON_DEPLOYMENT: dict[str, Measure] = {
     "children": children.measure,
     "throughput": throughput.measure,
 }
-ALL = (*ON_DEPLOYMENT, "recovery")
+BOUND, BASELINES = "bound", "baselines"
+ALL = (BOUND, BASELINES, *ON_DEPLOYMENT, "recovery")
 #: Only on request (`--only soak`): it restarts and stalls servers of its own.
 SOAK_NAME = "soak"
 _HIDDEN_SETTINGS = {"DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_TOPIC_PREFIX"}
-
-
-def _failed(name: str, exc: BaseException) -> Section:
-    traceback.print_exception(exc, file=sys.stderr)
-    message = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-    return Section(name, [Row(f"error-{name}", f"{name} (failed)", "-", message, False)])
+_failed = failed_section
 
 
 async def _guarded(name: str, measure: Measure, deployment: Deployment, sizes: Sizes) -> Section:
@@ -68,7 +91,7 @@ async def _guarded(name: str, measure: Measure, deployment: Deployment, sizes: S
         section = await measure(deployment, sizes)
     except Exception as exc:
         progress(f"{name} failed; worker logs:\n{deployment.log_tail()}")
-        return _failed(name, exc)
+        return _failed(f"{name} ({deployment.shape} shape)", exc)
     cpu = meter.stop(time.monotonic() - began)
     if name != "throughput":  # it reports its own, with the load generator apart
         section.details += [
@@ -81,17 +104,29 @@ async def _guarded(name: str, measure: Measure, deployment: Deployment, sizes: S
 
 
 async def run_mode(
-    found: Servers, mode: Mode, sizes: Sizes, only: Sequence[str], log_dir: Path
+    found: Servers,
+    mode: Mode,
+    sizes: Sizes,
+    only: Sequence[str],
+    shapes: Sequence[str],
+    log_dir: Path,
 ) -> ModeResult:
-    result = ModeResult(mode.name)
-    if any(name in only for name in ON_DEPLOYMENT):
+    result = ModeResult(mode.name, track=mode.track, library=bare.OF_TRACK.get(mode.track))
+    if SPLIT in shapes and any(name in only for name in ON_DEPLOYMENT):
         await _on_deployment(found, mode, sizes, only, log_dir, result)
+    dev_measures = [name for name in DEV_MEASURES if name in only]
+    if DEV in shapes and dev_measures:
+        await _on_dev(found, mode, sizes, dev_measures, log_dir, result)
     if "recovery" in only:
         try:
             result.sections.append(await recovery.measure(found, mode, sizes, log_dir))
         except Exception as exc:
             result.sections.append(_failed("recovery", exc))
     return result
+
+
+def _shown(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k not in _HIDDEN_SETTINGS}
 
 
 async def _on_deployment(
@@ -102,10 +137,10 @@ async def _on_deployment(
     log_dir: Path,
     result: ModeResult,
 ) -> None:
-    progress(f"mode {mode.name}: deploying")
+    progress(f"mode {mode.name}: deploying (split shape: API + workers)")
     try:
         async with deploy(found, mode, log_dir) as deployment:
-            result.settings = {k: v for k, v in deployment.env.items() if k not in _HIDDEN_SETTINGS}
+            result.settings = _shown(deployment.env)
             for name, measure in ON_DEPLOYMENT.items():
                 if name in only:
                     result.sections.append(await _guarded(name, measure, deployment, sizes))
@@ -114,6 +149,33 @@ async def _on_deployment(
     except Exception as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         result.sections.append(_failed("deployment", exc))
+
+
+async def _on_dev(
+    found: Servers,
+    mode: Mode,
+    sizes: Sizes,
+    measures: Sequence[str],
+    log_dir: Path,
+    result: ModeResult,
+) -> None:
+    """The dev shape's measurements; a failure is an error row (the split column stands)."""
+    progress(f"mode {mode.name}: deploying (dev shape: one `twintrack dev` process)")
+    try:
+        async with deploy_dev(found, mode, log_dir) as deployment:
+            result.settings = result.settings or _shown(deployment.env)
+            for name in measures:
+                section = await _guarded(name, ON_DEPLOYMENT[name], deployment, sizes)
+                result.sections.append(section)
+    except Exception as exc:
+        result.sections.append(_failed("dev deployment", exc))
+
+
+async def _bound(found: Servers, sizes: Sizes) -> Section:
+    try:
+        return await bound.measure(found, sizes)
+    except Exception as exc:
+        return _failed(BOUND, exc)
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -125,6 +187,11 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "--modes",
         default=",".join(DEFAULT_MODES),
         help=f"comma-separated, of: {', '.join(m.name for m in MODES)} (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--shapes",
+        default=",".join(SHAPES),
+        help=f"comma-separated, of: {', '.join(SHAPES)} (dev: {', '.join(DEV_MEASURES)} only)",
     )
     parser.add_argument(
         "--only", default=",".join(ALL), help=f"comma-separated, of: {', '.join(ALL)}"
@@ -162,6 +229,9 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     ]
     if not args.mode_list or set(args.modes.split(",")) - known:
         parser.error(f"--modes: expected some of {sorted(known)}")
+    args.shape_list = args.shapes.split(",")
+    if set(args.shape_list) - set(SHAPES):
+        parser.error(f"--shapes: expected some of {', '.join(SHAPES)}")
     args.only_list = args.only.split(",")
     if set(args.only_list) - {*ALL, SOAK_NAME}:
         parser.error(f"--only: expected some of {', '.join((*ALL, SOAK_NAME))}")
@@ -198,9 +268,12 @@ async def _soak(own: SoakServers, mode: Mode, args: argparse.Namespace, logs: Pa
         return _failed(SOAK_NAME, exc)
 
 
-async def _main(args: argparse.Namespace) -> list[ModeResult]:
+async def _main(args: argparse.Namespace) -> tuple[list[ModeResult], list[Section]]:
+    """(a column per mode, then the baselines; the machine-wide sections: the bound)."""
     sizes = QUICK if args.quick else FULL
-    results = []
+    results: list[ModeResult] = []
+    machine_wide: list[Section] = []
+    baselines: list[ModeResult] = []
     with contextlib.ExitStack() as stack:
         logs = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="twintrack-bench-")))
         found = stack.enter_context(servers()) if set(args.only_list) & set(ALL) else None
@@ -208,14 +281,21 @@ async def _main(args: argparse.Namespace) -> list[ModeResult]:
         args.server_facts = found.describe() if found else []
         if own is not None:
             args.server_facts += [(f"{k} (soak, its own)", v) for k, v in own.servers.describe()]
+        if found is not None and BOUND in args.only_list:
+            machine_wide.append(await _bound(found, sizes))
+        if found is not None and BASELINES in args.only_list:
+            tracks = {m.track for m in args.mode_list}
+            for lib in bare.LIBRARIES:
+                if lib.track in tracks:
+                    baselines.append(await bare.measure(found, lib, sizes, logs))
         for mode in args.mode_list:
-            result = ModeResult(mode.name)
+            result = ModeResult(mode.name, track=mode.track)
             if found is not None:
-                result = await run_mode(found, mode, sizes, args.only_list, logs)
+                result = await run_mode(found, mode, sizes, args.only_list, args.shape_list, logs)
             if own is not None:
                 result.sections.append(await _soak(own, mode, args, logs))
             results.append(result)
-    return results
+    return results + baselines, machine_wide
 
 
 def _split(results: Sequence[ModeResult], soak_part: bool) -> list[ModeResult]:
@@ -223,6 +303,7 @@ def _split(results: Sequence[ModeResult], soak_part: bool) -> list[ModeResult]:
     return [
         replace(r, sections=[s for s in r.sections if (s.title == soak_report.TITLE) == soak_part])
         for r in results
+        if not (soak_part and r.baseline)
     ]
 
 
@@ -233,10 +314,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     load_before = load_average()
     machine = [*facts(), ("code", code_revision())]
-    results = asyncio.run(_main(args))
+    results, machine_wide = asyncio.run(_main(args))
     elapsed = time.monotonic() - began
     machine += [
         *args.server_facts,
+        *((row.what, row.value) for section in machine_wide for row in section.rows),
         ("sizes", "quick (smoke test)" if args.quick else "full"),
         *([("soak sizes", str(args.soak_sizes))] if SOAK_NAME in args.only_list else []),
         ("load average (1, 5, 15 min)", f"before {load_before}; after {load_average()}"),
@@ -244,20 +326,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     command = " ".join(["uv run python -m bench", *(argv if argv is not None else sys.argv[1:])])
     print(results_table(results))
+    for name, value in machine:
+        print(f"- {name}: {value}")
     if args.out:
         if set(args.only_list) & set(ALL):
-            write_doc(args.out, render(_split(results, False), machine, command))
+            block = render(_split(results, False), machine, command, machine_wide)
+            write_doc(args.out, block)
         if SOAK_NAME in args.only_list:
             block = soak_report.render_block(_split(results, True), machine, command)
             soak_report.write_doc(args.out, block)
         progress(f"wrote {args.out}")
     if args.json:
-        args.json.write_text(
-            json.dumps({"machine": machine, "results": [asdict(r) for r in results]}, indent=2)
-        )
+        document = {
+            "machine": machine,
+            "results": [asdict(r) for r in results],
+            "machine_wide": [asdict(s) for s in machine_wide],
+        }
+        args.json.write_text(json.dumps(document, indent=2))
     # A missed goal is a result, not a failure; a measurement that could not run is.
-    failed = any(row.key.startswith("error-") for res in results for row in res.rows)
-    return 1 if failed else 0
+    rows = [row for res in results for row in res.rows]
+    rows += [row for section in machine_wide for row in section.rows]
+    return 1 if any(row.key.startswith("error-") for row in rows) else 0
 
 
 if __name__ == "__main__":

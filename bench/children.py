@@ -80,6 +80,7 @@ async def measure(deployment: Deployment, sizes: Sizes) -> Section:
         f"≤ {GOAL_MS:g} ms",
         f"{fmt(default.p50)} ms",
         default.p50 <= GOAL_MS,
+        (default.p50,),
     )
     details = [
         f"{sizes.children_runs} parents per setting; median (max) over parents, milliseconds:",

@@ -67,6 +67,7 @@ async def measure(deployment: Deployment, sizes: Sizes) -> Section:
         f"≤ {GOAL_P99_MS:g} ms",
         f"{fmt(obeyed['pause'].p99)} / {fmt(obeyed['stop'].p99)} ms",
         all(s.p99 <= GOAL_P99_MS for s in obeyed.values()),
+        (obeyed["pause"].p99, obeyed["stop"].p99),
     )
     details = [
         f"{sizes.command_runs} samples per command, each on a fresh execution whose `delay` "

@@ -46,6 +46,7 @@ async def measure(deployment: Deployment, sizes: Sizes) -> Section:
         f"p99 ≤ {GOAL_P99_MS:g} ms",
         f"{fmt(delays.p50)} / {fmt(delays.p99)} ms",
         delays.p99 <= GOAL_P99_MS,
+        (delays.p50, delays.p99),
     )
     details = [
         f"{len(received)} live events from {sizes.event_runs} executions of a chain of "

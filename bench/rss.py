@@ -31,6 +31,7 @@ async def measure(deployment: Deployment, sizes: Sizes) -> Section:
         f"≤ {GOAL_MB:g} MB",
         f"{fmt(worst / _MIB_PER_MB)} MB ({fmt(worst)} MiB)",
         worst / _MIB_PER_MB <= GOAL_MB,
+        (worst / _MIB_PER_MB,),
     )
     details = [
         f"{len(values)} worker processes, read {sizes.idle_s:g} s after they registered, "
@@ -47,5 +48,6 @@ def after_load(deployment: Deployment) -> Section:
         "-",
         f"{fmt(max(values) / _MIB_PER_MB)} MB" if values else "n/a",
         None,
+        (max(values) / _MIB_PER_MB,) if values else (),
     )
     return Section("worker RSS after load", [row])

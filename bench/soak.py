@@ -164,7 +164,7 @@ class Soak:
         self.own = own
         self.sizes = sizes
         self.client = httpx.AsyncClient(
-            base_url=deployment.stack.base_url,
+            base_url=deployment.base_url,
             timeout=REQUEST_TIMEOUT_S,
             limits=httpx.Limits(max_connections=2 * sizes.clients + 16),
         )
