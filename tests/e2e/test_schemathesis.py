@@ -49,8 +49,11 @@ async def test_the_api_conforms_to_its_openapi(kafka_stack: Stack, tmp_path: Pat
         "examples,coverage,fuzzing",
         "--max-examples",
         "4",
+        # One worker: hypothesis describes filter lambdas with `ast.parse`, which CPython
+        # 3.11.7 can break across threads ("SystemError: AST constructor recursion depth
+        # mismatch", CPython gh-106905) — a runtime error of the tool, not of our API.
         "--workers",
-        "2",
+        "1",
         "--seed",
         "1",
         "--request-timeout",
