@@ -101,11 +101,30 @@ def test_the_runbook_covers_each_stage_with_real_commands() -> None:
     """The parse itself: the commands an operator needs are all there, in the right kinds."""
     steps = runbook_steps(RUNBOOK.read_text())
     ran = {" ".join(s.argv[1:3]) for s in steps if s.kind == "run"}
-    assert {"migrate", "keys create", "rollout status", "rollout reroute"} <= ran
+    assert {
+        "migrate",
+        "keys create",
+        "rollout status",
+        "rollout set",
+        "rollout reroute",
+        "rollout report",
+        "rollout mismatches",
+        "rollout guard",
+        "executions stop",
+    } <= ran
     assert any(s.argv[1] == "compare" for s in steps if s.kind == "run")
     assert {s.argv[1] for s in steps if s.kind == "service"} >= {"api", "worker"}
-    percents = [v for s in steps if s.kind == "export" for k, v in s.env]
-    assert [p for p in percents if p in {"5", "25", "50", "100"}] == ["5", "25", "50", "100"]
+    # the canary stages, in order, then the rollback
+    assert [_percent_set(s) for s in steps if _percent_set(s) is not None] == [5, 25, 50, 100, 0]
+    shadow = [s for s in steps if s.kind == "run" and "--shadow-percent" in s.argv]
+    assert shadow, "the runbook never turns shadow runs on"
+
+
+def _percent_set(step: Step) -> int | None:
+    """N of a `twintrack rollout set --percent N` step; None for any other step."""
+    if step.kind != "run" or step.argv[1:3] != ("rollout", "set") or "--percent" not in step.argv:
+        return None
+    return int(step.argv[step.argv.index("--percent") + 1])
 
 
 # -- the deployment ----------------------------------------------------------------------------
@@ -200,6 +219,27 @@ async def _unstarted_dbos_executions(env: dict[str, str], count: int) -> list[st
         return ids
 
 
+async def _routed_to(env: dict[str, str], track: str) -> None:
+    """New executions of the deployment's API go to `track` within the live rollout's 2 s
+    promise (plus margin for a loaded machine): the `rollout set` just run took effect without
+    a restart. Each probe is created, never started (a rollback's reroute may move it)."""
+    headers = {"Authorization": f"Bearer {env['TWINTRACK_API_KEY']}"}
+    flow = json.loads((REPO / "examples" / "hello.json").read_text())
+    async with httpx.AsyncClient(base_url=env["TWINTRACK_API_URL"], headers=headers) as http:
+        created = await http.post("/v1/flows", json=flow)
+        assert created.status_code == 201, created.text
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            probe = await http.post("/v1/executions", json={"flow_id": created.json()["id"]})
+            assert probe.status_code == 201, probe.text
+            if probe.json()["track"] == track:
+                return
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"new executions still go to {probe.json()['track']}, not {track}"
+            )
+            await asyncio.sleep(0.2)
+
+
 async def _tracks(env: dict[str, str], execution_ids: list[str]) -> set[str]:
     headers = {"Authorization": f"Bearer {env['TWINTRACK_API_KEY']}"}
     async with httpx.AsyncClient(base_url=env["TWINTRACK_API_URL"], headers=headers) as http:
@@ -277,6 +317,8 @@ async def test_every_runbook_command_works_against_twintrack_dev(
                 assert key.startswith("tt_"), _describe(step, result)
                 assert "\n" not in key, _describe(step, result)
                 env["TWINTRACK_API_KEY"] = key  # as the runbook tells the operator
+            if _percent_set(step) in (0, 100):  # whoever the owner, all or none of them
+                await _routed_to(env, "dbos" if _percent_set(step) == 100 else "kafka")
             if step.argv[1] == "compare":
                 assert "MATCH" in result.stdout, _describe(step, result)
                 assert "MISMATCH" not in result.stdout, _describe(step, result)
