@@ -8,7 +8,14 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from twintrack.adapters.postgres.console_queries import ConsoleQueries
-from twintrack.entrypoints.console.routes import auth, compare, executions, flows, tracks
+from twintrack.entrypoints.console.routes import (
+    auth,
+    compare,
+    executions,
+    flows,
+    rollout,
+    tracks,
+)
 from twintrack.entrypoints.console.session import Sessions
 from twintrack.entrypoints.console.web import HERE
 
@@ -20,5 +27,5 @@ def mount_console(app: FastAPI, container: Any, *, secret: str | None = None) ->
     app.state.console_queries = queries
     app.state.console_sessions = Sessions(queries, secret)
     app.mount("/ui/static", StaticFiles(directory=HERE / "static"), name="console-static")
-    for module in (auth, executions, flows, tracks, compare):
+    for module in (auth, executions, flows, tracks, compare, rollout):
         app.include_router(module.router)
