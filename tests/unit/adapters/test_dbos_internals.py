@@ -84,3 +84,21 @@ def test_a_running_thread_keeps_its_target_and_arguments() -> None:
     finally:
         release.set()
         thread.join()
+
+
+def test_running_the_queue_worker_thread_ourselves() -> None:
+    """adapters/dbos/wakeup.py starts DBOS's per-queue worker thread itself, with a stop event
+    of its own that has only `wait` and `is_set`, and tells DBOS's queue manager (through
+    `listen_queues([])`) to start none for user queues."""
+    import re
+
+    from dbos._queue import queue_thread, queue_worker_thread
+
+    assert params(queue_worker_thread) == ["stop_event", "dbos", "queue"]
+    used = set(re.findall(r"stop_event\.(\w+)", inspect.getsource(queue_worker_thread)))
+    assert used <= {"wait", "is_set"}
+    assert params(DBOS.listen_queues) == ["queues"]
+    manager = inspect.getsource(queue_thread)
+    assert "queue.name not in listening_set" in manager
+    assert "dbos._listening_queues" in manager
+    assert "Queue" in str(inspect.signature(DBOS.register_queue_async).return_annotation)
