@@ -21,19 +21,39 @@ def test_recovering_other_executors() -> None:
 
 
 def test_stream_writes_outside_a_step_context() -> None:
-    assert params(SystemDatabase.write_stream_from_step)[:4] == [
+    """system_db.write_streams builds a step's stream insert for each value itself, inside its
+    own transaction, serialized as DBOS does, and NOTIFYs the channel DBOS's listener reads;
+    readers register on the client's listener map."""
+    from dbos import _serialization
+    from dbos import _sys_db as sys_db_module
+    from dbos._utils import LoopAwareEvent
+
+    assert params(SystemDatabase._stream_insert_stmt) == [
         "workflow_uuid",
         "function_id",
         "key",
-        "value",
+        "serialized_value",
+        "serialization",
     ]
-    assert "serialization_type" in params(SystemDatabase.write_stream_from_step)
-    assert params(SystemDatabase.close_stream_from_step) == ["workflow_uuid", "function_id", "key"]
+    assert params(_serialization.serialize_value) == [
+        "value",
+        "serialization_type",
+        "serializer",
+    ]
     assert WorkflowSerializationFormat.PORTABLE.value == "portable"
+    assert sys_db_module._dbos_streams_channel == "dbos_streams_channel"
+    assert sys_db_module._dbos_stream_closed_sentinel == "__DBOS_STREAM_CLOSED__"
+    listener = inspect.getsource(PostgresSystemDatabase._notification_listener)
+    assert "_dbos_streams_channel" in listener
+    assert "self.streams_map.get(notify.payload)" in listener
+    assert params(SystemDatabase.register_stream_listener) == ["workflow_uuid", "key"]
+    assert params(SystemDatabase.unregister_stream_listener) == ["payload", "event"]
+    assert params(LoopAwareEvent.wait_async) == ["timeout"]
+    assert params(PostgresSystemDatabase._is_unique_constraint_violation) == ["dbapi_error"]
+    assert "self.serializer" in inspect.getsource(SystemDatabase.__init__)
 
 
-def test_waking_stream_readers_and_promoting_delayed_workflows() -> None:
-    assert params(PostgresSystemDatabase._flush_notifications) == []
+def test_promoting_delayed_workflows() -> None:
     assert params(SystemDatabase.transition_delayed_workflows) == []
 
 
