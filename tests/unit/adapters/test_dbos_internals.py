@@ -53,8 +53,21 @@ def test_stream_writes_outside_a_step_context() -> None:
     assert "self.serializer" in inspect.getsource(SystemDatabase.__init__)
 
 
-def test_promoting_delayed_workflows() -> None:
-    assert params(SystemDatabase.transition_delayed_workflows) == []
+def test_releasing_one_delayed_workflow() -> None:
+    """system_db.release_delayed does to one row what DBOS's promotion of due DELAYED workflows
+    does (status DELAYED -> ENQUEUED, nothing else for a workflow that is not debounced)."""
+    from dbos._sys_db import WorkflowStatusString
+
+    promotion = inspect.getsource(SystemDatabase.transition_delayed_workflows)
+    assert "status=WorkflowStatusString.ENQUEUED.value" in promotion
+    assert "deduplication_id=sa.case(" in promotion  # only debounced workflows lose it
+    assert WorkflowStatusString.DELAYED.value == "DELAYED"
+    assert WorkflowStatusString.ENQUEUED.value == "ENQUEUED"
+    assert params(SystemDatabase._wf)[:2] == ["table", "workflow_id"]
+    assert params(SystemDatabase._now_ms_sql) == []
+    assert {"status", "updated_at", "workflow_uuid"} <= set(
+        SystemDatabase.tables.workflow_status.c.keys()
+    )
 
 
 def test_the_client_keeps_its_system_database() -> None:

@@ -6,9 +6,10 @@ step context). So writes go through the client's system database with the statem
 write uses (at-least-once: the reader dedupes by index), several values in one transaction,
 with the NOTIFY that wakes readers in that transaction (delivered on commit: one wake-up per
 commit and per stream, and no second round trip). Readers wait on the DBOS client's stream
-listener events, fed by its LISTEN thread. Starting a prepared (DELAYED) workflow promotes it
-at once instead of waiting for DBOS's one-second background job. Each call here is pinned by
-tests/unit/adapters/test_dbos_internals.py, so a DBOS upgrade that moves them fails loudly.
+listener events, fed by its LISTEN thread. Starting a prepared (DELAYED) workflow releases it
+at once, in one statement, instead of waiting for DBOS's one-second background job. Each call
+here is pinned by tests/unit/adapters/test_dbos_internals.py, so a DBOS upgrade that moves them
+fails loudly.
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ import sqlalchemy as sa
 
 from dbos import DBOSClient
 from dbos._serialization import WorkflowSerializationFormat, serialize_value
-from dbos._sys_db import _dbos_stream_closed_sentinel, _dbos_streams_channel
+from dbos._sys_db import (
+    WorkflowStatusString,
+    _dbos_stream_closed_sentinel,
+    _dbos_streams_channel,
+)
 from dbos._utils import LoopAwareEvent
 
 STREAM_KEY = "events"
@@ -31,6 +36,8 @@ _NOTIFY = sa.text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS t
 
 
 _PORTABLE = WorkflowSerializationFormat.PORTABLE
+_DELAYED = WorkflowStatusString.DELAYED.value
+_ENQUEUED = WorkflowStatusString.ENQUEUED.value
 
 
 def _sys_db(client: DBOSClient) -> Any:
@@ -75,6 +82,18 @@ def unlisten_stream(client: DBOSClient, payload: str, event: LoopAwareEvent) -> 
     _sys_db(client).unregister_stream_listener(payload, event)
 
 
-def promote_delayed(client: DBOSClient) -> None:
-    """Move DELAYED workflows whose delay is over to ENQUEUED now."""
-    _sys_db(client).transition_delayed_workflows()
+def release_delayed(client: DBOSClient, workflow_id: str) -> bool:
+    """Move this one DELAYED workflow to ENQUEUED now, in one statement (DBOS would need a delay
+    update, then its table-wide promotion). False when it is not DELAYED (already released,
+    running, finished, or missing)."""
+    sys_db = _sys_db(client)
+    ws = sys_db.tables.workflow_status
+    with sys_db.engine.begin() as c:
+        released = c.execute(
+            sa.update(ws)
+            .where(*sys_db._wf(ws, workflow_id))
+            .where(ws.c.status == _DELAYED)
+            .values(status=_ENQUEUED, updated_at=sys_db._now_ms_sql())
+            .returning(ws.c.workflow_uuid)
+        ).first()
+    return released is not None
