@@ -185,7 +185,11 @@ class Settings(BaseSettings):
     )
     dbos_queue_concurrency: int = Field(default=100, ge=1, le=100_000)
     dbos_worker_concurrency: int = Field(default=5, ge=1, le=10_000)
-    dbos_queue_polling_interval_s: PositiveSeconds = 0.05
+    dbos_queue_polling_interval_s: PositiveSeconds = Field(
+        default=0.5,
+        description="Fallback DBOS queue poll: workers are woken by a NOTIFY on every change of "
+        "the queue, so this only bounds a lost notification (and DBOS's contention back-off).",
+    )
 
     # -- processes ---------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"

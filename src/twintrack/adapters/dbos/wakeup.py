@@ -6,8 +6,10 @@ quiet poll) after each poll that hit a serialization conflict with another worke
 thread is started by us for our queue (DBOS's queue manager is told to listen to no user queue),
 with a stop event whose `wait` also ends on a wake-up and never lasts longer than the configured
 interval, so the back-off never stretches a poll past it. A Postgres trigger (`install`) NOTIFYs
-when a workflow of the queue becomes ENQUEUED or leaves PENDING (a slot freed), and a listener
-thread wakes the poller. The poll itself is DBOS's own, one thread per process as before, so the
+when a workflow of the queue becomes ENQUEUED, is claimed (PENDING: a peer whose poll lost the
+race to that claim's locks polls again) or leaves PENDING (a slot freed), and a listener thread
+wakes the poller. So polls follow changes, and the interval is only the fallback for a lost
+notification. The poll itself is DBOS's own, one thread per process as before, so the
 global and per-worker concurrency limits stay exactly DBOS's. Wake-ups that arrive while a poll
 runs fold into one more poll. Without the trigger (or while the listener reconnects) the
 poller simply polls at the interval.
@@ -52,7 +54,7 @@ _TRIGGER_SQL = [
     FOR EACH ROW WHEN (
         COALESCE(NEW.queue_name, OLD.queue_name) = '{QUEUE_NAME}'
         AND NEW.status IS DISTINCT FROM OLD.status
-        AND (NEW.status = 'ENQUEUED' OR OLD.status = 'PENDING')
+        AND (NEW.status IN ('ENQUEUED', 'PENDING') OR OLD.status = 'PENDING')
     )
     EXECUTE FUNCTION dbos.twintrack_queue_wake()
     """,
