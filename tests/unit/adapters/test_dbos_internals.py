@@ -51,6 +51,9 @@ def test_stream_writes_outside_a_step_context() -> None:
     assert params(LoopAwareEvent.wait_async) == ["timeout"]
     assert params(PostgresSystemDatabase._is_unique_constraint_violation) == ["dbapi_error"]
     assert "self.serializer" in inspect.getsource(SystemDatabase.__init__)
+    # Retried through an outage as DBOS retries a step's own write (first argument: the db).
+    assert params(sys_db_module.db_retry) == ["initial_backoff", "max_backoff", "sys_db"]
+    assert "args[0]" in inspect.getsource(sys_db_module.db_retry)
 
 
 def test_releasing_one_delayed_workflow() -> None:

@@ -17,7 +17,9 @@ the service's own pool (no worker threads in the way).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import math
 import sys
 from collections.abc import AsyncGenerator
 
@@ -36,6 +38,7 @@ from twintrack.adapters.dbos.system_db import (
     write_streams,
 )
 from twintrack.core.in_order import InOrderReader
+from twintrack.core.transient import retry_transient
 from twintrack.domain.events import Event
 from twintrack.domain.execution import EventsBackend
 
@@ -178,7 +181,12 @@ class DbosStreamEventBus:
         try:
             while not in_order.ended:
                 wake.clear()  # before the read: a commit after it leaves the event set
-                rows = await self._rows(execution_id, offset)
+                # Through an outage, as DBOS's own reader retries its reads.
+                rows = await retry_transient(
+                    functools.partial(self._rows, execution_id, offset),
+                    what=f"read events of {execution_id}",
+                    deadline_s=math.inf,
+                )
                 for row_offset, value in rows:
                     offset = row_offset + 1
                     event = _decode(value, execution_id)

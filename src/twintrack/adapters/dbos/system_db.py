@@ -26,6 +26,7 @@ from dbos._sys_db import (
     WorkflowStatusString,
     _dbos_stream_closed_sentinel,
     _dbos_streams_channel,
+    db_retry,
 )
 from dbos._utils import LoopAwareEvent
 
@@ -47,12 +48,20 @@ def _sys_db(client: DBOSClient) -> Any:
 def write_streams(client: DBOSClient, values: Sequence[tuple[str, Any]]) -> None:
     """Append each (workflow id, value) in order, all in one transaction with the readers'
     NOTIFY. `CLOSED` as a value closes that stream. All or nothing: an offset taken by a
-    concurrent writer of the same stream (unique violation) retries the whole batch."""
+    concurrent writer of the same stream (unique violation) retries the whole batch, and so
+    does a lost connection, for as long as the database is down (DBOS's own `db_retry`, as a
+    step's stream write has: a duplicate after a commit whose answer was lost only adds rows
+    the reader skips)."""
     sys_db = _sys_db(client)
     rows = [
         (workflow_id, *serialize_value(value, _PORTABLE, sys_db.serializer))
         for workflow_id, value in values
     ]
+    _insert_and_notify(sys_db, rows)
+
+
+@db_retry()
+def _insert_and_notify(sys_db: Any, rows: list[tuple[str, str | None, str]]) -> None:
     payloads = sorted({f"{workflow_id}::{STREAM_KEY}" for workflow_id, _, _ in rows})
     for attempt in range(_OFFSET_RETRIES):
         try:
