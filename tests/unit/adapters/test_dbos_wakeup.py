@@ -11,7 +11,7 @@ from twintrack.adapters.dbos.wakeup import WakeableStopEvent
 
 
 def test_a_wake_up_ends_the_wait_without_stopping() -> None:
-    event = WakeableStopEvent(max_wait_s=30.0)
+    event = WakeableStopEvent(max_wait_s=30.0, min_gap_s=0.0)
     result: list[bool] = []
     waiter = threading.Thread(target=lambda: result.append(event.wait(120.0)))
     waiter.start()
@@ -24,7 +24,7 @@ def test_a_wake_up_ends_the_wait_without_stopping() -> None:
 
 
 def test_a_wake_up_before_the_wait_is_kept_once() -> None:
-    event = WakeableStopEvent(max_wait_s=30.0)
+    event = WakeableStopEvent(max_wait_s=30.0, min_gap_s=0.0)
     event.wake()
     event.wake()
     assert event.wait(120.0) is False  # at once: the wake-ups of a poll fold into one
@@ -47,3 +47,18 @@ def test_a_stop_ends_the_wait_and_stays() -> None:
     assert event.wait(120.0) is True
     event.wake()
     assert event.wait(120.0) is True
+
+
+def test_polls_start_at_least_the_gap_apart_and_a_stop_cuts_the_gap() -> None:
+    event = WakeableStopEvent(max_wait_s=30.0, min_gap_s=0.2)
+    event.wake()
+    assert event.wait(120.0) is False  # the first poll after a quiet spell: at once
+    started = time.monotonic()
+    event.wake()
+    assert event.wait(120.0) is False
+    assert time.monotonic() - started >= 0.15  # a busy worker batches
+    stopper = threading.Timer(0.05, event.set)
+    event.wake()
+    stopper.start()
+    assert event.wait(120.0) is True
+    stopper.join()

@@ -11,12 +11,15 @@ race to that claim's locks polls again) or leaves PENDING (a slot freed), and a 
 wakes the poller. So polls follow changes, and the interval is only the fallback for a lost
 notification. The poll itself is DBOS's own, one thread per process as before, so the
 global and per-worker concurrency limits stay exactly DBOS's. Wake-ups that arrive while a poll
-runs fold into one more poll. Without the trigger (or while the listener reconnects) the
+runs fold into one more poll, and polls start at least `_MIN_POLL_GAP_S` apart, so under load
+one poll claims what several wake-ups announced instead of each costing a poll. Without the
+trigger (or while the listener reconnects) the
 poller simply polls at the interval.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from typing import Any, cast
@@ -32,6 +35,9 @@ CHANNEL = "twintrack_dbos_queue"
 _LISTEN_TIMEOUT_S = 0.5
 _RECONNECT_S = 1.0
 _INSTALL_LOCK = 0x7477616B65  # "twake": one installer at a time
+# At most one poll per this many seconds per worker: an idle worker's first wake-up polls at
+# once; a busy one batches (a poll is a config read and a claim transaction).
+_MIN_POLL_GAP_S = 0.02
 
 _TRIGGER_SQL = [
     f"""
@@ -79,11 +85,13 @@ class WakeableStopEvent:
     `wait` returns whether the poller must stop, as `threading.Event.wait` does; it returns
     early (False) on a wake-up, and waits at most `max_wait_s` whatever DBOS asks."""
 
-    def __init__(self, max_wait_s: float) -> None:
+    def __init__(self, max_wait_s: float, min_gap_s: float = _MIN_POLL_GAP_S) -> None:
         self.max_wait_s = max_wait_s
+        self.min_gap_s = min_gap_s
         self._cond = threading.Condition()
         self._stopped = False
         self._woken = False
+        self._last = -math.inf
 
     def is_set(self) -> bool:
         return self._stopped
@@ -103,7 +111,11 @@ class WakeableStopEvent:
         with self._cond:
             if not (self._stopped or self._woken):
                 self._cond.wait(limit)
+            earliest = self._last + self.min_gap_s
+            while not self._stopped and (now := time.monotonic()) < earliest:
+                self._cond.wait(earliest - now)
             self._woken = False
+            self._last = time.monotonic()
             return self._stopped
 
 
