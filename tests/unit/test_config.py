@@ -32,7 +32,8 @@ def test_defaults_match_the_design() -> None:
     assert s.start_signal_timeout_s == 300
     assert s.execution_max_depth == 100
     assert s.worker_concurrency == 5
-    assert s.claim_ttl_s == 15
+    assert s.claim_ttl_s == 6
+    assert s.recovery_sweep_interval_s == 1
     assert s.max_attempts == 3
     assert s.dbos_queue_concurrency == 100
     assert s.dbos_worker_concurrency == 5

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import pytest
 
 from tests.unit.core.support import settings
-from twintrack.adapters.dbos import runtime
+from twintrack.adapters.dbos import runtime, wakeup
 from twintrack.adapters.dbos.runtime import DbosConfig, DbosRuntime
 
 DB = "postgresql://u@localhost/db"
@@ -33,9 +33,23 @@ class _CapturingDBOS:
     async def register_queue_async(name: str, **options: Any) -> None: ...
 
 
+class _IdlePoller:
+    """Stands in for our queue poller (adapters/dbos/wakeup.py): there is no DBOS to poll."""
+
+    def __init__(self, *args: Any) -> None: ...
+
+    def start(self, *args: Any) -> None: ...
+
+    def stop(self, *args: Any) -> None: ...
+
+
 async def _received(monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> dict[str, Any]:
+    import dbos._dbos
+
     _CapturingDBOS.received = []
     monkeypatch.setattr(runtime, "DBOS", _CapturingDBOS)
+    monkeypatch.setattr(wakeup, "QueuePoller", _IdlePoller)
+    monkeypatch.setattr(dbos._dbos, "_get_dbos_instance", lambda: None)
     config = DbosConfig.from_settings(settings(dbos_system_database_url=DB, **overrides))
     await DbosRuntime(config, executor_id="w-1").launch()
     (received,) = _CapturingDBOS.received

@@ -21,20 +21,56 @@ def test_recovering_other_executors() -> None:
 
 
 def test_stream_writes_outside_a_step_context() -> None:
-    assert params(SystemDatabase.write_stream_from_step)[:4] == [
+    """system_db.write_streams builds a step's stream insert for each value itself, inside its
+    own transaction, serialized as DBOS does, and NOTIFYs the channel DBOS's listener reads;
+    readers register on the client's listener map."""
+    from dbos import _serialization
+    from dbos import _sys_db as sys_db_module
+    from dbos._utils import LoopAwareEvent
+
+    assert params(SystemDatabase._stream_insert_stmt) == [
         "workflow_uuid",
         "function_id",
         "key",
-        "value",
+        "serialized_value",
+        "serialization",
     ]
-    assert "serialization_type" in params(SystemDatabase.write_stream_from_step)
-    assert params(SystemDatabase.close_stream_from_step) == ["workflow_uuid", "function_id", "key"]
+    assert params(_serialization.serialize_value) == [
+        "value",
+        "serialization_type",
+        "serializer",
+    ]
     assert WorkflowSerializationFormat.PORTABLE.value == "portable"
+    assert sys_db_module._dbos_streams_channel == "dbos_streams_channel"
+    assert sys_db_module._dbos_stream_closed_sentinel == "__DBOS_STREAM_CLOSED__"
+    listener = inspect.getsource(PostgresSystemDatabase._notification_listener)
+    assert "_dbos_streams_channel" in listener
+    assert "self.streams_map.get(notify.payload)" in listener
+    assert params(SystemDatabase.register_stream_listener) == ["workflow_uuid", "key"]
+    assert params(SystemDatabase.unregister_stream_listener) == ["payload", "event"]
+    assert params(LoopAwareEvent.wait_async) == ["timeout"]
+    assert params(PostgresSystemDatabase._is_unique_constraint_violation) == ["dbapi_error"]
+    assert "self.serializer" in inspect.getsource(SystemDatabase.__init__)
+    # Retried through an outage as DBOS retries a step's own write (first argument: the db).
+    assert params(sys_db_module.db_retry) == ["initial_backoff", "max_backoff", "sys_db"]
+    assert "args[0]" in inspect.getsource(sys_db_module.db_retry)
 
 
-def test_waking_stream_readers_and_promoting_delayed_workflows() -> None:
-    assert params(PostgresSystemDatabase._flush_notifications) == []
-    assert params(SystemDatabase.transition_delayed_workflows) == []
+def test_releasing_one_delayed_workflow() -> None:
+    """system_db.release_delayed does to one row what DBOS's promotion of due DELAYED workflows
+    does (status DELAYED -> ENQUEUED, nothing else for a workflow that is not debounced)."""
+    from dbos._sys_db import WorkflowStatusString
+
+    promotion = inspect.getsource(SystemDatabase.transition_delayed_workflows)
+    assert "status=WorkflowStatusString.ENQUEUED.value" in promotion
+    assert "deduplication_id=sa.case(" in promotion  # only debounced workflows lose it
+    assert WorkflowStatusString.DELAYED.value == "DELAYED"
+    assert WorkflowStatusString.ENQUEUED.value == "ENQUEUED"
+    assert params(SystemDatabase._wf)[:2] == ["table", "workflow_id"]
+    assert params(SystemDatabase._now_ms_sql) == []
+    assert {"status", "updated_at", "workflow_uuid"} <= set(
+        SystemDatabase.tables.workflow_status.c.keys()
+    )
 
 
 def test_the_client_keeps_its_system_database() -> None:
@@ -96,3 +132,21 @@ def test_the_migration_count_the_admission_check_expects() -> None:
     assert params(get_dbos_migrations) == ["schema", "use_listen_notify", "is_cockroach"]
     assert params(get_migration_versions) == ["engine", "schema", "use_listen_notify"]
     assert required_migration() >= 1
+
+
+def test_running_the_queue_worker_thread_ourselves() -> None:
+    """adapters/dbos/wakeup.py starts DBOS's per-queue worker thread itself, with a stop event
+    of its own that has only `wait` and `is_set`, and tells DBOS's queue manager (through
+    `listen_queues([])`) to start none for user queues."""
+    import re
+
+    from dbos._queue import queue_thread, queue_worker_thread
+
+    assert params(queue_worker_thread) == ["stop_event", "dbos", "queue"]
+    used = set(re.findall(r"stop_event\.(\w+)", inspect.getsource(queue_worker_thread)))
+    assert used <= {"wait", "is_set"}
+    assert params(DBOS.listen_queues) == ["queues"]
+    manager = inspect.getsource(queue_thread)
+    assert "queue.name not in listening_set" in manager
+    assert "dbos._listening_queues" in manager
+    assert "Queue" in str(inspect.signature(DBOS.register_queue_async).return_annotation)

@@ -7,13 +7,20 @@ index, so a client never sees a duplicate or a gap. The stream is closed after t
 event, which ends every reader at once.
 
 Writes go through one writer task in order; `publish` returns at once (or, with `wait`,
-once its event is durable) and `flush` waits for everything published so far.
+once its event is durable) and `flush` waits for everything published so far. The writer takes
+everything queued when it is free and commits it as one transaction (a terminal event and its
+stream's close in the same one), so events wait for at most one commit in flight, never a
+timer. A reader is woken once per commit to its stream and reads what is new in one query on
+the service's own pool (no worker threads in the way).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import math
+import sys
 from collections.abc import AsyncGenerator
 
 import structlog
@@ -23,14 +30,22 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dbos import DBOSClient
 from twintrack.adapters.dbos.runtime import DbosConfig, blocking, make_client
-from twintrack.adapters.dbos.system_db import STREAM_KEY, close_stream, write_stream
+from twintrack.adapters.dbos.system_db import (
+    CLOSED,
+    STREAM_KEY,
+    listen_stream,
+    unlisten_stream,
+    write_streams,
+)
 from twintrack.core.in_order import InOrderReader
+from twintrack.core.transient import retry_transient
 from twintrack.domain.events import Event
 from twintrack.domain.execution import EventsBackend
 
 log = structlog.get_logger()
-_CLOSED = "__DBOS_STREAM_CLOSED__"
-_ROWS_POLL_S = 0.05
+_MAX_BATCH = 500
+# A reader re-reads at least this often in case a NOTIFY was lost (the listener reconnecting).
+_READ_FALLBACK_S = 0.5
 _Item = tuple[Event, "asyncio.Future[None] | None"]
 
 
@@ -97,28 +112,56 @@ class DbosStreamEventBus:
 
     async def _write_forever(self) -> None:
         while True:
-            event, done = await self._queue.get()
+            batch = [await self._queue.get()]
+            while len(batch) < _MAX_BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
             try:
-                await self._write(event)
-            except Exception as exc:
-                log.warning("dbos stream write failed", execution_id=event.execution_id)
-                if done is not None:
-                    done.set_exception(exc)  # its caller hears of it ...
-                else:
-                    self._failed.setdefault(event.execution_id, exc)  # ... or its flush does
-            else:
-                if done is not None:
-                    done.set_result(None)
+                await self._write_batch(batch)
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()
 
-    async def _write(self, event: Event) -> None:
+    async def _write_batch(self, batch: list[_Item]) -> None:
+        try:
+            await self._write([event for event, _ in batch])
+        except Exception:
+            if len(batch) == 1:
+                self._settle(batch[0], sys.exc_info()[1])
+                return
+            # One transaction lost them all: each alone, so a failure is its own execution's.
+            for item in batch:
+                try:
+                    await self._write([item[0]])
+                except Exception as exc:
+                    self._settle(item, exc)
+                else:
+                    self._settle(item, None)
+        else:
+            for item in batch:
+                self._settle(item, None)
+
+    def _settle(self, item: _Item, exc: BaseException | None) -> None:
+        event, done = item
+        if exc is None:
+            if done is not None and not done.done():
+                done.set_result(None)
+            return
+        log.warning("dbos stream write failed", execution_id=event.execution_id)
+        if done is not None:
+            if not done.done():
+                done.set_exception(exc)  # its caller hears of it ...
+        else:
+            self._failed.setdefault(event.execution_id, exc)  # ... or its flush does
+
+    async def _write(self, events: list[Event]) -> None:
         client = self._client
         assert client is not None
-        value = event.model_dump(mode="json")
-        await blocking(write_stream, client, event.execution_id, value)
-        if event.type.is_terminal:
-            await blocking(close_stream, client, event.execution_id)
+        values: list[tuple[str, object]] = []
+        for event in events:
+            values.append((event.execution_id, event.model_dump(mode="json")))
+            if event.type.is_terminal:
+                values.append((event.execution_id, CLOSED))
+        await blocking(write_streams, client, values)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -131,28 +174,42 @@ class DbosStreamEventBus:
         so reading from offset `from_index` skips nothing the reader needs."""
         if self._client is None:
             raise RuntimeError("DbosStreamEventBus.start() was not called")
+        client = self._client
         in_order = InOrderReader(from_index)
-        values = self._client.read_stream_async(execution_id, STREAM_KEY, offset=from_index)
+        wake, payload = listen_stream(client, execution_id)
+        offset = from_index
         try:
-            async for value in values:
-                event = _decode(value, execution_id)
-                if event is None:
-                    continue
-                for ready in in_order.push(event):
-                    yield ready
-                if in_order.ended:
-                    return
+            while not in_order.ended:
+                wake.clear()  # before the read: a commit after it leaves the event set
+                # Through an outage, as DBOS's own reader retries its reads.
+                rows = await retry_transient(
+                    functools.partial(self._rows, execution_id, offset),
+                    what=f"read events of {execution_id}",
+                    deadline_s=math.inf,
+                )
+                for row_offset, value in rows:
+                    offset = row_offset + 1
+                    event = _decode(value, execution_id)
+                    if event is None:
+                        continue
+                    for ready in in_order.push(event):
+                        yield ready
+                    if in_order.ended:
+                        return
+                if not rows:
+                    await wake.wait_async(timeout=_READ_FALLBACK_S)
         finally:
-            await values.aclose()
-        # DBOS ends a read once the workflow is no longer active (cancelled: stopped or
-        # rerouted before it ran) even if our terminal event is still on its way: follow the
-        # stored rows until it arrives.
-        while not in_order.ended:
-            for event in await self._events(execution_id):
-                for ready in in_order.push(event):
-                    yield ready
-            if not in_order.ended:
-                await asyncio.sleep(_ROWS_POLL_S)
+            unlisten_stream(client, payload, wake)
+
+    async def _rows(self, execution_id: str, offset: int) -> list[tuple[int, object]]:
+        async with self._sessions() as session:
+            result = await session.execute(
+                text(
+                    'SELECT "offset", value FROM dbos.streams WHERE workflow_uuid = :id '
+                    'AND key = :key AND "offset" >= :offset ORDER BY "offset" LIMIT 1000'
+                ).bindparams(id=execution_id, key=STREAM_KEY, offset=offset)
+            )
+            return [(int(o), json.loads(v)) for o, v in result.all()]
 
     async def _events(self, execution_id: str) -> list[Event]:
         async with self._sessions() as session:
@@ -175,7 +232,7 @@ class DbosStreamEventBus:
 
 
 def _decode(value: object, execution_id: str) -> Event | None:
-    if value == _CLOSED:
+    if value == CLOSED:
         return None
     try:
         event = Event.model_validate(value)

@@ -9,7 +9,7 @@ from twintrack.adapters.dbos.runtime import (
     blocking,
     make_client,
 )
-from twintrack.adapters.dbos.system_db import promote_delayed
+from twintrack.adapters.dbos.system_db import release_delayed
 from twintrack.core.transient import retry_transient
 from twintrack.domain.execution import EventsBackend, Track
 from twintrack.observability.tracing import task_sent
@@ -65,7 +65,8 @@ class DbosTaskQueue:
     ) -> None:
         """The workflow id is the execution id, so a second start (or a retried one) is the
         same workflow: DBOS runs it once. The pinned version makes it recoverable. A workflow
-        `prepare` parked is released at once (DBOS's own job would take up to a second)."""
+        `prepare` parked is released at once, in one statement (DBOS's own job would take up
+        to a second); only one that is not parked (missing, say) is enqueued."""
         with task_sent(
             execution_id=execution_id,
             attempt=attempt,
@@ -76,11 +77,14 @@ class DbosTaskQueue:
             if events_backend is EventsBackend.DBOS:
                 # Made at creation, its inputs are fixed: its run continues the row's trace.
                 client = self._client_or_fail()
-                await client.set_workflow_delay_async(execution_id, delay_seconds=0)
-                # DBOS retries its own statements through an outage; this internal one not.
-                await retry_transient(
-                    lambda: blocking(promote_delayed, client), what=f"release {execution_id}"
+                # DBOS retries its own statements through an outage; this internal one it does
+                # not.
+                released = await retry_transient(
+                    lambda: blocking(release_delayed, client, execution_id),
+                    what=f"release {execution_id}",
                 )
+                if released:
+                    return
             await self._enqueue(execution_id, traceparent=traceparent)
 
     async def redeliver(self, executions: dict[str, EventsBackend]) -> dict[str, str]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from dbos import DBOS, DBOSClient, DBOSConfig
+from twintrack.adapters.dbos import wakeup
 from twintrack.adapters.dbos.names import QUEUE_NAME
 from twintrack.config import Settings
 
@@ -87,8 +88,10 @@ def dbos_config(config: DbosConfig, executor_id: str) -> DBOSConfig:
 
 
 def migrate(system_database_url: str) -> None:
-    """Create or upgrade DBOS's system tables (schema `dbos`): the API's client never does."""
+    """Create or upgrade DBOS's system tables (schema `dbos`): the API's client never does;
+    then the triggers that wake the workers' queue pollers (adapters/dbos/wakeup.py)."""
     DBOS.migrate(system_database_url)
+    wakeup.install(system_database_url)
 
 
 def make_client(config: DbosConfig) -> DBOSClient:
@@ -107,22 +110,28 @@ class DbosRuntime:
         self.config = config
         self.executor_id = executor_id
         self.launched = False
+        self._poller: wakeup.QueuePoller | None = None
 
     async def launch(self) -> None:
         from twintrack.adapters.dbos import workflow  # noqa: F401 - registers the workflow
 
         c = self.config
         DBOS(config=dbos_config(c, self.executor_id))
-        DBOS.listen_queues([QUEUE_NAME])
+        # DBOS's queue manager polls no user queue: our own poller serves ours (wakeup.py).
+        DBOS.listen_queues([])
         await blocking(DBOS.launch)
         self.launched = True
-        await DBOS.register_queue_async(
+        queue = await DBOS.register_queue_async(
             QUEUE_NAME,
             worker_concurrency=c.worker_concurrency,
             global_concurrency=c.queue_concurrency,
             polling_interval_sec=c.polling_interval_s,
             on_conflict="always_update",
         )
+        from dbos._dbos import _get_dbos_instance
+
+        self._poller = wakeup.QueuePoller(c.system_database_url, c.polling_interval_s)
+        self._poller.start(_get_dbos_instance(), queue)
 
     async def stop_dequeuing(self) -> None:
         """Stop this executor dequeuing workflows; those it runs go on. Idempotent.
@@ -134,10 +143,16 @@ class DbosRuntime:
         tests/unit/adapters/test_dbos_internals.py.
         """
         if self.launched:
-            await blocking(_stop_queue_threads)
+            await blocking(self._stop_polling)
+
+    def _stop_polling(self) -> None:
+        if self._poller is not None:
+            self._poller.stop(_QUEUE_THREAD_JOIN_S)
+        _stop_queue_threads()
 
     async def destroy(self) -> None:
         if self.launched:
+            await blocking(self._stop_polling)
             self.launched = False
             await blocking(lambda: DBOS.destroy(workflow_completion_timeout_sec=0))
             # DBOS made its own pool this loop's default executor and has just shut it down;
