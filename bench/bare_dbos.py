@@ -25,6 +25,8 @@ from typing import Any
 import asyncpg
 from dbos import DBOS, DBOSClient, EnqueueOptions
 
+from bench.bare_args import bare_parser
+
 APP = "bench-bare"
 VERSION = "bench-bare-1"
 QUEUE = "bare"
@@ -227,20 +229,9 @@ def client(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.bare_dbos")
-    parser.add_argument("role", choices=("worker", "client"))
-    parser.add_argument("--url", required=True, help="PostgreSQL URL (libpq form)")
-    parser.add_argument("--name", default="worker")
-    parser.add_argument("--concurrency", type=int, default=20)
+    parser = bare_parser("python -m bench.bare_dbos")
     parser.add_argument("--global-concurrency", type=int, default=100)
     parser.add_argument("--poll", type=float, default=0.05)
-    parser.add_argument("--phase", choices=("latency", "throughput"), default="latency")
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--workers", default="worker")
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--in-flight", type=int, default=80, help="cap: enqueued, not yet done")
     return parser.parse_args(argv)
 
 

@@ -27,6 +27,8 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from bench.bare_args import bare_parser
+
 TABLE = "bare_claims"
 POLL_S = 0.005
 #: how often the throughput client re-counts the rows done (for its in-flight cap)
@@ -222,21 +224,10 @@ async def _throughput(
 
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.bare_kafka")
-    parser.add_argument("role", choices=("worker", "client"))
-    parser.add_argument("--url", required=True, help="PostgreSQL URL (libpq form)")
+    parser = bare_parser("python -m bench.bare_kafka")
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--topic", required=True)
     parser.add_argument("--idempotence", action="store_true")
-    parser.add_argument("--name", default="worker")
-    parser.add_argument("--concurrency", type=int, default=20)
-    parser.add_argument("--phase", choices=("latency", "throughput"), default="latency")
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--workers", default="worker")
-    parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--in-flight", type=int, default=80, help="cap: sent and not yet done")
     return parser.parse_args(argv)
 
 
