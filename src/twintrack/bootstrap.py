@@ -166,6 +166,8 @@ class Container:
         for bus in self.buses.values():
             await bus.start()
         await self.commands.start()
+        for probe in self.service.admission.values():
+            await probe.refusal()  # warm: the first create should not pay the first connect
         self._started = True
 
     def _uses_kafka(self) -> bool:

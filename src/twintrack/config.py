@@ -65,9 +65,10 @@ class Settings(BaseSettings):
         "Seeds the live rollout like the three switches above.",
     )
     dbos_admission_timeout_s: PositiveSeconds = Field(
-        default=0.5,
+        default=2.0,
         description="How long the DBOS admission check (system schema, rights) may take before "
-        "it counts as a failed admission.",
+        "it counts as a failed admission. Long enough that a busy database's slow answer is not "
+        "mistaken for a broken one; short enough that a create answers 503 within seconds.",
     )
     dbos_admission_cache_s: float = Field(
         default=1.0,

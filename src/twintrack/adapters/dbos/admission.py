@@ -66,7 +66,7 @@ class DbosAdmission:
         self,
         engine: AsyncEngine,
         *,
-        timeout_s: float = 0.5,
+        timeout_s: float = 2.0,
         cache_s: float = 1.0,
         required_version: int | None = None,
         owns_engine: bool = False,
