@@ -20,7 +20,8 @@ Modules, one idea each:
 - `latency`, `throughput`, `event_latency`, `commands`, `children`, `recovery`, `rss`: one
   measurement each (DESIGN §4), each returning rows for the results table
 - `bound`: one-row commits/s of the run's PostgreSQL (pgbench, or an asyncpg loop)
-- `bare`, `bare_kafka`, `bare_dbos`, `bare_args`: the bare baselines (worker and client processes of their own, one shared command line)
+- `bare`, `bare_kafka`, `bare_dbos`, `bare_args`: the bare baselines (worker and client
+  processes of their own, one shared command line)
 - `loadgen`: the load generator of `throughput`, run as its own process
 - `report`: the Markdown table and the rewrite of `docs/benchmarks.md`
 - `soak`, `chaos`, `soak_check`, `soak_report`: the chaos soak (`--only soak`, separate)

@@ -79,6 +79,9 @@ DBOS = Library(
     "2 launched DBOS processes",
 )
 LIBRARIES: tuple[Library, ...] = (KAFKA, DBOS)
+#: Plain DBOS has no wake-up of its own: it polls, and 50 ms is the interval the DBOS track
+#: itself used before it was woken by NOTIFY (our 0.5 s default is only its fallback).
+BARE_DBOS_POLL_S = 0.05
 #: the baseline each track is built on
 OF_TRACK: Mapping[str, str] = {lib.track: lib.name for lib in LIBRARIES}
 
@@ -94,13 +97,13 @@ async def _arguments(lib: Library, found: Servers, url: str, tag: str) -> list[s
         if found.broker.capabilities.idempotence:
             extra.append("--idempotence")
         return ["--url", url, *extra]
+    limit = defaults["dbos_queue_concurrency"].default
     return [
         "--url",
         url,
         "--poll",
-        str(defaults["dbos_queue_polling_interval_s"].default),
-        "--global-concurrency",
-        str(defaults["dbos_queue_concurrency"].default),
+        str(BARE_DBOS_POLL_S),
+        *(("--global-concurrency", str(limit)) if limit is not None else ()),
     ]
 
 
@@ -108,8 +111,8 @@ def settings_of(lib: Library) -> dict[str, str]:
     shown = {"worker processes": str(WORKER_PROCESSES), "concurrency per worker": str(CONCURRENCY)}
     if lib is DBOS:
         defaults = Settings.model_fields
-        shown["queue polling interval (s)"] = str(defaults["dbos_queue_polling_interval_s"].default)
-        shown["global concurrency"] = str(defaults["dbos_queue_concurrency"].default)
+        shown["queue polling interval (s)"] = str(BARE_DBOS_POLL_S)
+        shown["global concurrency"] = str(defaults["dbos_queue_concurrency"].default or "none")
     return shown
 
 

@@ -230,7 +230,7 @@ def client(args: argparse.Namespace) -> dict[str, Any]:
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = bare_parser("python -m bench.bare_dbos")
-    parser.add_argument("--global-concurrency", type=int, default=100)
+    parser.add_argument("--global-concurrency", type=int, default=None)
     parser.add_argument("--poll", type=float, default=0.05)
     return parser.parse_args(argv)
 

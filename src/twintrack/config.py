@@ -253,7 +253,15 @@ class Settings(BaseSettings):
     dbos_executor_id: str | None = Field(
         default=None, description="Unique, stable per worker; generated when unset."
     )
-    dbos_queue_concurrency: int = Field(default=100, ge=1, le=100_000)
+    dbos_queue_concurrency: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="A global limit on running DBOS-track executions, across workers. Unset (the "
+        "default), the bound is DBOS_WORKER_CONCURRENCY per worker, as on the Kafka track. Set, "
+        "DBOS claims under REPEATABLE READ with FOR UPDATE NOWAIT so the count stays exact, and "
+        "workers polling together conflict and retry: it costs throughput (docs/benchmarks.md).",
+    )
     dbos_worker_concurrency: int = Field(default=5, ge=1, le=10_000)
     dbos_queue_polling_interval_s: PositiveSeconds = Field(
         default=0.5,
@@ -336,7 +344,10 @@ class Settings(BaseSettings):
                 "set ENABLE_DBOS_EXECUTION=true or DBOS_ROLLOUT_PERCENT above 0, "
                 "or use EXECUTION_EVENTS_BACKEND=kafka"
             )
-        if self.dbos_worker_concurrency > self.dbos_queue_concurrency:
+        if (
+            self.dbos_queue_concurrency is not None
+            and self.dbos_worker_concurrency > self.dbos_queue_concurrency
+        ):
             problems.append(
                 f"DBOS_WORKER_CONCURRENCY={self.dbos_worker_concurrency} exceeds "
                 f"DBOS_QUEUE_CONCURRENCY={self.dbos_queue_concurrency}"

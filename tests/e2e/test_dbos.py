@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from sqlalchemy import text
 
 from tests.e2e import flows
@@ -35,6 +36,32 @@ async def test_a_thousand_unstarted_executions_do_not_block_running_ones(
         assert row["outputs"] == {"answer": 42}
         unstarted = await service.executions.get(waiting[-1].id)
         assert unstarted.status is ExecutionStatus.CREATED
+
+
+@pytest.mark.parametrize("global_limit", [None, "1"], ids=["per-worker-limit", "global-limit"])
+async def test_a_backlog_is_taken_as_slots_free_not_at_the_poll_interval(
+    base_env: dict[str, str], logs: Path, global_limit: str | None
+) -> None:
+    """One slot, four starts: each next one begins when the slot frees (the worker's own
+    release, or with a global limit the cluster's `freed` notification), so the backlog drains
+    in about four runs' time; at the 60 s fallback poll it would take minutes."""
+    env = {
+        **base_env,
+        "ENABLE_DBOS_EXECUTION": "true",
+        "DBOS_WORKER_CONCURRENCY": "1",
+        "DBOS_QUEUE_POLLING_INTERVAL_S": "60",
+    }
+    if global_limit is not None:
+        env["DBOS_QUEUE_CONCURRENCY"] = global_limit
+    async with open_stack(env, logs) as stack:
+        await stack.add_worker()
+        api = stack.api
+        flow_id = await api.create_flow(flows.crashable(ms=100))
+        ids = [(await api.create(flow_id))["id"] for _ in range(4)]
+        await asyncio.gather(*(api.command(ex, "start") for ex in ids))
+        rows = await asyncio.gather(*(api.wait_status(ex, "completed", timeout=30) for ex in ids))
+        assert [r["attempt"] for r in rows] == [1] * 4
+        assert await stack.container.counters.get("after") == 4
 
 
 async def test_starting_the_same_execution_twice_runs_it_once(

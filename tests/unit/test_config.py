@@ -35,7 +35,7 @@ def test_defaults_match_the_design() -> None:
     assert s.claim_ttl_s == 6
     assert s.recovery_sweep_interval_s == 1
     assert s.max_attempts == 3
-    assert s.dbos_queue_concurrency == 100
+    assert s.dbos_queue_concurrency is None  # no global limit: per worker, as on Kafka
     assert s.dbos_worker_concurrency == 5
     assert s.worker_tracks == [Track.KAFKA, Track.DBOS]
 

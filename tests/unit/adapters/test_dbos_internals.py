@@ -150,3 +150,23 @@ def test_running_the_queue_worker_thread_ourselves() -> None:
     assert "queue.name not in listening_set" in manager
     assert "dbos._listening_queues" in manager
     assert "Queue" in str(inspect.signature(DBOS.register_queue_async).return_annotation)
+
+
+def test_counting_this_workers_running_workflows() -> None:
+    """adapters/dbos/wakeup.py replaces DBOS's registry of running workflows (made in
+    `DBOS.__init__`, counted by the queue poller) with a subclass whose `_remove(key, bucket)`
+    is where every release ends, the bucket's first item being the queue's name."""
+    from dbos._core import ActiveWorkflowById, ActiveWorkflowEntry
+    from dbos._dbos import DBOS as DbosClass
+    from dbos._queue import queue_worker_thread
+
+    assert params(ActiveWorkflowById._remove) == ["key", "bucket"]
+    assert "self._active._remove(self._key, self._bucket)" in inspect.getsource(
+        ActiveWorkflowEntry.release
+    )
+    assert "self._active_workflows_set: ActiveWorkflowById = ActiveWorkflowById()" in (
+        inspect.getsource(DbosClass.__init__)
+    )
+    assert "_active_workflows_set.count_for_queue(queue.name)" in inspect.getsource(
+        queue_worker_thread
+    )

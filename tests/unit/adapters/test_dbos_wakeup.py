@@ -7,7 +7,15 @@ from __future__ import annotations
 import threading
 import time
 
-from twintrack.adapters.dbos.wakeup import WakeableStopEvent
+from twintrack.adapters.dbos.names import QUEUE_NAME
+from twintrack.adapters.dbos.wakeup import (
+    CLAIMED,
+    ENQUEUED,
+    FREED,
+    WakeableStopEvent,
+    wakes,
+    waking_active_set,
+)
 
 
 def test_a_wake_up_ends_the_wait_without_stopping() -> None:
@@ -62,3 +70,31 @@ def test_polls_start_at_least_the_gap_apart_and_a_stop_cuts_the_gap() -> None:
     stopper.start()
     assert event.wait(120.0) is True
     stopper.join()
+
+
+def test_without_a_global_limit_only_new_work_wakes_a_worker() -> None:
+    # SKIP LOCKED claims never conflict: a peer's claim or finish is no reason to poll.
+    assert wakes(ENQUEUED, global_limit=False)
+    assert not wakes(CLAIMED, global_limit=False)
+    assert not wakes(FREED, global_limit=False)
+    # With one, a freed slot of the cluster's budget and a lost claim race both are.
+    assert all(wakes(p, global_limit=True) for p in (ENQUEUED, CLAIMED, FREED))
+    assert wakes("", global_limit=False)  # a trigger from before the payloads: always
+
+
+def test_a_finished_workflow_wakes_the_poller_only_when_the_worker_was_full() -> None:
+    woken: list[int] = []
+    active = waking_active_set(
+        QUEUE_NAME, 2, lambda: woken.append(active.count_for_queue(QUEUE_NAME))
+    )
+    first = active.add("wf-1", QUEUE_NAME)
+    other = active.add("wf-other", "another-queue")
+    other.release()
+    first.release()
+    assert woken == []  # one of two slots was in use: the enqueue notifications suffice
+    entries = [active.add(f"wf-{i}", QUEUE_NAME) for i in range(2)]
+    entries[0].release()
+    assert woken == [1]  # full, then a slot freed: the poll it wakes sees the slot free
+    entries[0].release()  # idempotent: a release twice frees one slot
+    entries[1].release()
+    assert woken == [1]

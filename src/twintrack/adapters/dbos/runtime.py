@@ -37,7 +37,7 @@ class DbosConfig:
     app_name: str
     system_database_url: str
     application_version: str
-    queue_concurrency: int
+    queue_concurrency: int | None
     worker_concurrency: int
     polling_interval_s: float
     admin_enabled: bool = False
@@ -117,6 +117,17 @@ class DbosRuntime:
 
         c = self.config
         DBOS(config=dbos_config(c, self.executor_id))
+        from dbos._dbos import _get_dbos_instance
+
+        poller = wakeup.QueuePoller(
+            c.system_database_url,
+            c.polling_interval_s,
+            global_limit=c.queue_concurrency is not None,
+        )
+        # Before launch, so no workflow is registered yet: a finished one wakes the poller.
+        _get_dbos_instance()._active_workflows_set = wakeup.waking_active_set(
+            QUEUE_NAME, c.worker_concurrency, poller.event.wake
+        )
         # DBOS's queue manager polls no user queue: our own poller serves ours (wakeup.py).
         DBOS.listen_queues([])
         await blocking(DBOS.launch)
@@ -128,10 +139,8 @@ class DbosRuntime:
             polling_interval_sec=c.polling_interval_s,
             on_conflict="always_update",
         )
-        from dbos._dbos import _get_dbos_instance
-
-        self._poller = wakeup.QueuePoller(c.system_database_url, c.polling_interval_s)
-        self._poller.start(_get_dbos_instance(), queue)
+        self._poller = poller
+        poller.start(_get_dbos_instance(), queue)
 
     async def stop_dequeuing(self) -> None:
         """Stop this executor dequeuing workflows; those it runs go on. Idempotent.

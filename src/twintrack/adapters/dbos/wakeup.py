@@ -5,16 +5,24 @@ on a stop event between polls, and doubles that interval (up to 120 s, shrinking
 quiet poll) after each poll that hit a serialization conflict with another worker's. Here that
 thread is started by us for our queue (DBOS's queue manager is told to listen to no user queue),
 with a stop event whose `wait` also ends on a wake-up and never lasts longer than the configured
-interval, so the back-off never stretches a poll past it. A Postgres trigger (`install`) NOTIFYs
-when a workflow of the queue becomes ENQUEUED, is claimed (PENDING: a peer whose poll lost the
-race to that claim's locks polls again) or leaves PENDING (a slot freed), and a listener thread
-wakes the poller. So polls follow changes, and the interval is only the fallback for a lost
-notification. The poll itself is DBOS's own, one thread per process as before, so the
-global and per-worker concurrency limits stay exactly DBOS's. Wake-ups that arrive while a poll
-runs fold into one more poll, and polls start at least `_MIN_POLL_GAP_S` apart, so under load
-one poll claims what several wake-ups announced instead of each costing a poll. Without the
-trigger (or while the listener reconnects) the
-poller simply polls at the interval.
+interval, so the back-off never stretches a poll past it.
+
+What wakes the poller, and why each:
+- a workflow of the queue becomes ENQUEUED (a Postgres trigger, `install`, NOTIFYs `enqueued`;
+  a listener thread per worker wakes the poller): new work, for every worker;
+- one of this worker's own workflows finishes while the worker was full (`WakingActiveSet`,
+  in-process): a local slot freed, so a backlog is taken as slots free;
+- with a global concurrency limit only: a workflow is claimed (`claimed`: a peer whose poll
+  lost the race to that claim's locks polls again) or leaves PENDING (`freed`: a slot of the
+  cluster's budget). Without a global limit DBOS claims with SKIP LOCKED under READ COMMITTED,
+  so workers never conflict and a peer's claim or finish tells this worker nothing: those
+  notifications are ignored, which is what keeps an idle peer from polling once per execution.
+So polls follow changes, and the interval is only the fallback for a lost notification. The
+poll itself is DBOS's own, one thread per process as before, so the global and per-worker
+concurrency limits stay exactly DBOS's. Wake-ups that arrive while a poll runs fold into one
+more poll, and polls start at least `_MIN_POLL_GAP_S` apart, so under load one poll claims what
+several wake-ups announced instead of each costing a poll. Without the trigger (or while the
+listener reconnects) the poller simply polls at the interval.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import psycopg
@@ -32,6 +41,8 @@ from twintrack.adapters.dbos.names import QUEUE_NAME
 
 log = structlog.get_logger()
 CHANNEL = "twintrack_dbos_queue"
+#: the notification payloads: what happened to a workflow of the queue
+ENQUEUED, CLAIMED, FREED = "enqueued", "claimed", "freed"
 _LISTEN_TIMEOUT_S = 0.5
 _RECONNECT_S = 1.0
 _INSTALL_LOCK = 0x7477616B65  # "twake": one installer at a time
@@ -44,7 +55,13 @@ _TRIGGER_SQL = [
     CREATE OR REPLACE FUNCTION dbos.twintrack_queue_wake() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN
-        PERFORM pg_notify('{CHANNEL}', '');
+        IF TG_OP = 'INSERT' OR NEW.status = 'ENQUEUED' THEN
+            PERFORM pg_notify('{CHANNEL}', '{ENQUEUED}');
+        ELSIF NEW.status = 'PENDING' THEN
+            PERFORM pg_notify('{CHANNEL}', '{CLAIMED}');
+        ELSE
+            PERFORM pg_notify('{CHANNEL}', '{FREED}');
+        END IF;
         RETURN NULL;
     END $$
     """,
@@ -119,12 +136,38 @@ class WakeableStopEvent:
             return self._stopped
 
 
-class QueuePoller:
-    """DBOS's queue worker thread for our queue, woken by the queue's NOTIFYs."""
+def wakes(payload: str, *, global_limit: bool) -> bool:
+    """Whether a notification of the queue is a reason for this worker to poll (see above);
+    an empty payload (a trigger installed by an older release) always is."""
+    return payload in ("", ENQUEUED) or global_limit
 
-    def __init__(self, system_database_url: str, max_wait_s: float) -> None:
+
+def waking_active_set(queue_name: str, worker_concurrency: int, wake: Callable[[], None]) -> Any:
+    """DBOS's registry of this process's running workflows (`dbos._core.ActiveWorkflowById`,
+    which the queue poller counts against the worker's limit), calling `wake` when one of the
+    queue's workflows leaves it while the worker was full. Made here so the private base class
+    is imported only with DBOS; pinned by tests/unit/adapters/test_dbos_internals.py."""
+    from dbos._core import ActiveWorkflowById
+
+    class WakingActiveSet(ActiveWorkflowById):
+        def _remove(self, key: str, bucket: Any) -> None:
+            ours = bucket is not None and bucket[0] == queue_name
+            full = ours and self.count_for_queue(queue_name) >= worker_concurrency
+            super()._remove(key, bucket)
+            if full:  # after the removal: the poll this wakes counts the slot as free
+                wake()
+
+    return WakingActiveSet()
+
+
+class QueuePoller:
+    """DBOS's queue worker thread for our queue, woken by the queue's NOTIFYs and by this
+    worker's own finished workflows."""
+
+    def __init__(self, system_database_url: str, max_wait_s: float, *, global_limit: bool) -> None:
         self._url = _libpq_url(system_database_url)
         self.event = WakeableStopEvent(max_wait_s)
+        self.global_limit = global_limit
         self._threads: list[threading.Thread] = []
 
     def start(self, dbos: Any, queue: Any) -> None:
@@ -156,8 +199,9 @@ class QueuePoller:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self.event.wake()  # whatever was enqueued while not listening
                     while not self.event.is_set():
-                        for _ in conn.notifies(timeout=_LISTEN_TIMEOUT_S):
-                            self.event.wake()
+                        for note in conn.notifies(timeout=_LISTEN_TIMEOUT_S):
+                            if wakes(note.payload, global_limit=self.global_limit):
+                                self.event.wake()
             except Exception as exc:
                 if self.event.is_set():
                     return
