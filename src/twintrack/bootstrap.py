@@ -258,15 +258,22 @@ class ServiceFactory:
         flows = flows or PostgresFlowStore(sessions)
         executions = executions or pg_executions
         registry = registry or default_registry()
+        probe: DbosAdmission | None = None
         if queues is None or buses is None:
             assert kafka is not None
             # Both tracks are always reachable: executions finish on the track they were
             # created on, whichever way the rollout flag points now.
             dbos = DbosConfig.from_settings(s)
             if queues is None:
+                # One pool on the DBOS system database, for the enqueue and the admission check
+                # (which disposes of it if it was made for them).
+                probe = self.dbos_admission(db_engine)
+                system = create_session_factory(probe.engine)
                 queues = {
                     Track.KAFKA: KafkaTaskQueue(kafka),
-                    Track.DBOS: DbosTaskQueue(dbos, park_s=s.start_signal_timeout_s + 3600),
+                    Track.DBOS: DbosTaskQueue(
+                        dbos, park_s=s.start_signal_timeout_s + 3600, system_sessions=system
+                    ),
                 }
             if buses is None:
                 buses = {
@@ -285,7 +292,8 @@ class ServiceFactory:
             feed = PostgresRolloutFeed(s.database_url) if s.database_url else None
             rollout = live_rollout(s, rollout_store, feed)
         if admission is None:
-            admission = {Track.DBOS: self.dbos_admission(db_engine)} if Track.DBOS in queues else {}
+            has_dbos = Track.DBOS in queues
+            admission = {Track.DBOS: probe or self.dbos_admission(db_engine)} if has_dbos else {}
         service = compose_service(
             s,
             policy=rollout,
@@ -317,17 +325,19 @@ class ServiceFactory:
             rollout=rollout,
         )
 
-    def dbos_admission(self, db_engine: AsyncEngine) -> DbosAdmission:
-        """The DBOS admission check, on the system database DBOS's client uses (the main
-        engine when that is the same URL, so the same role is checked)."""
+    def dbos_system_engine(self, db_engine: AsyncEngine) -> tuple[AsyncEngine, bool]:
+        """Our own pool on the DBOS system database (the main engine when that is the same
+        URL, so the same role is used), and whether it was made here (and must be disposed)."""
         s = self.settings
         system_url = s.dbos_system_database_url
-        own = system_url is not None and system_url != s.database_url
-        engine = (
-            create_engine(system_url, pool_size=1, max_overflow=1)
-            if system_url is not None and own
-            else db_engine
-        )
+        if system_url is None or system_url == s.database_url:
+            return db_engine, False
+        return create_engine(system_url, pool_size=2, max_overflow=2), True
+
+    def dbos_admission(self, db_engine: AsyncEngine) -> DbosAdmission:
+        """The DBOS admission check, on the system database DBOS's client uses."""
+        s = self.settings
+        engine, own = self.dbos_system_engine(db_engine)
         return DbosAdmission(
             engine,
             timeout_s=s.dbos_admission_timeout_s,

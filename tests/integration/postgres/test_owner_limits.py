@@ -13,7 +13,7 @@ from twintrack.adapters.postgres import PostgresExecutionStore, PostgresFlowStor
 from twintrack.core.errors import InvalidCursor, NotFound
 from twintrack.core.records import ExecutionRecord
 from twintrack.domain.execution import EventsBackend, ExecutionStatus, Track, TriggerEvent
-from twintrack.domain.limits import LimitExceeded, OwnerLimits
+from twintrack.domain.limits import RUNNING_STATUSES, LimitExceeded, OwnerLimits
 
 pytestmark = pytest.mark.integration
 
@@ -130,14 +130,26 @@ async def test_running_count_covers_queued_running_and_paused_only(
         S.RUNNING: [S.QUEUED, S.RUNNING],
         S.PAUSED: [S.QUEUED, S.RUNNING, S.PAUSED],
         S.COMPLETED: [S.QUEUED, S.RUNNING, S.COMPLETED],
+        S.FAILED: [S.QUEUED, S.RUNNING, S.FAILED],
         S.STOPPED: [S.STOPPED],
     }
+    assert set(path) == set(S)
     for steps in path.values():
         record = await _create(executions, "alice", root.flow_id)
         for status in steps:
             await executions.transition(record.id, status)
+    shadow = await executions.create(  # a shadow run has a limit of its own
+        owner_id="alice",
+        flow_id=root.flow_id,
+        flow_version=1,
+        track=Track.KAFKA,
+        events_backend=EventsBackend.KAFKA,
+        shadow_of=root.id,
+    )
+    await executions.transition(shadow.id, S.QUEUED)
     async with executions.locked(root.id) as row:
-        assert await row.owner_running_count() == 3
+        # the database function (migration 0012) counts exactly the domain's rule
+        assert await row.owner_running_count() == len(RUNNING_STATUSES) == 3
 
 
 async def test_tree_pages_cover_every_member_once_with_the_whole_trees_counts(

@@ -4,6 +4,7 @@ of Conductor when they are not; the admin server is off by default."""
 
 from __future__ import annotations
 
+import types
 from typing import Any, ClassVar
 
 import pytest
@@ -36,7 +37,8 @@ class _CapturingDBOS:
 class _IdlePoller:
     """Stands in for our queue poller (adapters/dbos/wakeup.py): there is no DBOS to poll."""
 
-    def __init__(self, *args: Any) -> None: ...
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.event = types.SimpleNamespace(wake=lambda: None)  # a finished workflow's wake-up
 
     def start(self, *args: Any) -> None: ...
 
@@ -49,7 +51,8 @@ async def _received(monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> dict[s
     _CapturingDBOS.received = []
     monkeypatch.setattr(runtime, "DBOS", _CapturingDBOS)
     monkeypatch.setattr(wakeup, "QueuePoller", _IdlePoller)
-    monkeypatch.setattr(dbos._dbos, "_get_dbos_instance", lambda: None)
+    instance = types.SimpleNamespace()  # receives the running-workflow registry, nothing else
+    monkeypatch.setattr(dbos._dbos, "_get_dbos_instance", lambda: instance)
     config = DbosConfig.from_settings(settings(dbos_system_database_url=DB, **overrides))
     await DbosRuntime(config, executor_id="w-1").launch()
     (received,) = _CapturingDBOS.received

@@ -170,3 +170,27 @@ def test_counting_this_workers_running_workflows() -> None:
     assert "_active_workflows_set.count_for_queue(queue.name)" in inspect.getsource(
         queue_worker_thread
     )
+
+
+def test_enqueueing_with_the_system_schemas_own_function() -> None:
+    """adapters/dbos/enqueue.py calls `dbos.enqueue_workflow` by these parameter names; the
+    newest definition DBOS migrates to keeps an existing workflow as it is (ON CONFLICT on its
+    id) and stores the inputs as portable JSON, which the worker reads back."""
+    from dbos._migration import get_dbos_migrations
+
+    definitions = [
+        m for m in get_dbos_migrations("dbos", True, False) if '"dbos".enqueue_workflow(' in m
+    ]
+    latest = definitions[-1]
+    for parameter in (
+        "workflow_name TEXT",
+        "queue_name TEXT",
+        "positional_args JSON[]",
+        "workflow_id TEXT",
+        "app_version TEXT",
+        "delay_until_epoch_ms BIGINT",
+        "application_name TEXT",
+    ):
+        assert parameter in latest
+    assert "ON CONFLICT (workflow_uuid)\n    DO UPDATE SET\n        updated_at" in latest
+    assert "'portable_json'" in latest

@@ -79,6 +79,11 @@ class DbosAdmission:
         self._answer: tuple[float, Refusal | None] | None = None
         self._lock = asyncio.Lock()
 
+    @property
+    def engine(self) -> AsyncEngine:
+        """The pool it checks on: the DBOS system database's."""
+        return self._engine
+
     async def refusal(self) -> Refusal | None:
         async with self._lock:  # one check at a time; the others read its answer
             now = time.monotonic()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
 from dbos import DBOSClient, EnqueueOptions
+from twintrack.adapters.dbos.enqueue import enqueue_workflow
 from twintrack.adapters.dbos.names import QUEUE_NAME, WORKFLOW_NAME
 from twintrack.adapters.dbos.runtime import (
     DbosConfig,
@@ -18,9 +21,18 @@ from twintrack.observability.tracing import task_sent
 class DbosTaskQueue:
     track = Track.DBOS
 
-    def __init__(self, config: DbosConfig, park_s: float = 86_400.0) -> None:
+    def __init__(
+        self,
+        config: DbosConfig,
+        park_s: float = 86_400.0,
+        *,
+        system_sessions: async_sessionmaker[AsyncSession] | None = None,
+    ) -> None:
+        """`system_sessions`: our own pool on the DBOS system database, for the one-statement
+        enqueue (adapters/dbos/enqueue.py); without it, DBOS's client enqueues."""
         self.config = config
         self.park_s = park_s
+        self._system_sessions = system_sessions
         self._client: DBOSClient | None = None
 
     async def start(self) -> None:
@@ -40,6 +52,20 @@ class DbosTaskQueue:
     async def _enqueue(
         self, execution_id: str, delay_s: float | None = None, traceparent: str | None = None
     ) -> None:
+        if self._system_sessions is not None:
+            sessions = self._system_sessions
+            await retry_transient(
+                lambda: enqueue_workflow(
+                    sessions,
+                    execution_id=execution_id,
+                    traceparent=traceparent,
+                    application_version=self.config.application_version,
+                    application_name=self.config.app_name,
+                    delay_s=delay_s,
+                ),
+                what=f"enqueue {execution_id}",
+            )
+            return
         options: EnqueueOptions = {
             "workflow_name": WORKFLOW_NAME,
             "queue_name": QUEUE_NAME,

@@ -96,6 +96,18 @@ def _refuse_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         raise sa_exc.DisconnectionError("the server closed this pooled connection")
 
 
+def read_only(sessions: async_sessionmaker[AsyncSession]) -> async_sessionmaker[AsyncSession]:
+    """Sessions on the same pool for reads of ONE statement, in autocommit: asyncpg then sends
+    neither BEGIN nor ROLLBACK, so such a read is one round trip instead of three. A read of
+    several statements that must agree keeps a transaction (`sessions`)."""
+    engine = sessions.kw.get("bind")
+    if not isinstance(engine, AsyncEngine):
+        return sessions
+    return async_sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+    )
+
+
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep loaded values after commit: stores return records built inside them."""
     return async_sessionmaker(engine, expire_on_commit=False)

@@ -37,6 +37,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from twintrack.adapters.postgres.db import read_only
 from twintrack.adapters.postgres.pagination import (
     check_limit,
     decode_tree_cursor,
@@ -59,7 +60,7 @@ from twintrack.domain.execution import (
     TriggerEvent,
 )
 from twintrack.domain.ids import new_execution_id
-from twintrack.domain.limits import RUNNING_STATUSES, OwnerLimits
+from twintrack.domain.limits import OwnerLimits
 
 _S = ExecutionStatus
 _UNIQUE_VIOLATION = "23505"
@@ -73,9 +74,10 @@ _TREE_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('twintrack_tree'), hash
 # Expired idempotency keys deleted per new key: more than expire per key, so the table stays
 # about one TTL's worth of keys, and no delete ever runs long.
 _EXPIRED_KEYS_PER_RESERVATION = 100
-_OWNER_LOCK = text(
-    "SELECT pg_advisory_xact_lock(hashtext('twintrack_owner_running'), hashtext(:owner_id))"
-)
+#: the lock wait's bound, the owner's advisory lock, then the count (migration 0012): one
+#: round trip, the count's snapshot taken once the lock is held. It counts RUNNING_STATUSES,
+#: non-shadow (tests/integration/postgres/test_owner_limits.py holds the two together).
+_OWNER_RUNNING = text("SELECT twintrack_owner_running(:owner_id, :wait_ms)")
 
 
 def _record(row: ExecutionRow) -> ExecutionRecord:
@@ -120,6 +122,7 @@ async def _apply_or_refuse(
 class PostgresExecutionStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
+        self._reads = read_only(sessions)  # one-statement reads: one round trip
 
     @property
     def sessions(self) -> async_sessionmaker[AsyncSession]:
@@ -219,27 +222,21 @@ class PostgresExecutionStore:
         The wait for it is bounded (TimeoutError, a 503), so starts stuck behind one that hangs
         on a stalled broker are refused instead of queueing up one after the other.
         """
-        await session.execute(text(f"SET LOCAL lock_timeout = {int(wait_s * 1000)}"))
         try:
-            await session.execute(_OWNER_LOCK, {"owner_id": owner_id})
+            count = await session.scalar(
+                _OWNER_RUNNING, {"owner_id": owner_id, "wait_ms": int(wait_s * 1000)}
+            )
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
                 raise
             raise TimeoutError(
                 f"another start of owner {owner_id} has held its running count for {wait_s:g}s"
             ) from exc
-        count = await session.scalar(
-            select(func.count()).where(
-                ExecutionRow.owner_id == owner_id,
-                ExecutionRow.status.in_(RUNNING_STATUSES),
-                ExecutionRow.shadow_of.is_(None),  # shadows have their own limit
-            )
-        )
         return int(count or 0)
 
     async def get(self, execution_id: str, owner_id: str | None = None) -> ExecutionRecord:
         """The execution; NotFound when missing or owned by someone else than `owner_id`."""
-        async with self._sessions() as session:
+        async with self._reads() as session:
             row = await session.scalar(
                 select(ExecutionRow).where(*_owned(ExecutionRow.id == execution_id, owner_id))
             )
@@ -498,7 +495,7 @@ class PostgresExecutionStore:
 
     async def stop_reason(self, execution_id: str) -> str | None:
         """See `core.stores.ExecutionStore.stop_reason`."""
-        return await stop_reason(self._sessions, execution_id)
+        return await stop_reason(self._reads, execution_id)
 
     # -- idempotency keys ------------------------------------------------------------------
 
