@@ -44,7 +44,7 @@ from twintrack.adapters.postgres.bulk import PostgresBulkStore
 from twintrack.adapters.postgres.claims import PostgresClaimStore
 from twintrack.adapters.postgres.commands import PostgresCommandChannel
 from twintrack.adapters.postgres.counters import PostgresCounterStore
-from twintrack.adapters.postgres.db import create_engine, create_session_factory
+from twintrack.adapters.postgres.db import create_engine, create_session_factory, one_statement
 from twintrack.adapters.postgres.executions import PostgresExecutionStore
 from twintrack.adapters.postgres.flows import PostgresFlowStore
 from twintrack.adapters.postgres.keys import PostgresKeyStore
@@ -268,7 +268,7 @@ class ServiceFactory:
                 # One pool on the DBOS system database, for the enqueue and the admission check
                 # (which disposes of it if it was made for them).
                 probe = self.dbos_admission(db_engine)
-                system = create_session_factory(probe.engine)
+                system = one_statement(create_session_factory(probe.engine))
                 queues = {
                     Track.KAFKA: KafkaTaskQueue(kafka),
                     Track.DBOS: DbosTaskQueue(

@@ -39,7 +39,7 @@ async def enqueue_workflow(
 ) -> None:
     """The execution workflow (id = execution id) on our queue; DELAYED for `delay_s`."""
     delay_until = None if delay_s is None else int((time.time() + delay_s) * 1000)
-    async with sessions.begin() as session:
+    async with sessions() as session:  # one statement, atomic by itself: no BEGIN/COMMIT
         await session.execute(
             _ENQUEUE,
             {

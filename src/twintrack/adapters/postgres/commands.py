@@ -34,7 +34,7 @@ import structlog
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from twintrack.adapters.postgres.db import read_only, split_libpq_params
+from twintrack.adapters.postgres.db import one_statement, split_libpq_params
 from twintrack.adapters.postgres.tables import ExecutionCommandRow
 from twintrack.core.ports import CommandHandler, CommandMessage
 from twintrack.domain.commands import Command
@@ -219,7 +219,7 @@ class PostgresCommandChannel:
         connect_timeout_s: float = 10.0,
     ) -> None:
         self._sessions = sessions
-        self._reads = read_only(sessions)  # one-statement reads: one round trip
+        self._single = one_statement(sessions)  # work of one statement: one round trip
         self._dsn, self._connect_kwargs = listener_connect_params(database_url, application_name)
         self._connect_kwargs.setdefault("timeout", connect_timeout_s)
         self._reconnect_min_s = reconnect_min_s
@@ -314,7 +314,7 @@ class PostgresCommandChannel:
             )
             .order_by(ExecutionCommandRow.id)
         )
-        async with self._reads() as session:
+        async with self._single() as session:
             rows = (await session.scalars(query)).all()
         return [
             CommandMessage(
@@ -330,7 +330,7 @@ class PostgresCommandChannel:
         query = select(func.coalesce(func.max(ExecutionCommandRow.id), 0)).where(
             ExecutionCommandRow.execution_id == execution_id
         )
-        async with self._reads() as session:
+        async with self._single() as session:
             return int(await session.scalar(query) or 0)
 
     # -- subscribing -----------------------------------------------------------------------

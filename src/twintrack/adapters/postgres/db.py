@@ -96,10 +96,11 @@ def _refuse_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         raise sa_exc.DisconnectionError("the server closed this pooled connection")
 
 
-def read_only(sessions: async_sessionmaker[AsyncSession]) -> async_sessionmaker[AsyncSession]:
-    """Sessions on the same pool for reads of ONE statement, in autocommit: asyncpg then sends
-    neither BEGIN nor ROLLBACK, so such a read is one round trip instead of three. A read of
-    several statements that must agree keeps a transaction (`sessions`)."""
+def one_statement(sessions: async_sessionmaker[AsyncSession]) -> async_sessionmaker[AsyncSession]:
+    """Sessions on the same pool for work of ONE statement, in autocommit: a read, or a write
+    that is atomic by itself. asyncpg then sends neither BEGIN nor COMMIT/ROLLBACK, so such a
+    call is one round trip instead of three. Work of several statements that must agree (or
+    commit together) keeps a transaction (`sessions`)."""
     engine = sessions.kw.get("bind")
     if not isinstance(engine, AsyncEngine):
         return sessions

@@ -37,7 +37,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from twintrack.adapters.postgres.db import read_only
+from twintrack.adapters.postgres.db import one_statement
 from twintrack.adapters.postgres.pagination import (
     check_limit,
     decode_tree_cursor,
@@ -122,7 +122,7 @@ async def _apply_or_refuse(
 class PostgresExecutionStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
-        self._reads = read_only(sessions)  # one-statement reads: one round trip
+        self._single = one_statement(sessions)  # work of one statement: one round trip
 
     @property
     def sessions(self) -> async_sessionmaker[AsyncSession]:
@@ -159,7 +159,9 @@ class PostgresExecutionStore:
         """
         execution_id = execution_id or new_execution_id()
         root_id, depth = execution_id, 0
-        async with self._sessions.begin() as session:
+        # A root is one INSERT (atomic by itself); a child also reads its parent and counts.
+        opened = self._single() if parent_id is None else self._sessions.begin()
+        async with opened as session:
             if parent_id is not None:
                 parent = (
                     await session.execute(
@@ -236,7 +238,7 @@ class PostgresExecutionStore:
 
     async def get(self, execution_id: str, owner_id: str | None = None) -> ExecutionRecord:
         """The execution; NotFound when missing or owned by someone else than `owner_id`."""
-        async with self._reads() as session:
+        async with self._single() as session:
             row = await session.scalar(
                 select(ExecutionRow).where(*_owned(ExecutionRow.id == execution_id, owner_id))
             )
@@ -445,7 +447,9 @@ class PostgresExecutionStore:
         if session is not None:
             outcome = await _apply_or_refuse(session, apply, read_status, sources)
         else:
-            async with self._sessions.begin() as own:
+            # Autocommit: the UPDATE is atomic by itself, and the status read after a refusal
+            # would take a snapshot of its own under READ COMMITTED inside a transaction too.
+            async with self._single() as own:
                 outcome = await _apply_or_refuse(own, apply, read_status, sources)
         if isinstance(outcome, ExecutionRow):
             return _record(outcome)
@@ -479,7 +483,7 @@ class PostgresExecutionStore:
 
         Idempotent, so an at-least-once writer can record the index after each flushed batch.
         """
-        async with self._sessions.begin() as session:
+        async with self._single() as session:
             value: int | None = await session.scalar(
                 update(ExecutionRow)
                 .where(ExecutionRow.id == execution_id)
@@ -495,7 +499,7 @@ class PostgresExecutionStore:
 
     async def stop_reason(self, execution_id: str) -> str | None:
         """See `core.stores.ExecutionStore.stop_reason`."""
-        return await stop_reason(self._reads, execution_id)
+        return await stop_reason(self._single, execution_id)
 
     # -- idempotency keys ------------------------------------------------------------------
 

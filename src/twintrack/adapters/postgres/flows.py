@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import func
 
-from twintrack.adapters.postgres.db import read_only
+from twintrack.adapters.postgres.db import one_statement
 from twintrack.adapters.postgres.pagination import newest_first, to_page
 from twintrack.adapters.postgres.tables import FlowRow, FlowVersionRow
 from twintrack.core.errors import NotFound
@@ -27,7 +27,7 @@ def _summary(row: FlowRow) -> FlowSummary:
 class PostgresFlowStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
-        self._reads = read_only(sessions)  # one-statement reads: one round trip
+        self._single = one_statement(sessions)  # work of one statement: one round trip
 
     async def create(self, owner_id: str, name: str, definition: dict[str, Any]) -> FlowRef:
         """Create a flow at version 1."""
@@ -72,7 +72,7 @@ class PostgresFlowStore:
                 FlowVersionRow.version == (FlowRow.latest_version if version is None else version)
             )
         )
-        async with self._reads() as session:
+        async with self._single() as session:
             found = (await session.execute(query)).one_or_none()
         if found is None:
             raise NotFound("flow" if version is None else "flow version", (flow_id, version))

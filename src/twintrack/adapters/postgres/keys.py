@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from twintrack.adapters.postgres.db import read_only
+from twintrack.adapters.postgres.db import one_statement
 from twintrack.adapters.postgres.tables import ApiKeyRow
 from twintrack.core.errors import NotFound
 from twintrack.core.records import ApiKeyRecord, CreatedApiKey, Principal
@@ -28,7 +28,7 @@ __all__ = [
 class PostgresKeyStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
-        self._reads = read_only(sessions)  # one-statement reads: one round trip
+        self._single = one_statement(sessions)  # work of one statement: one round trip
 
     async def create(self, owner_id: str, admin: bool = False) -> CreatedApiKey:
         """A new key for `owner_id` (an admin key when `admin`); the plaintext is in the result
@@ -55,7 +55,7 @@ class PostgresKeyStore:
         """The owner of `key` and its admin flag, or None for an unknown or revoked key."""
         if not key.startswith(KEY_PREFIX):
             return None
-        async with self._reads() as session:
+        async with self._single() as session:
             row = (
                 await session.execute(
                     select(ApiKeyRow.owner_id, ApiKeyRow.is_admin).where(
