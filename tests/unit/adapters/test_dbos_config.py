@@ -31,7 +31,8 @@ class _CapturingDBOS:
     def launch() -> None: ...
 
     @staticmethod
-    async def register_queue_async(name: str, **options: Any) -> None: ...
+    async def register_queue_async(name: str, **options: Any) -> types.SimpleNamespace:
+        return types.SimpleNamespace(name=name, database_backed_queue=True, **options)
 
 
 class _IdlePoller:
@@ -51,7 +52,8 @@ async def _received(monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> dict[s
     _CapturingDBOS.received = []
     monkeypatch.setattr(runtime, "DBOS", _CapturingDBOS)
     monkeypatch.setattr(wakeup, "QueuePoller", _IdlePoller)
-    instance = types.SimpleNamespace()  # receives the running-workflow registry, nothing else
+    # receives the running-workflow registry and the remembered version check, nothing else
+    instance = types.SimpleNamespace(_sys_db=types.SimpleNamespace(_is_latest_version=None))
     monkeypatch.setattr(dbos._dbos, "_get_dbos_instance", lambda: instance)
     config = DbosConfig.from_settings(settings(dbos_system_database_url=DB, **overrides))
     await DbosRuntime(config, executor_id="w-1").launch()

@@ -194,3 +194,17 @@ def test_enqueueing_with_the_system_schemas_own_function() -> None:
         assert parameter in latest
     assert "ON CONFLICT (workflow_uuid)\n    DO UPDATE SET\n        updated_at" in latest
     assert "'portable_json'" in latest
+
+
+def test_what_each_poll_would_read_again() -> None:
+    """adapters/dbos/wakeup.py serves the queue thread a copy whose `database_backed_queue`
+    is False (the thread then skips its per-iteration reload) and replaces the system
+    database's `_is_latest_version(app_version, c)`, which the claim calls on itself."""
+    from dbos._queue import queue_worker_thread
+
+    thread = inspect.getsource(queue_worker_thread)
+    assert "if queue.database_backed_queue:" in thread
+    assert "latest = dbos._sys_db.get_queue(queue.name)" in thread
+    assert params(SystemDatabase._is_latest_version) == ["app_version", "c"]
+    claim = inspect.getsource(SystemDatabase.start_queued_workflows)
+    assert "self._is_latest_version(app_version, c)" in claim

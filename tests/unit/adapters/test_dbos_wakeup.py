@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+import types
 
 from twintrack.adapters.dbos.names import QUEUE_NAME
 from twintrack.adapters.dbos.wakeup import (
@@ -13,6 +14,8 @@ from twintrack.adapters.dbos.wakeup import (
     ENQUEUED,
     FREED,
     WakeableStopEvent,
+    fixed_queue,
+    remember_latest_version,
     wakes,
     waking_active_set,
 )
@@ -98,3 +101,28 @@ def test_a_finished_workflow_wakes_the_poller_only_when_the_worker_was_full() ->
     entries[0].release()  # idempotent: a release twice frees one slot
     entries[1].release()
     assert woken == [1]
+
+
+def test_the_served_queue_is_not_reread_and_the_registered_one_is_untouched() -> None:
+    registered = types.SimpleNamespace(name=QUEUE_NAME, database_backed_queue=True)
+    served = fixed_queue(registered)
+    assert (served.name, served.database_backed_queue) == (QUEUE_NAME, False)
+    assert registered.database_backed_queue is True
+
+
+def test_the_latest_version_answer_is_remembered_for_a_while() -> None:
+    asked: list[str] = []
+
+    def ask(version: str, c: object = None) -> bool:
+        asked.append(version)
+        return version == "v2"
+
+    sys_db = types.SimpleNamespace(_is_latest_version=ask)
+    remember_latest_version(sys_db, ttl_s=0.2)
+    assert [sys_db._is_latest_version("v2") for _ in range(3)] == [True] * 3
+    assert sys_db._is_latest_version("v1", None) is False
+    assert asked == ["v2", "v1"]  # one query per version, not per poll
+    deadline = time.monotonic() + 5
+    while asked.count("v2") < 2 and time.monotonic() < deadline:  # then asked again
+        sys_db._is_latest_version("v2")
+    assert asked.count("v2") == 2

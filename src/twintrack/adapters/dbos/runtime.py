@@ -140,7 +140,9 @@ class DbosRuntime:
             on_conflict="always_update",
         )
         self._poller = poller
-        poller.start(_get_dbos_instance(), queue)
+        instance = _get_dbos_instance()
+        wakeup.remember_latest_version(instance._sys_db)
+        poller.start(instance, wakeup.fixed_queue(queue))
 
     async def stop_dequeuing(self) -> None:
         """Stop this executor dequeuing workflows; those it runs go on. Idempotent.

@@ -23,10 +23,17 @@ concurrency limits stay exactly DBOS's. Wake-ups that arrive while a poll runs f
 more poll, and polls start at least `_MIN_POLL_GAP_S` apart, so under load one poll claims what
 several wake-ups announced instead of each costing a poll. Without the trigger (or while the
 listener reconnects) the poller simply polls at the interval.
+
+Each poll also costs less than DBOS's own: the poller serves a copy of the queue that is not
+re-read from the database before every poll (`fixed_queue`: its limits are the ones this
+process registered at launch), and whether this worker's version is the latest registered one
+(which DBOS asks inside every claim) is remembered for `_VERSION_TTL_S` (versions change
+with deploys, not per poll; ours are pinned on every workflow anyway).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 import time
@@ -49,6 +56,7 @@ _INSTALL_LOCK = 0x7477616B65  # "twake": one installer at a time
 # At most one poll per this many seconds per worker: an idle worker's first wake-up polls at
 # once; a busy one batches (a poll is a config read and a claim transaction).
 _MIN_POLL_GAP_S = 0.02
+_VERSION_TTL_S = 5.0
 
 _TRIGGER_SQL = [
     f"""
@@ -134,6 +142,32 @@ class WakeableStopEvent:
             self._woken = False
             self._last = time.monotonic()
             return self._stopped
+
+
+def fixed_queue(queue: Any) -> Any:
+    """The registered queue as the poller serves it: not re-read before every poll (DBOS's
+    queue worker thread reloads a database-backed queue each iteration, one query a poll)."""
+    served = copy.copy(queue)
+    served.database_backed_queue = False
+    return served
+
+
+def remember_latest_version(sys_db: Any, ttl_s: float = _VERSION_TTL_S) -> None:
+    """Make the system database's `_is_latest_version` answer from memory for `ttl_s` (DBOS
+    reads the application versions inside every claim transaction: one query a poll)."""
+    ask = sys_db._is_latest_version
+    known: dict[str, tuple[float, bool]] = {}
+
+    def is_latest_version(app_version: str, c: Any = None) -> bool:
+        now = time.monotonic()
+        hit = known.get(app_version)
+        if hit is not None and now - hit[0] < ttl_s:
+            return hit[1]
+        answer = bool(ask(app_version, c))
+        known[app_version] = (now, answer)
+        return answer
+
+    sys_db._is_latest_version = is_latest_version
 
 
 def wakes(payload: str, *, global_limit: bool) -> bool:
