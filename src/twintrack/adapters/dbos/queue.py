@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dbos import DBOSClient, EnqueueOptions
+from dbos import DBOSClient
 from twintrack.adapters.dbos.enqueue import enqueue_workflow
-from twintrack.adapters.dbos.names import QUEUE_NAME, WORKFLOW_NAME
+from twintrack.adapters.dbos.names import QUEUE_NAME
 from twintrack.adapters.dbos.runtime import (
     DbosConfig,
     blocking,
@@ -26,10 +26,10 @@ class DbosTaskQueue:
         config: DbosConfig,
         park_s: float = 86_400.0,
         *,
-        system_sessions: async_sessionmaker[AsyncSession] | None = None,
+        system_sessions: async_sessionmaker[AsyncSession],
     ) -> None:
-        """`system_sessions`: our own pool on the DBOS system database, for the one-statement
-        enqueue (adapters/dbos/enqueue.py); without it, DBOS's client enqueues."""
+        """`system_sessions`: one-statement sessions on our pool on the DBOS system database,
+        for the enqueue (adapters/dbos/enqueue.py)."""
         self.config = config
         self.park_s = park_s
         self._system_sessions = system_sessions
@@ -52,29 +52,18 @@ class DbosTaskQueue:
     async def _enqueue(
         self, execution_id: str, delay_s: float | None = None, traceparent: str | None = None
     ) -> None:
-        if self._system_sessions is not None:
-            sessions = self._system_sessions
-            await retry_transient(
-                lambda: enqueue_workflow(
-                    sessions,
-                    execution_id=execution_id,
-                    traceparent=traceparent,
-                    application_version=self.config.application_version,
-                    application_name=self.config.app_name,
-                    delay_s=delay_s,
-                ),
-                what=f"enqueue {execution_id}",
-            )
-            return
-        options: EnqueueOptions = {
-            "workflow_name": WORKFLOW_NAME,
-            "queue_name": QUEUE_NAME,
-            "workflow_id": execution_id,
-            "app_version": self.config.application_version,
-        }
-        if delay_s is not None:
-            options["delay_seconds"] = delay_s
-        await self._client_or_fail().enqueue_async(options, execution_id, traceparent)
+        sessions = self._system_sessions
+        await retry_transient(
+            lambda: enqueue_workflow(
+                sessions,
+                execution_id=execution_id,
+                traceparent=traceparent,
+                application_version=self.config.application_version,
+                application_name=self.config.app_name,
+                delay_s=delay_s,
+            ),
+            what=f"enqueue {execution_id}",
+        )
 
     async def prepare(self, execution_id: str, events_backend: EventsBackend) -> None:
         """With DBOS streams, the workflow must exist before its first event: it is made now,
