@@ -178,7 +178,9 @@ class Settings(BaseSettings):
         default=DEFAULT_MAX_RUNNING_EXECUTIONS_PER_OWNER,
         ge=1,
         le=1_000_000,
-        description="An owner's queued, running or paused executions; a start past it: 429.",
+        description="An owner's queued, running or paused executions; a start past it: 429. "
+        "Keep it below the cluster's worker slots (workers x DBOS_WORKER_CONCURRENCY, and x "
+        "WORKER_CONCURRENCY on Kafka) so one owner's paused runs cannot hold them all.",
     )
     max_sse_streams_per_key: int = Field(
         default=DEFAULT_MAX_SSE_STREAMS_PER_KEY,

@@ -56,7 +56,12 @@ async def test_a_start_whose_enqueue_failed_is_delivered_by_the_repair_sweep(
         ex = (await api.create(await api.create_flow(flows.crashable(ms=100))))["id"]
         watching = api.watch(ex)
         await _sql(stack, *(s.format(ex=ex) for s in _REFUSE))
-        assert await api.command(ex, "start") >= 500  # DBOS refused the workflow
+        # DBOS refused the workflow: the start is stored and will be delivered, so the answer
+        # is "retry later", never an internal error.
+        refused = await api.client.post(f"/v1/executions/{ex}/start", headers=api.auth)
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "unavailable"
+        assert "will be delivered" in refused.json()["error"]["message"]
         assert (await api.get(ex))["status"] == "queued"  # started, but on no queue
 
         await _sql(stack, "DROP TRIGGER refuse_enqueue ON dbos.workflow_status")

@@ -3,7 +3,8 @@
 The rule lives in the engine's sequencer, so every mode behaves alike: the node fails with a
 message naming it and the size, its error branch decides what follows, and the execution ends
 within seconds (before: `running` forever in hybrid mode, a lease-loss failure after ~50 s on
-Kafka, because the adapters were the ones that met the oversized record).
+Kafka, because the adapters were the ones that met the oversized record). An `emit` whose
+payload no child's `execution.created` could store fails the same way, naming the emit node.
 """
 
 from __future__ import annotations
@@ -48,12 +49,33 @@ def _oversized(*, error_branch: bool) -> dict[str, Any]:
     return flows.flow("oversized", nodes, edges)
 
 
-def _names_node_and_size(message: str) -> None:
-    assert "node 'big'" in message, message
+# 999,400 characters: `big`'s node.completed fits the default MAX_EVENT_BYTES (1,000,000), the
+# child's execution.created (the same payload, plus the room reserved for its other fields) not.
+_EMIT_COPIES = 9_994
+
+
+def _oversized_emit() -> dict[str, Any]:
+    """`spawn` emits a text its own node could output, but no child's `execution.created`
+    (which carries the payload) could store."""
+    return flows.flow(
+        "oversized-emit",
+        [
+            ("piece", "const", {"value": _PIECE}),
+            ("big", "template", {"template": "{a}" * _EMIT_COPIES}),
+            ("spawn", "emit", {"event": "go"}),
+            ("on_go", "listen", {"event": "go"}),
+            ("got", "output", {"name": "payload"}),
+        ],
+        [("piece.value", "big.a"), ("big.text", "spawn.payload"), ("on_go.payload", "got.value")],
+    )
+
+
+def _names_node_and_size(message: str, node: str = "big", over: int = _COPIES) -> None:
+    assert f"node '{node}'" in message, message
     assert "MAX_EVENT_BYTES" in message, message
     sizes = [int(s.replace(",", "")) for s in re.findall(r"\d[\d,]*(?= bytes)", message)]
     assert sizes, message
-    assert sizes[0] > _COPIES * len(_PIECE), message
+    assert sizes[0] > over * len(_PIECE), message
 
 
 async def _run(api: Api, error_branch: bool) -> tuple[list[dict[str, Any]], dict[str, Any], float]:
@@ -120,3 +142,28 @@ async def test_trigger_events_too_large_for_execution_created_are_refused_with_4
     assert "MAX_EVENT_BYTES" in r.json()["error"]["message"]
     listed = await api.client.get("/v1/executions", headers=api.auth)
     assert listed.json()["items"] == []  # refused before any row was written
+
+
+async def test_an_emit_whose_payload_is_oversized_fails_its_node_and_spawns_nothing(
+    api: Api, mode: Mode
+) -> None:
+    flow_id = await api.create_flow(_oversized_emit())
+    ex = (await api.create(flow_id))["id"]
+    watching = api.watch(ex)
+    began = time.monotonic()
+    assert await api.command(ex, "start") == 202
+    events = await watching
+    row = await api.wait_status(ex, {"completed", "failed"}, timeout=10)
+    assert time.monotonic() - began < 10
+    assert_contiguous(events)
+    assert "child.spawned" not in {e["type"] for e in events}
+    completed = {e["data"]["node_id"] for e in events if e["type"] == "node.completed"}
+    assert "big" in completed  # the payload itself fit its node's event
+    failed = [e for e in events if e["type"] == "node.failed"]
+    assert [e["data"]["node_id"] for e in failed] == ["spawn"], failed
+    _names_node_and_size(failed[0]["data"]["error"], "spawn", _EMIT_COPIES)
+    assert "execution.created" in failed[0]["data"]["error"]
+    assert (row["status"], row["error_node_id"], row["attempt"]) == ("failed", "spawn", 1), row
+    _names_node_and_size(row["error_message"], "spawn", _EMIT_COPIES)
+    assert events[-1]["type"] == "execution.failed"
+    assert (await api.tree(ex))["size"] == 1  # no child was made

@@ -4,7 +4,8 @@ What a platform team relies on: during the outage the API says 503 (JSON, `unava
 500; afterwards it recovers by itself; the outage is never blamed on a flow (no execution fails,
 none stays queued, none loses an attempt to it); `tally` counted exactly once per execution;
 every stream is contiguous with one terminal event; workers and the command listener are back
-(a new execution runs, a stop reaches a running one).
+(a new execution runs, a stop reaches a running one). The sweepers acting after a restart are
+tested in test_postgres_restart_sweepers.py.
 """
 
 from __future__ import annotations

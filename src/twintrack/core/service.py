@@ -72,6 +72,12 @@ class TrackUnavailable(Exception):
     """No task queue for the track this execution must go to is configured in this process."""
 
 
+class DeliveryFailed(TrackUnavailable):
+    """A start is stored (`queued`) but its task did not reach the track: the repair sweeps
+    deliver it, and starting again is harmless, so the caller hears "retry later" (503), never
+    an internal error."""
+
+
 class ParentStopping(Exception):
     """A child was not started: its parent is being stopped (the child ended `stopped`)."""
 
@@ -478,9 +484,15 @@ class ExecutionService:
             record = await self.write_locked(
                 row, _S.QUEUED, EventType.EXECUTION_QUEUED, {"track": record.track}
             )
-        await self.queues[record.track].enqueue(
-            record.id, record.attempt + 1, record.events_backend
-        )
+        try:
+            await self.queues[record.track].enqueue(
+                record.id, record.attempt + 1, record.events_backend
+            )
+        except Exception as exc:
+            raise DeliveryFailed(
+                f"execution {record.id} is queued but its task did not reach the "
+                f"{record.track} track ({type(exc).__name__}); it will be delivered"
+            ) from exc
         return record
 
     async def write_locked(

@@ -8,7 +8,11 @@ fits. Each refusal is a `LimitExceeded` naming the setting and its value, which 
   that would pass it is not created; its emit node fails instead.
 * `MAX_RUNNING_EXECUTIONS_PER_OWNER`: an owner's started, unfinished executions (queued, running
   or paused: holding a worker slot or waiting for one), children included. A start over it is
-  refused, so the execution stays `created` and can be started once a slot frees.
+  refused, so the execution stays `created` and can be started once a slot frees. It keeps
+  other owners' work running only while it is below the cluster's slots (workers x
+  WORKER_CONCURRENCY or DBOS_WORKER_CONCURRENCY), which no default can know: the default fits
+  one owner's ordinary burst (a 100-child fan-out and its root), and the README says how to
+  size it.
 * `MAX_SSE_STREAMS_PER_KEY`: event streams open at once with one API key, per API process.
 """
 
@@ -22,7 +26,7 @@ from twintrack.domain.execution import ExecutionStatus
 RUNNING_STATUSES = (ExecutionStatus.QUEUED, ExecutionStatus.RUNNING, ExecutionStatus.PAUSED)
 
 DEFAULT_MAX_EXECUTIONS_PER_TREE = 1000
-DEFAULT_MAX_RUNNING_EXECUTIONS_PER_OWNER = 1000
+DEFAULT_MAX_RUNNING_EXECUTIONS_PER_OWNER = 200
 DEFAULT_MAX_SSE_STREAMS_PER_KEY = 100
 
 

@@ -98,9 +98,12 @@ class _NodeContext:
         spawner = self._run.services.children
         if spawner is None:
             raise NodeError("child executions are not available in this run")
-        child = await spawner.spawn(
-            node_id=self._node.id, event=event, payload=payload, flow_id=flow_id
-        )
+        try:
+            child = await spawner.spawn(
+                node_id=self._node.id, event=event, payload=payload, flow_id=flow_id
+            )
+        except EventTooLarge as exc:  # the child's `execution.created`: this node's payload
+            raise EventTooLarge(exc.event_type, self._node.id, exc.size, exc.limit) from exc
         if child.announced:
             return child.execution_id
         await self._run.sink.emit(

@@ -87,7 +87,7 @@ def test_limit_settings_have_defaults_and_refuse_zero(
     monkeypatch.chdir(tmp_path)
     s = load_settings()
     assert s.max_executions_per_tree == 1000
-    assert s.max_running_executions_per_owner == 1000
+    assert s.max_running_executions_per_owner == 200
     assert s.max_sse_streams_per_key == 100
     monkeypatch.setenv("MAX_RUNNING_EXECUTIONS_PER_OWNER", "7")
     assert load_settings().max_running_executions_per_owner == 7
