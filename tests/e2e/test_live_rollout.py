@@ -1,25 +1,29 @@
 """The live rollout and its guard (issue #12) on real servers: a change made with `twintrack
 rollout set` or `PUT /v1/admin/rollout` reaches every API process within 2 s without a
-restart; changing it while executions are created loses or double-routes none; and the guard
-rolls a failing DBOS cohort back while the Kafka cohort is untouched.
+restart; changing it while two API processes create executions (run by a Kafka-only and a
+DBOS-only worker process) loses or double-routes none; and the guard rolls a failing DBOS
+cohort back while the Kafka cohort is untouched.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
 import pytest
+from sqlalchemy import func, select
 
 from tests.e2e import flows
-from tests.e2e.stack import Stack, assert_contiguous, eventually, open_stack
+from tests.e2e.stack import Api, Stack, assert_contiguous, eventually, open_stack
 from tests.e2e.test_rollout import run_cli
+from twintrack.adapters.postgres.tables import ExecutionRow, WorkerRow
 from twintrack.bootstrap import Container, ServiceFactory
 from twintrack.config import load_settings
 from twintrack.core.guard import GUARD
@@ -163,61 +167,144 @@ async def test_the_timer_re_reads_a_change_whose_notification_was_lost_and_the_e
         assert pinned.service.route("team-a") is Track.KAFKA
 
 
+async def healthy(base_url: str) -> bool:
+    try:
+        async with httpx.AsyncClient(base_url=base_url, timeout=2) as http:
+            return (await http.get("/healthz")).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+async def workers_by_track(stack: Stack) -> dict[str, str]:
+    """worker_id -> the one track it serves, for the live workers registered so far."""
+    async with stack.container.sessions() as session:
+        rows = (
+            await session.execute(
+                select(WorkerRow.worker_id, WorkerRow.tracks).where(WorkerRow.stopped_at.is_(None))
+            )
+        ).all()
+    return {r.worker_id: r.tracks[0] for r in rows if len(r.tracks) == 1}
+
+
+async def finished(stack: Stack, ids: list[str]) -> bool:
+    async with stack.container.sessions() as session:
+        done = await session.scalar(
+            select(func.count())
+            .select_from(ExecutionRow)
+            .where(ExecutionRow.id.in_(ids), ExecutionRow.finished_at.is_not(None))
+        )
+    return done == len(ids)
+
+
 async def test_changing_the_rollout_while_executions_are_created_loses_or_doubles_nothing(
     base_env: dict[str, str], logs: Path
 ) -> None:
+    """Two API processes create while the rollout flips under them; the flips reach them by
+    NOTIFY alone (the timer re-read is further away than the test lasts), and the executions run
+    on a Kafka-only and a DBOS-only worker process: each where it was routed, once."""
     # A lease that cannot lapse on a loaded machine: a recovery re-run is not what this checks.
-    async with open_stack(base_env, logs, CLAIM_TTL_S="15") as stack:
-        await stack.add_worker()  # serves both tracks
-        api, key = stack.api, await admin_key(stack)
-        flow_id = await api.create_flow(flows.crashable(ms=10))
+    env = {**base_env, "ROLLOUT_REFRESH_S": "120", "CLAIM_TTL_S": "15"}
+    async with open_stack(env, logs) as stack:
+        urls = []
+        for name in ("api-1", "api-2"):
+            port = free_port()
+            stack.spawn_api_process(name, port)
+            urls.append(f"http://127.0.0.1:{port}")
+        for track in ("kafka", "dbos"):
+            stack.spawn_worker_process(f"{track}-worker", env={"WORKER_TRACKS": track})
+        key = await admin_key(stack)
+        flow_id = await stack.api.create_flow(flows.crashable(ms=10))
         auth = {"Authorization": f"Bearer {key}"}
-        creating = True
-
-        async def flip() -> int:
-            n = 0
-            while creating:
-                body = {"rollout_percent": 100 * (n % 2 == 0), "reason": f"flip {n}"}
-                r = await api.client.put("/v1/admin/rollout", json=body, headers=auth)
-                assert r.status_code == 200, r.text
-                n += 1
-                await asyncio.sleep(0.01)  # pacing, not synchronisation
-            return n
-
-        async def create_and_start() -> dict[str, Any]:
-            row = await api.create(flow_id)
-            assert await api.command(row["id"], "start") == 202
-            return row
-
-        live = stack.container.rollout
-        assert live is not None
-        flipping = asyncio.create_task(flip())
-        created: list[dict[str, Any]] = []
-        for _ in range(4):  # waves, each after the state in force changed again
-            await newer_than(live, live.version)
-            created += await asyncio.gather(*(create_and_start() for _ in range(10)))
-        creating = False
-        flips = await flipping
-        assert flips >= 2
-        ids = [r["id"] for r in created]
-        assert len(set(ids)) == len(ids)
-        tracks = {r["id"]: r["track"] for r in created}
-        assert set(tracks.values()) == {"kafka", "dbos"}, tracks  # both routes were taken
-
-        rows = await asyncio.gather(
-            *(api.wait_status(ex, {"completed", "failed", "stopped"}, 60) for ex in ids)
+        for url in urls:
+            await eventually(functools.partial(healthy, url), timeout=60, every=0.1)
+        workers = await eventually(
+            lambda: _two_tracks(workers_by_track(stack)), timeout=60, every=0.1
         )
-        assert [r["status"] for r in rows] == ["completed"] * len(ids)
-        for row in rows:
-            assert row["track"] == tracks[row["id"]]  # decided once, at creation
-            assert row["attempt"] == 1
+
+        async def put(percent: int, reason: str) -> None:
+            # Through the test's own API process: the spawned ones only hear of it by NOTIFY.
+            r = await stack.api.client.put(
+                "/v1/admin/rollout",
+                json={"rollout_percent": percent, "reason": reason},
+                headers=auth,
+            )
+            assert r.status_code == 200, r.text
+
+        created: list[tuple[int, dict[str, Any]]] = []  # (API process, the create's answer)
+        async with contextlib.AsyncExitStack() as clients:
+            apis = [
+                Api(
+                    await clients.enter_async_context(httpx.AsyncClient(base_url=u, timeout=30)),
+                    stack.api.key,
+                )
+                for u in urls
+            ]
+
+            async def create_and_start(i: int) -> None:
+                row = await apis[i].create(flow_id)
+                assert await apis[i].command(row["id"], "start") == 202
+                created.append((i, row))
+
+            creating = True
+
+            async def flip() -> int:
+                n = 0
+                while creating:
+                    await put(100 * (n % 2 == 0), f"flip {n}")
+                    n += 1
+                    await asyncio.sleep(0.01)  # pacing, not synchronisation
+                return n
+
+            live = stack.container.rollout
+            assert live is not None
+            flipping = asyncio.create_task(flip())
+            for _ in range(4):  # waves, each after the state in force changed again
+                await newer_than(live, live.version)
+                await asyncio.gather(*(create_and_start(i) for i in (0, 1) for _ in range(5)))
+            creating = False
+            assert await flipping >= 2
+            assert {r["track"] for _, r in created} == {"kafka", "dbos"}  # both routes taken
+
+            # Each process follows each change within 2 s, by NOTIFY (its timer is minutes away).
+            for percent, track in ((100, "dbos"), (0, "kafka")):
+                await put(percent, f"settle on {track}")
+                for i in (0, 1):
+
+                    async def routed(i: int = i, track: str = track) -> bool:
+                        await create_and_start(i)
+                        return bool(created[-1][1]["track"] == track)
+
+                    await eventually(routed, timeout=PROPAGATION_S, every=0.05)
+
+        ids = [r["id"] for _, r in created]
+        assert len(set(ids)) == len(ids)
+        await eventually(lambda: finished(stack, ids), timeout=60, every=0.2)
+        async with stack.container.sessions() as session:
+            made = await session.scalar(
+                select(func.count())
+                .select_from(ExecutionRow)
+                .where(ExecutionRow.flow_id == flow_id, ExecutionRow.shadow_of.is_(None))
+            )
+        assert made == len(ids)  # no create made a second execution
+        api = stack.api
+        for _, answer in created:
+            row = await api.get(answer["id"])
+            assert (row["status"], row["attempt"]) == ("completed", 1), row
+            assert row["track"] == answer["track"]  # decided once, at creation
             events = await api.events(row["id"])
             assert_contiguous(events)
-            (made,) = [e for e in events if e["type"] == "execution.created"]
+            (made_event,) = [e for e in events if e["type"] == "execution.created"]
             (started,) = [e for e in events if e["type"] == "execution.started"]
-            assert made["data"]["track"] == started["data"]["track"] == row["track"]
+            assert made_event["data"]["track"] == started["data"]["track"] == row["track"]
+            # ...and run by the worker of that track, the only one that could take it.
+            assert workers[started["data"]["worker_id"]] == row["track"], started
         assert await stack.container.counters.get("before") == len(ids)
         assert await stack.container.counters.get("after") == len(ids)
+
+
+async def _two_tracks(found: Awaitable[dict[str, str]]) -> dict[str, str] | None:
+    workers = await found
+    return workers if sorted(workers.values()) == ["dbos", "kafka"] else None
 
 
 class FailsOnDbos(NodeType):

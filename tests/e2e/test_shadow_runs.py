@@ -2,7 +2,7 @@
 with SHADOW_PERCENT=100 each completed execution is re-run on the other track with side effects
 off (a tally counts once), hidden from its owner, and compared; a flow that behaves differently
 per track lands in the mismatch ledger that `rollout mismatches` and the admin API show; and
-`rollout report --json` shows the numbers.
+`rollout report --json` shows the numbers, for the Kafka-routed and the DBOS-routed cohort.
 """
 
 from __future__ import annotations
@@ -130,11 +130,27 @@ async def test_completed_executions_are_shadowed_on_the_other_track_and_compared
         assert code == 0, out
         assert divergent["id"] in out
 
+        # One execution routed to DBOS: the other way round, shadowed on Kafka.
+        admin = {"Authorization": f"Bearer {(await stack.container.keys.create('ops', True)).key}"}
+        to_dbos = await api.client.put(
+            "/v1/admin/rollout", json={"rollout_percent": 100, "reason": "dbos"}, headers=admin
+        )
+        assert to_dbos.status_code == 200, to_dbos.text
+        on_dbos = await run(tally_id)
+        assert on_dbos["track"] == "dbos"
+        shadow_run = await compared(stack, on_dbos["id"])
+        assert (shadow_run.status, shadow_run.shadow_track.value) == (MATCHED, "kafka")
+
         code, out = await run_cli(stack, "report", "--window", "1h", "--json")
         assert code == 0, out
-        kafka = next(
-            r for r in json.loads(out)["rows"] if (r["track"], r["cohort"]) == ("kafka", "routed")
-        )
+        report_rows = {(r["track"], r["cohort"]): r for r in json.loads(out)["rows"]}
+        kafka, dbos = report_rows["kafka", "routed"], report_rows["dbos", "routed"]
+        assert (dbos["executions"], dbos["completed"], dbos["failed"]) == (1, 1, 0)
+        assert (dbos["shadow_runs"], dbos["shadow_matches"], dbos["consistency_rate"]) == (1, 1, 1)
+        assert dbos["error_rate"] == 0.0
+        assert dbos["p50_s"] is not None
+        assert report_rows["dbos", "all"]["executions"] == 1  # the shadows are not counted
+        assert report_rows["dbos", "fallback"]["executions"] == 0
         assert (kafka["executions"], kafka["completed"], kafka["failed"]) == (3, 3, 0)
         assert (kafka["shadow_runs"], kafka["shadow_matches"]) == (3, 2)
         assert kafka["consistency_rate"] == pytest.approx(2 / 3)
@@ -146,7 +162,6 @@ async def test_completed_executions_are_shadowed_on_the_other_track_and_compared
         assert out.splitlines()[1].split()[:3] == ["TRACK", "COHORT", "EXECS"]
 
         # The admin API: the same ledger and scorecard, and the live percentage.
-        admin = {"Authorization": f"Bearer {(await stack.container.keys.create('ops', True)).key}"}
         ledger = await api.client.get("/v1/admin/shadow/mismatches", headers=admin)
         assert ledger.status_code == 200, ledger.text
         assert [m["original_id"] for m in ledger.json()["mismatches"]] == [divergent["id"]]

@@ -21,7 +21,9 @@ While DBOS receives no new executions there is nothing to guard and no verdict i
 The Kafka cohort is the baseline when it has GUARD_MIN_SAMPLES itself; otherwise (a 100 % DBOS
 rollout) the thresholds apply to the DBOS figures alone. An execution routed to DBOS that fell
 back to Kafka at admission (DBOS_FALLBACK_TO_KAFKA) counts as a failed DBOS sample: DBOS could
-not take it, whatever then happened to it on Kafka.
+not take it, whatever then happened to it on Kafka. It is never a Kafka sample (the stores
+leave it out of the Kafka figures): counted there too, a DBOS outage would raise the baseline
+it is judged against.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ class CohortFigures:
     p99_s: float | None
     #: unfinished and started (queued or later) longer than GUARD_STUCK_AFTER_S ago
     stuck: int
-    #: (DBOS only) created in the window on Kafka because DBOS admission failed
+    #: (DBOS only) created in the window on Kafka because DBOS admission failed; they are in
+    #: no track's other figures (the Kafka ones included)
     fallbacks: int = 0
 
     @property

@@ -2,8 +2,9 @@
 download, which cannot work here), over the real stack of tests/e2e.
 
 `scripts/bootstrap.sh` installs `chromium` when it is missing; without it these tests skip,
-saying so. `CONSOLE_SCREENSHOTS=DIR` saves each page's screenshot there (the README's images
-come from `CONSOLE_SCREENSHOTS=docs/console .venv/bin/pytest tests/e2e/console`).
+saying so, except under `CI=true`, where they fail: CI must not go green having opened no page.
+`CONSOLE_SCREENSHOTS=DIR` saves each page's screenshot there (the README's images come from
+`CONSOLE_SCREENSHOTS=docs/console .venv/bin/pytest tests/e2e/console`).
 """
 
 from __future__ import annotations
@@ -31,11 +32,20 @@ def chromium_binary() -> str | None:
     return None
 
 
+def required_chromium() -> str:
+    """The browser's path; without one, skip (a laptop) or fail (`CI=true`)."""
+    binary = chromium_binary()
+    if binary is not None:
+        return binary
+    missing = "no chromium on PATH (scripts/bootstrap.sh installs Debian's)"
+    if os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"):
+        pytest.fail(f"{missing}, and CI=true: the browser tests must run in CI")
+    pytest.skip(missing)
+
+
 @pytest_asyncio.fixture(scope="session")
 async def browser() -> AsyncIterator[Browser]:
-    binary = chromium_binary()
-    if binary is None:
-        pytest.skip("no chromium on PATH (scripts/bootstrap.sh installs Debian's)")
+    binary = required_chromium()
     async with async_playwright() as p:
         launched = await p.chromium.launch(
             executable_path=binary, args=["--no-sandbox", "--disable-gpu"]

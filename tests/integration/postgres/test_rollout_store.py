@@ -94,46 +94,54 @@ async def test_the_guard_figures_count_the_window_and_the_stuck(
     flows = PostgresFlowStore(session_factory)
     executions = PostgresExecutionStore(session_factory)
     flow = await flows.create("o", "f", {"name": "f", "nodes": [], "edges": []})
-    rows: dict[str, tuple[Track, str, float | None, float | None]] = {}
-    # (track, status, finished this many seconds ago, created this long before finishing)
+    rows: dict[str, tuple[Track, str, float | None, float | None, str | None]] = {}
+    # (track, status, finished this many seconds ago, created this long before finishing,
+    # fallback_reason)
     plan = [
-        (Track.DBOS, "failed", 1.0, 1.0),
-        (Track.DBOS, "failed", 2.0, 1.0),
-        (Track.DBOS, "completed", 3.0, 4.0),
-        (Track.DBOS, "completed", 3600.0, 1.0),  # outside the window
-        (Track.DBOS, "queued", None, None),  # stuck below
-        (Track.KAFKA, "completed", 1.0, 1.0),
-        (Track.KAFKA, "stopped", 1.0, 1.0),  # not an outcome
+        (Track.DBOS, "failed", 1.0, 1.0, None),
+        (Track.DBOS, "failed", 2.0, 1.0, None),
+        (Track.DBOS, "completed", 3.0, 4.0, None),
+        (Track.DBOS, "completed", 3600.0, 1.0, None),  # outside the window
+        (Track.DBOS, "queued", None, None, None),  # stuck below
+        (Track.KAFKA, "completed", 1.0, 1.0, None),
+        (Track.KAFKA, "stopped", 1.0, 1.0, None),  # not an outcome
+        # Routed to DBOS, created on Kafka: DBOS failures, never Kafka samples (not its
+        # failures, its p99, its stuck).
+        (Track.KAFKA, "failed", 1.0, 1.0, "DBOS client timeout"),
+        (Track.KAFKA, "completed", 1.0, 30.0, "DBOS refused"),
+        (Track.KAFKA, "queued", None, None, "DBOS schema behind"),  # created before the window
     ]
-    for track, status, ago, took in plan:
+    for track, status, ago, took, why in plan:
         ex = await _execution(executions, flow, track, ExecutionStatus(status))
-        rows[ex] = (track, status, ago, took)
+        rows[ex] = (track, status, ago, took, why)
     async with session_factory.begin() as session:
-        for ex, (_, status, ago, took) in rows.items():
+        for ex, (_, status, ago, took, why) in rows.items():
             if ago is None:
                 await session.execute(
                     text(
-                        "UPDATE executions SET status = :s, queued_at = now() - interval '1 hour'"
-                        " WHERE id = :id"
+                        "UPDATE executions SET status = :s, fallback_reason = :why,"
+                        " queued_at = now() - interval '1 hour',"
+                        " created_at = now() - interval '1 hour' WHERE id = :id"
                     ),
-                    {"s": status, "id": ex},
+                    {"s": status, "why": why, "id": ex},
                 )
                 continue
             await session.execute(
                 text(
-                    "UPDATE executions SET status = :s,"
+                    "UPDATE executions SET status = :s, fallback_reason = :why,"
                     " finished_at = now() - make_interval(secs => :ago),"
                     " created_at = now() - make_interval(secs => :ago + :took) WHERE id = :id"
                 ),
-                {"s": status, "ago": ago, "took": took, "id": ex},
+                {"s": status, "why": why, "ago": ago, "took": took, "id": ex},
             )
     store = PostgresGuardStore(session_factory)
     window = await store.figures(window_s=60, stuck_after_s=300)
     dbos, kafka = window.cohorts[Track.DBOS], window.cohorts[Track.KAFKA]
-    assert (dbos.finished, dbos.failed, dbos.stuck) == (3, 2, 1)
+    assert (dbos.finished, dbos.failed, dbos.stuck, dbos.fallbacks) == (3, 2, 1, 2)
     assert dbos.p99_s == pytest.approx(4.0, abs=0.01)
-    assert (kafka.finished, kafka.failed, kafka.stuck) == (1, 0, 0)
+    assert (kafka.finished, kafka.failed, kafka.stuck, kafka.fallbacks) == (1, 0, 0, 0)
     assert kafka.error_rate == 0.0
+    assert kafka.p99_s == pytest.approx(1.0, abs=0.01)  # not the 30 s fallback
 
     recorded = await store.record(
         GuardVerdict(Verdict.FAIL, "why", 1, False, {"rollout_version": 3})

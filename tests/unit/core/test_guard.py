@@ -325,6 +325,36 @@ async def test_fallbacks_at_admission_count_as_dbos_failures() -> None:
     verdict = await world.guard.check()
     assert verdict is not None
     assert verdict.figures["dbos"]["fallbacks"] == 8
+    assert verdict.figures["kafka"]["finished"] == 20  # the fallbacks are not Kafka samples
     assert (verdict.verdict, verdict.rolled_back) == (Verdict.FAIL, True)
     assert "DBOS error rate 66.7%" in verdict.reason
     assert await world.percent() == 0
+
+
+async def test_fallbacks_never_weigh_on_the_kafka_baseline() -> None:
+    """A fallback that then failed (or was slow) on Kafka is the DBOS cohort's failure only:
+    counted in the Kafka baseline too, it would raise Kafka's error rate and p99 along with
+    DBOS's and hide the very outage the guard is there to catch."""
+    world = World(failures_to_rollback=1, max_error_rate_delta=0.1)
+    await world.start()
+    world.clock.advance(31)
+    world.add(Track.DBOS, _S.COMPLETED, 10)
+    world.add(Track.KAFKA, _S.COMPLETED, 10)
+    for _ in range(2):
+        r = record(world.clock, Track.KAFKA, _S.FAILED, fallback_reason="DBOS client timeout")
+        world.executions.records[r.id] = r
+    slow = record(world.clock, Track.KAFKA, _S.COMPLETED, 50.0, fallback_reason="DBOS refused")
+    world.executions.records[slow.id] = slow
+    stuck = record(world.clock, Track.KAFKA, _S.QUEUED, 3600.0, fallback_reason="DBOS refused")
+    world.executions.records[stuck.id] = stuck
+    verdict = await world.guard.check()
+    assert verdict is not None
+    kafka, dbos = verdict.figures["kafka"], verdict.figures["dbos"]
+    assert (kafka["finished"], kafka["failed"], kafka["error_rate"]) == (10, 0, 0.0)
+    assert kafka["p99_s"] == pytest.approx(0.1)
+    assert kafka["stuck"] == 0
+    assert (dbos["finished"], dbos["fallbacks"]) == (10, 3)  # the stuck one predates the window
+    # 3 of 13 DBOS samples failed against a clean Kafka baseline; with the fallbacks counted on
+    # the Kafka side too, Kafka's rate (2 of 13) would be within 0.1 of it: a pass.
+    assert (verdict.verdict, verdict.rolled_back) == (Verdict.FAIL, True)
+    assert "DBOS error rate 23.1% vs Kafka 0.0%" in verdict.reason

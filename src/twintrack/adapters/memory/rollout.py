@@ -95,10 +95,11 @@ class MemoryGuardStore:
         )
         cohorts = {}
         for track in Track:
+            # A fallback ran on Kafka but is the DBOS cohort's (a failure): never a Kafka sample.
             rows = [
                 r
                 for r in self.executions.records.values()
-                if r.track is track and r.shadow_of is None
+                if r.track is track and r.shadow_of is None and r.fallback_reason is None
             ]
             ended = [
                 r

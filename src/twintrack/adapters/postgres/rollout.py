@@ -237,7 +237,9 @@ class PostgresRolloutFeed:
 
 
 # Finished in the window, unfinished (to count the stuck), or fallen back to Kafka at admission
-# in the window (DBOS failures, whatever track they ran on): each indexed.
+# in the window (DBOS failures, whatever track they ran on): each indexed. A fallback runs on the
+# Kafka track but belongs to the DBOS cohort: it is only ever a DBOS failure (`fallbacks`), never
+# a Kafka sample, or a DBOS outage would raise the Kafka baseline it is compared with.
 _FIGURES = text(
     """
     WITH bounds AS (
@@ -246,15 +248,23 @@ _FIGURES = text(
                now() - make_interval(secs => :stuck_s) AS stuck_before
     )
     SELECT b.now, e.track,
-        count(*) FILTER (WHERE e.status IN ('completed', 'failed') AND e.finished_at >= b.since)
-            AS finished,
-        count(*) FILTER (WHERE e.status = 'failed' AND e.finished_at >= b.since) AS failed,
+        count(*) FILTER (
+            WHERE e.status IN ('completed', 'failed') AND e.finished_at >= b.since
+              AND e.fallback_reason IS NULL
+        ) AS finished,
+        count(*) FILTER (
+            WHERE e.status = 'failed' AND e.finished_at >= b.since AND e.fallback_reason IS NULL
+        ) AS failed,
         percentile_disc(0.99) WITHIN GROUP (
             ORDER BY extract(epoch FROM e.finished_at - e.created_at)
-        ) FILTER (WHERE e.status = 'completed' AND e.finished_at >= b.since) AS p99_s,
+        ) FILTER (
+            WHERE e.status = 'completed' AND e.finished_at >= b.since
+              AND e.fallback_reason IS NULL
+        ) AS p99_s,
         count(*) FILTER (
             WHERE e.status IN ('queued', 'running')
               AND coalesce(e.queued_at, e.created_at) < b.stuck_before
+              AND e.fallback_reason IS NULL
         ) AS stuck,
         count(*) FILTER (
             WHERE e.fallback_reason IS NOT NULL AND e.created_at >= b.since

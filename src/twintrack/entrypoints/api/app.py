@@ -17,6 +17,7 @@ from twintrack.domain.flow import MAX_FLOW_BYTES
 from twintrack.domain.limits import DEFAULT_MAX_SSE_STREAMS_PER_KEY
 from twintrack.entrypoints.api.auth import DEFAULT_TTL_S, ApiKeyAuthenticator
 from twintrack.entrypoints.api.deps import ApiContainer
+from twintrack.entrypoints.api.docs import install_docs
 from twintrack.entrypoints.api.errors import UnhandledErrors, install_error_handlers
 from twintrack.entrypoints.api.limits import BodyLimit, StreamSlots
 from twintrack.entrypoints.api.metrics import RequestMetrics
@@ -70,7 +71,10 @@ def create_app(
         # Operation ids are the endpoint names (create_execution, stop_execution, ...), so a
         # client generated from /openapi.json gets readable, stable method names.
         generate_unique_id_function=lambda route: route.name,
+        docs_url=None,  # both pages are served from vendored files by install_docs
+        redoc_url=None,
     )
+    install_docs(app)
     app.state.container = container
     app.state.authenticator = ApiKeyAuthenticator(container.keys, ttl_s=auth_cache_ttl_s)
     app.state.stream_slots = StreamSlots(max_sse_streams_per_key)
