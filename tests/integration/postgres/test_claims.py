@@ -73,7 +73,8 @@ async def test_a_claim_leases_a_queued_execution_and_counts_the_attempt(
     claim, record = taken
     assert (claim.execution_id, claim.worker_id, claim.generation) == (ex.id, "w-a", 1)
     assert (record.status, record.attempt) == (S.RUNNING, 1)
-    assert record.started_at is not None and record.queued_at == ex.queued_at
+    assert record.started_at is not None
+    assert record.queued_at == ex.queued_at
     assert record == await executions.get(ex.id)
     assert claim.expires_at > record.started_at
     assert await claims.held_by("w-a") == [ex.id]
@@ -193,4 +194,5 @@ async def test_an_event_index_never_goes_down_through_a_move(
 
     done = await claims.transition(claim, S.COMPLETED, release=True, next_event_index=4)
 
-    assert done is not None and done.next_event_index == 9
+    assert done is not None
+    assert done.next_event_index == 9
