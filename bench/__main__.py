@@ -11,9 +11,9 @@ breaks its servers on purpose, so it brings its own; see `bench.soak`)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -61,6 +61,7 @@ from bench.report import (
     results_table,
     write_doc,
 )
+from twintrack.entrypoints.loop import run as run_loop
 from twintrack.observability.logs import configure_logging
 
 Measure = Callable[[Deployment, Sizes], Awaitable[Section]]
@@ -314,7 +315,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     load_before = load_average()
     machine = [*facts(), ("code", code_revision())]
-    results, machine_wide = asyncio.run(_main(args))
+    # The API runs in this process: on the loop `twintrack api` would use with these settings.
+    loop = args.overrides.get("EVENT_LOOP", os.environ.get("EVENT_LOOP", "uvloop"))
+    machine.append(("API event loop", loop))
+    results, machine_wide = run_loop(_main(args), loop)
     elapsed = time.monotonic() - began
     machine += [
         *args.server_facts,

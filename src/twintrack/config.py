@@ -300,6 +300,9 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
+    #: the event loop of `twintrack api`, `worker` and `dev`: uvloop (libuv; less CPU per
+    #: request and per database round trip) or the standard library's (to rule uvloop out)
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     @field_validator(
         "database_url",

@@ -113,7 +113,9 @@ def run_dev(port: int | None = None, *, verbose: bool = False) -> None:
             sys.stdout.write(_banner(api, key, env_file, env))
             sys.stdout.flush()
 
-        asyncio.run(run_all(settings, ready))
+        from twintrack.entrypoints.loop import run
+
+        run(run_all(settings, ready), settings.event_loop)
 
 
 async def _create_key(database_url: str) -> str:

@@ -15,7 +15,9 @@ from sqlalchemy import func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from twintrack.adapters.postgres.executions import PostgresExecutionStore
+from twintrack.adapters.postgres.claim_statements import NotFoundRow, claim_queued, move_held
+from twintrack.adapters.postgres.db import one_statement
+from twintrack.adapters.postgres.executions import PostgresExecutionStore, transition_sources
 from twintrack.adapters.postgres.recovery import RELEASED, audit_row
 from twintrack.adapters.postgres.tables import ExecutionClaimRow, ExecutionRow
 from twintrack.core.errors import NotFound
@@ -25,6 +27,7 @@ from twintrack.domain.execution import ExecutionStatus, Track
 
 _S = ExecutionStatus
 ACTIVE = (_S.RUNNING, _S.PAUSED)
+_ONE_STATEMENT_FIELDS = frozenset({"outputs", "error_message", "error_node_id", "next_event_index"})
 
 
 def _ttl(seconds: float) -> Any:
@@ -36,6 +39,7 @@ class PostgresClaimStore:
         self, sessions: async_sessionmaker[AsyncSession], executions: PostgresExecutionStore
     ):
         self._sessions = sessions
+        self._single = one_statement(sessions)  # claim_statements: one round trip each
         self._executions = executions
 
     async def claim(
@@ -57,6 +61,12 @@ class PostgresClaimStore:
         caller's, or another worker holds a live lease on it.
         Raises NotFound for an execution that does not exist.
         """
+        if not takeover:
+            try:
+                async with self._single() as session:
+                    return await claim_queued(session, execution_id, worker_id, ttl_s, track)
+            except NotFoundRow:
+                raise NotFound("execution", execution_id) from None
         async with self._sessions.begin() as session:
             row = (
                 await session.execute(
@@ -148,7 +158,28 @@ class PostgresClaimStore:
         release: bool = False,
         **fields: Any,
     ) -> ExecutionRecord | None:
-        """A fenced status move: applied only while this worker holds the claim, else None."""
+        """A fenced status move: applied only while this worker holds the claim, else None.
+
+        One statement when the move applies (the run's own moves); a refused one is explained
+        by the general transaction below (IllegalTransition, UnexpectedStatus)."""
+        moved: ExecutionRecord | bool = True
+        if fields.keys() <= _ONE_STATEMENT_FIELDS:
+            async with self._single() as session:
+                moved = await move_held(
+                    session,
+                    claim,
+                    target,
+                    sources=transition_sources(target, expected),
+                    release=release,
+                    outputs=fields.get("outputs"),
+                    error_message=fields.get("error_message"),
+                    error_node_id=fields.get("error_node_id"),
+                    next_event_index=fields.get("next_event_index"),
+                )
+        if isinstance(moved, ExecutionRecord):
+            return moved
+        if not moved:
+            return None
         async with self._sessions.begin() as session:
             if not await self._hold(session, claim):
                 return None

@@ -84,7 +84,9 @@ def _record(row: ExecutionRow) -> ExecutionRecord:
     return ExecutionRecord.model_validate(row)
 
 
-def _sources(target: ExecutionStatus, expected: Collection[ExecutionStatus] | None) -> list[_S]:
+def transition_sources(
+    target: ExecutionStatus, expected: Collection[ExecutionStatus] | None
+) -> list[_S]:
     """The statuses an execution may be in for the move to `target` to be applied."""
     allowed = [s for s in ExecutionStatus if target in ALLOWED_TRANSITIONS[s]]
     return allowed if expected is None else [s for s in allowed if s in expected]
@@ -411,7 +413,7 @@ class PostgresExecutionStore:
         `finished_at` is set by the move to a terminal status. `attempt` counts the moves from
         `queued` to `running` (each delivery to a worker). `next_event_index` never goes down.
         """
-        sources = _sources(target, expected)
+        sources = transition_sources(target, expected)
         values: dict[str, Any] = {"status": target, "updated_at": func.now()}
         if target is _S.QUEUED:
             values["queued_at"] = func.coalesce(ExecutionRow.queued_at, func.now())

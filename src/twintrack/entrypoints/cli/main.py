@@ -146,7 +146,7 @@ def api() -> None:
     settings = load_cli_settings()
     from twintrack.entrypoints.processes import run_api
 
-    _run_service(lambda: run_api(settings))
+    _run_service(lambda: run_api(settings), settings.event_loop)
 
 
 @app.command()
@@ -163,7 +163,7 @@ def worker(
     settings = load_cli_settings()
     from twintrack.entrypoints.processes import run_worker
 
-    _run_service(lambda: run_worker(settings))
+    _run_service(lambda: run_worker(settings), settings.event_loop)
 
 
 @app.command()
@@ -211,11 +211,12 @@ def keys_create(
     typer.echo(asyncio.run(_create_key_for(settings.database_url, owner.strip(), admin=admin)))
 
 
-def _run_service(start: Any) -> None:
+def _run_service(start: Any, event_loop: Any) -> None:
     from twintrack.config import ConfigError
+    from twintrack.entrypoints.loop import run
 
     try:
-        asyncio.run(start())
+        run(start(), event_loop)
     except ConfigError as exc:
         raise fail(str(exc)) from None
 
