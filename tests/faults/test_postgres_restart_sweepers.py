@@ -5,15 +5,16 @@ Each loop is made to act after the restart and its effect asserted: the command 
 stop sent then reaches the running root), the child sweeper (it stops the child that stop left
 running) and recovery (the worker holding an execution is SIGKILLed; the survivor's sweeper
 hands it to a new attempt, which completes). Their leader locks and LISTEN connections died with
-the server, so each had to reconnect by itself.
+the server, so each had to reconnect by itself. A third worker is started during the outage: it
+waits the outage out at its start and joins (it used to exit with "connection refused").
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
+from subprocess import Popen
 
 import pytest
 
@@ -31,25 +32,34 @@ from twintrack.domain.commands import Command
 from twintrack.tooling.embedded.discovery import ProvidedBroker
 from twintrack.tooling.embedded.postgres import EmbeddedPostgres
 
-OUTAGE_S = 2.0
-
 
 async def _answers(api: Api) -> bool:
     r = await api.client.get("/v1/executions", headers=api.auth)
     return r.status_code == 200
 
 
-async def _two_workers(stack: Stack) -> bool:
-    return await live_workers(stack) >= 2
+async def _workers(stack: Stack, at_least: int) -> bool:
+    return await live_workers(stack) >= at_least
 
 
-async def _restart(server: EmbeddedPostgres, api: Api) -> None:
+async def _restart_while_a_worker_starts(server: EmbeddedPostgres, stack: Stack) -> Popen[bytes]:
+    """Stop the server, start a worker process, and bring the server back only once that
+    worker has met the outage at its start (its log says it is waiting it out)."""
+    assert stack.log_dir is not None
     server.stop_keeping_data()
     try:
-        await asyncio.sleep(OUTAGE_S)  # the outage's length, not synchronisation
+        late = stack.spawn_worker_process("late")
+        log = stack.log_dir / "late.log"
+        await eventually(lambda: _true(b"connect at start" in log.read_bytes()), timeout=40)
+        assert late.poll() is None, log.read_text(errors="replace")[-2000:]
     finally:
         server.start_again()
-    await eventually(lambda: _answers(api), timeout=20)
+    await eventually(lambda: _answers(stack.api), timeout=20)
+    return late
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def _the_child_sweeper_stops_what_a_stop_left_running(stack: Stack) -> None:
@@ -103,12 +113,15 @@ async def test_listeners_and_sweepers_act_after_a_postgres_restart(
         api = stack.api
         for name in ("left", "right"):  # processes: one is SIGKILLed, DBOS is per process
             stack.spawn_worker_process(name)
-        await eventually(lambda: _two_workers(stack), timeout=40)
+        await eventually(lambda: _workers(stack, 2), timeout=40)
         warm = (await api.create(await api.create_flow(flows.three_nodes())))["id"]
         await api.command(warm, "start")
         assert (await api.wait_status(warm, FINISHED, timeout=30))["status"] == "completed"
 
-        await _restart(own_postgres, api)
+        late = await _restart_while_a_worker_starts(own_postgres, stack)
+        # The worker that started during the outage waited it out and joined.
+        await eventually(lambda: _workers(stack, 3), timeout=40)
+        assert late.poll() is None
 
         await _the_child_sweeper_stops_what_a_stop_left_running(stack)
         await _recovery_reruns_a_killed_workers_execution(stack)

@@ -16,6 +16,7 @@ import uvicorn
 
 from twintrack.bootstrap import Container, ServiceFactory
 from twintrack.config import Settings
+from twintrack.core.transient import retry_transient
 from twintrack.domain.execution import Track
 
 log = structlog.get_logger()
@@ -57,7 +58,9 @@ class WorkerProcess:
 
     async def start(self) -> None:
         tracks = [t.value for t in self.settings.worker_tracks]
-        await self.registry.register(self.host.worker_id, tracks)
+        await retry_transient(
+            lambda: self.registry.register(self.host.worker_id, tracks), what="register worker"
+        )
         self.host.start()
         # Sweep from the first moment: a replacement worker must not wait for its consumer
         # group join (seconds) before it can recover what a dead one left.
@@ -142,7 +145,11 @@ async def run_with(
 ) -> None:
     factory = ServiceFactory(settings)
     container = factory.build()
-    await container.start()
+    # A process started while the database restarts (a deploy during a failover, a supervisor
+    # replacing a worker) waits it out instead of exiting; the starts are idempotent.
+    await retry_transient(
+        container.start, what="connect at start", deadline_s=settings.db_retry_deadline_s
+    )
     try:
         await body(factory, container, _stop_event())
     finally:
