@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import Awaitable, Callable, Iterator
 
 import structlog
@@ -16,7 +17,7 @@ import uvicorn
 
 from twintrack.bootstrap import Container, ServiceFactory
 from twintrack.config import Settings
-from twintrack.core.transient import retry_transient
+from twintrack.core.transient import is_transient, retry_transient
 from twintrack.domain.execution import Track
 
 log = structlog.get_logger()
@@ -139,17 +140,32 @@ async def _serve(server: uvicorn.Server, stop: asyncio.Event) -> None:
     await task
 
 
+async def _start_when_reachable(start: Callable[[], Awaitable[None]], deadline_s: float) -> None:
+    """A process started while the database restarts or the broker stalls (a deploy during a
+    failover, a supervisor replacing a worker) waits it out instead of exiting: `start` is
+    retried, with backoff, on an outage error until `deadline_s` (the starts are idempotent)."""
+    outage = (*ServiceFactory.outage_errors(), TimeoutError, OSError)
+    deadline = time.monotonic() + deadline_s
+    delay = 0.1
+    while True:
+        try:
+            return await start()
+        except Exception as exc:
+            lost = is_transient(exc) or isinstance(exc, outage)
+            if not lost or time.monotonic() + delay > deadline:
+                raise
+            log.warning("connect at start failed; retrying", error=repr(exc)[:300])
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
 async def run_with(
     settings: Settings,
     body: Callable[[ServiceFactory, Container, asyncio.Event], Awaitable[None]],
 ) -> None:
     factory = ServiceFactory(settings)
     container = factory.build()
-    # A process started while the database restarts (a deploy during a failover, a supervisor
-    # replacing a worker) waits it out instead of exiting; the starts are idempotent.
-    await retry_transient(
-        container.start, what="connect at start", deadline_s=settings.db_retry_deadline_s
-    )
+    await _start_when_reachable(container.start, deadline_s=settings.db_retry_deadline_s)
     try:
         await body(factory, container, _stop_event())
     finally:
@@ -175,8 +191,11 @@ async def run_worker(settings: Settings) -> None:
 
             serve(settings.worker_metrics_port)
         process = WorkerProcess(factory, container)
-        await process.start()
         try:
+            # Inside the try: a start that fails half-way (the broker unreachable for longer
+            # than the Kafka worker waits) still hands over what DBOS had already dequeued,
+            # instead of closing the channels under running executions (failed attempts).
+            await process.start()
             await stop.wait()
         finally:
             await process.stop()
