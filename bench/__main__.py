@@ -316,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = load_average()
     machine = [*facts(), ("code", code_revision())]
     # The API runs in this process: on the loop `twintrack api` would use with these settings.
-    loop = args.overrides.get("EVENT_LOOP", os.environ.get("EVENT_LOOP", "uvloop"))
+    loop = args.overrides.get("EVENT_LOOP", os.environ.get("EVENT_LOOP", "asyncio"))
     machine.append(("API event loop", loop))
     results, machine_wide = run_loop(_main(args), loop)
     elapsed = time.monotonic() - began

@@ -300,9 +300,10 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["console", "json"] = "console"
-    #: the event loop of `twintrack api`, `worker` and `dev`: uvloop (libuv; less CPU per
-    #: request and per database round trip) or the standard library's (to rule uvloop out)
-    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    #: the event loop of `twintrack api`, `worker` and `dev`: the standard library's, or uvloop
+    #: (libuv: less CPU per request and per round trip in paired bench runs, but opt-in until a
+    #: hang seen once in a full bench run with it is understood; docs/perf/README.md)
+    event_loop: Literal["uvloop", "asyncio"] = "asyncio"
 
     @field_validator(
         "database_url",

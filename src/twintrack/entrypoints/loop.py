@@ -1,8 +1,9 @@
-"""The service processes' event loop: uvloop unless EVENT_LOOP=asyncio.
+"""The service processes' event loop: the standard library's, or uvloop with EVENT_LOOP=uvloop.
 
-uvloop runs the same asyncio code on libuv; under the throughput load it takes less CPU per
+uvloop runs the same asyncio code on libuv; under the throughput load it took less CPU per
 HTTP request, per asyncpg round trip and per Kafka send than the standard loop. DBOS keeps its
-own background loop in a thread of its own; only ours changes.
+own background loop in a thread of its own; only ours changes. It is opt-in: one full bench run
+with it hung (docs/perf/README.md), which was not reproduced or explained yet.
 """
 
 from __future__ import annotations

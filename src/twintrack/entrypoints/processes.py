@@ -129,6 +129,8 @@ def api_server(container: Container, host: str, port: int) -> uvicorn.Server:
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=5,
+        # httptools rides with uvloop (EVENT_LOOP=uvloop); the standard loop keeps h11.
+        http="httptools" if container.settings.event_loop == "uvloop" else "h11",
     )
     return _Server(config)
 

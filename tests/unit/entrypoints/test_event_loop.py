@@ -14,8 +14,8 @@ async def _loop_type() -> type[asyncio.AbstractEventLoop]:
     return type(asyncio.get_running_loop())
 
 
-def test_uvloop_by_default_and_the_standard_loop_on_request() -> None:
-    assert Settings().event_loop == "uvloop"
-    assert issubclass(run(_loop_type(), "uvloop"), uvloop.Loop)
+def test_the_standard_loop_by_default_and_uvloop_on_request() -> None:
+    assert Settings().event_loop == "asyncio"
     assert not issubclass(run(_loop_type(), "asyncio"), uvloop.Loop)
-    assert Settings(event_loop="asyncio").event_loop == "asyncio"
+    assert issubclass(run(_loop_type(), "uvloop"), uvloop.Loop)
+    assert Settings(event_loop="uvloop").event_loop == "uvloop"
