@@ -210,14 +210,14 @@ async def run_all(settings: Settings, on_ready: Callable[[], None]) -> None:
 
     async def body(factory: ServiceFactory, container: Container, stop: asyncio.Event) -> None:
         process = WorkerProcess(factory, container)
-        await process.start()
-        server = api_server(container, settings.api_host, settings.api_port)
-        serving = asyncio.create_task(_serve(server, stop))
-        while not server.started and not serving.done():  # noqa: ASYNC110 (no event to await)
-            await asyncio.sleep(0.02)
-        if server.started:
-            on_ready()
-        try:
+        try:  # as in run_worker: a start that fails part-way still stops in order
+            await process.start()
+            server = api_server(container, settings.api_host, settings.api_port)
+            serving = asyncio.create_task(_serve(server, stop))
+            while not server.started and not serving.done():  # noqa: ASYNC110 (no event)
+                await asyncio.sleep(0.02)
+            if server.started:
+                on_ready()
             await serving
         finally:
             await process.stop()
