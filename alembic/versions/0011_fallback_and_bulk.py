@@ -35,9 +35,7 @@ def upgrade() -> None:
     for table in ("rollout_state", "rollout_history"):
         op.add_column(
             table,
-            sa.Column(
-                "fallback_to_kafka", sa.Boolean(), server_default=sa.false(), nullable=False
-            ),
+            sa.Column("fallback_to_kafka", sa.Boolean(), server_default=sa.false(), nullable=False),
         )
     op.create_table(
         "bulk_operations",
@@ -50,9 +48,7 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("truncated", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_bulk_operations")),
-        sa.CheckConstraint(
-            "action IN ('stop', 'reroute')", name=op.f("ck_bulk_operations_action")
-        ),
+        sa.CheckConstraint("action IN ('stop', 'reroute')", name=op.f("ck_bulk_operations_action")),
     )
     op.create_index(
         op.f("ix_bulk_operations_created_at"), "bulk_operations", ["created_at"], unique=False

@@ -477,7 +477,8 @@ class ExecutionService:
             if record.status is not _S.CREATED:
                 return record
             if record.shadow_of is None:  # shadows are bounded by SHADOW_MAX_RUNNING instead
-                self.limits.check_running(await row.owner_running_count(), record.owner_id)
+                cap = self.limits.max_running_executions_per_owner
+                self.limits.check_running(await row.admit_running(cap), record.owner_id)
             traceparent = current_traceparent()
             if traceparent is not None:
                 await row.remember_trace(traceparent)

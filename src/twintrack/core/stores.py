@@ -64,9 +64,17 @@ class LockedExecution(Protocol):
         """Keep the trace the execution belongs to, for the worker that will run it."""
         ...
 
-    async def owner_running_count(self) -> int:
-        """The owner's started, unfinished executions, exact until this transaction ends
-        (concurrent starts of the owner wait; TimeoutError after a bounded wait)."""
+    async def admit_running(self, cap: int) -> int:
+        """How many of the owner's running slots are taken without this execution (its
+        started, unfinished executions, and other starts admitted and not yet committed);
+        when fewer than `cap`, one is taken for this start, atomically with the count.
+
+        The taken slot counts for every other start of the owner until this transaction
+        commits the move out of `created` (then the execution counts as running), or ends
+        without it (the slot is given back). So `cap` is never passed, whichever process
+        starts, and an owner's starts do not wait for each other's publish. TimeoutError
+        when the owner's count could not be taken within a bounded wait.
+        """
         ...
 
 

@@ -34,6 +34,7 @@ EXPECTED_TABLES = {
     "execution_commands",
     "kafka_event_logs",
     "idempotency_keys",
+    "owner_admissions",
     "rollout_state",
     "rollout_history",
     "shadow_runs",

@@ -7,9 +7,11 @@ import time
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from twintrack.adapters.postgres import PostgresExecutionStore, PostgresFlowStore
+from twintrack.adapters.postgres import executions as executions_module
 from twintrack.core.errors import InvalidCursor, NotFound
 from twintrack.core.records import ExecutionRecord
 from twintrack.domain.execution import EventsBackend, ExecutionStatus, Track, TriggerEvent
@@ -93,7 +95,9 @@ async def test_concurrent_starts_of_one_owner_never_pass_the_running_limit(
     flows: PostgresFlowStore, executions: PostgresExecutionStore
 ) -> None:
     """What `ExecutionService.start` does, 12 at once with a limit of 3: exactly 3 go to
-    `queued`; the others stay `created`. Another owner is not held back."""
+    `queued`; the others stay `created`. The owner's lock is not held while a start publishes,
+    so the admitted ones are in flight together; none of them slips past the limit. Another
+    owner is not held back."""
     root = await _root(flows, executions)
     created = [await _create(executions, "alice", root.flow_id) for _ in range(12)]
     limits = OwnerLimits(max_running_executions_per_owner=3)
@@ -101,7 +105,7 @@ async def test_concurrent_starts_of_one_owner_never_pass_the_running_limit(
     async def start(record: ExecutionRecord) -> bool:
         async with executions.locked(record.id) as row:
             locked = row.record
-            running = await row.owner_running_count()
+            running = await row.admit_running(3)
             try:
                 limits.check_running(running, locked.owner_id)
             except LimitExceeded:
@@ -117,7 +121,8 @@ async def test_concurrent_starts_of_one_owner_never_pass_the_running_limit(
     assert statuses.count(S.CREATED) == 9
     bob = await _root(flows, executions, "bob")
     async with executions.locked(bob.id) as row:
-        assert await row.owner_running_count() == 0
+        assert await row.admit_running(3) == 0
+    assert await _admissions(executions) == 0  # each settled by its commit or given back
 
 
 async def test_running_count_covers_queued_running_and_paused_only(
@@ -149,7 +154,7 @@ async def test_running_count_covers_queued_running_and_paused_only(
     await executions.transition(shadow.id, S.QUEUED)
     async with executions.locked(root.id) as row:
         # the database function (migration 0012) counts exactly the domain's rule
-        assert await row.owner_running_count() == len(RUNNING_STATUSES) == 3
+        assert await row.admit_running(100) == len(RUNNING_STATUSES) == 3
 
 
 async def test_tree_pages_cover_every_member_once_with_the_whole_trees_counts(
@@ -185,20 +190,109 @@ async def test_tree_pages_cover_every_member_once_with_the_whole_trees_counts(
         await executions.tree_page(root.id, "alice", cursor="bm90LWEtY3Vyc29y")
 
 
-async def test_a_start_stuck_behind_a_held_owner_count_gives_up_in_bounded_time(
+async def _admissions(executions: PostgresExecutionStore) -> int:
+    async with executions._single() as session:
+        return int(await session.scalar(text("SELECT count(*) FROM owner_admissions")) or 0)
+
+
+async def test_an_admitted_start_holds_its_slot_until_it_commits_or_gives_it_back(
     flows: PostgresFlowStore, executions: PostgresExecutionStore
 ) -> None:
-    """A start that hangs (a stalled broker) holds the owner's count: the next start of that
-    owner gives up after `wait_s` with TimeoutError (503), and the held lock is not harmed."""
+    """Limit 1. While one start is admitted and still publishing (its transaction open, the
+    owner's lock already free), a second start of the owner counts it and is refused. One
+    that ends without committing (refused later, its publish failed) gives the slot back."""
     root = await _root(flows, executions)
     other = await _create(executions, "alice", root.flow_id)
-    async with executions.locked(root.id) as held:
-        await held.owner_running_count()
+
+    async def start_whose_publish_fails() -> None:
+        async with executions.locked(root.id) as first:
+            assert await first.admit_running(1) == 0
+            async with executions.locked(other.id) as second:
+                began = time.monotonic()
+                assert await second.admit_running(1, wait_s=2) == 1  # counted, not waited on
+                assert time.monotonic() - began < 1.5
+            raise RuntimeError("publish failed")
+
+    with pytest.raises(RuntimeError, match="publish failed"):
+        await start_whose_publish_fails()
+    assert (await executions.get(root.id)).status is S.CREATED
+    assert await _admissions(executions) == 0
+    async with executions.locked(other.id) as row:
+        assert await row.admit_running(1) == 0
+        await row.transition(S.QUEUED)
+    async with executions.locked(root.id) as row:
+        assert await row.admit_running(1) == 1  # now as `queued`, no admission left
+    assert await _admissions(executions) == 0
+
+
+async def test_the_admission_of_a_start_that_died_lapses(
+    flows: PostgresFlowStore, executions: PostgresExecutionStore
+) -> None:
+    """A process that died between its admission and its commit leaves the row behind: it
+    counts while it could still commit, and is dropped once it has lapsed."""
+    root = await _root(flows, executions)
+    dead = await _create(executions, "alice", root.flow_id)
+    async with executions._single() as session:
+        await session.execute(
+            text("INSERT INTO owner_admissions VALUES (:id, 'alice', now() + interval '1 hour')"),
+            {"id": dead.id},
+        )
+    async with executions.locked(root.id) as row:
+        assert await row.admit_running(1) == 1
+    async with executions._single() as session:
+        await session.execute(
+            text("UPDATE owner_admissions SET expires_at = now() - interval '1 s'")
+        )
+    async with executions.locked(root.id) as row:
+        assert await row.admit_running(1) == 0
+        await row.transition(S.QUEUED)
+    assert await _admissions(executions) == 0
+
+
+async def test_a_start_slower_than_its_admission_counts_again_before_it_commits(
+    flows: PostgresFlowStore, executions: PostgresExecutionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Limit 1. A start admitted so long ago that its admission may have lapsed counts again,
+    under the owner's lock, in its own transaction: another start that took the slot in the
+    meantime wins, this one is refused and stays `created`."""
+    monkeypatch.setattr(executions_module, "ADMISSION_TTL_S", 0.2)
+    root = await _root(flows, executions)
+    other = await _create(executions, "alice", root.flow_id)
+
+    async def slow_start() -> None:
+        async with executions.locked(root.id) as slow:
+            assert await slow.admit_running(1) == 0
+            deadline = time.monotonic() + 5
+            while True:  # until the slow one's admission has lapsed
+                async with executions.locked(other.id) as fast:
+                    if await fast.admit_running(1) == 0:
+                        await fast.transition(S.QUEUED)
+                        break
+                assert time.monotonic() < deadline
+            await slow.transition(S.QUEUED)
+
+    with pytest.raises(LimitExceeded, match="MAX_RUNNING_EXECUTIONS_PER_OWNER"):
+        await slow_start()
+    assert (await executions.get(root.id)).status is S.CREATED
+    assert (await executions.get(other.id)).status is S.QUEUED
+
+
+async def test_a_start_stuck_behind_a_held_owner_count_gives_up_in_bounded_time(
+    flows: PostgresFlowStore,
+    executions: PostgresExecutionStore,
+    session_factory: Sessions,
+) -> None:
+    """A start that must count in its own transaction holds the owner's lock until it commits:
+    the next start of that owner gives up after `wait_s` with TimeoutError (503), and the held
+    lock is not harmed."""
+    root = await _root(flows, executions)
+    other = await _create(executions, "alice", root.flow_id)
+    async with session_factory.begin() as held:
+        await PostgresExecutionStore.admit(held, "alice", root.id, 10)
         began = time.monotonic()
         with pytest.raises(TimeoutError, match="owner alice"):
             async with executions.locked(other.id) as row:
-                await row.owner_running_count(wait_s=0.3)
+                await row.admit_running(10, wait_s=0.3)
         assert 0.25 < time.monotonic() - began < 3
-        assert await held.owner_running_count() == 0
     async with executions.locked(other.id) as row:  # free again once committed
-        assert await row.owner_running_count(wait_s=0.3) == 0
+        assert await row.admit_running(10, wait_s=0.3) == 1  # root's admission still counts

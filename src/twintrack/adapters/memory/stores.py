@@ -195,9 +195,9 @@ class MemoryLockedExecution:
     async def remember_trace(self, traceparent: str) -> None:
         self.record = self.record.model_copy(update={"traceparent": traceparent})
 
-    async def owner_running_count(self, *, wait_s: float = OWNER_LOCK_WAIT_S) -> int:
+    async def admit_running(self, cap: int, *, wait_s: float = OWNER_LOCK_WAIT_S) -> int:
         """Counted under the owner's lock, held until the block ends: of two concurrent starts
-        the second counts the first."""
+        the second counts the first (one process: holding the lock is the admission)."""
         owner_id = self.record.owner_id
         if self._owner_lock is None:
             lock = self._store._owner_locks[owner_id]

@@ -9,11 +9,13 @@ execution out of a state (exactly one wins; the other gets IllegalTransition).
 from __future__ import annotations
 
 import builtins
+import time
 from collections.abc import AsyncIterator, Collection, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from sqlalchemy import (
     ARRAY,
     ColumnElement,
@@ -62,6 +64,7 @@ from twintrack.domain.execution import (
 from twintrack.domain.ids import new_execution_id
 from twintrack.domain.limits import OwnerLimits
 
+log = structlog.get_logger(__name__)
 _S = ExecutionStatus
 _UNIQUE_VIOLATION = "23505"
 _FOREIGN_KEY_VIOLATION = "23503"
@@ -74,10 +77,18 @@ _TREE_LOCK = text("SELECT pg_advisory_xact_lock(hashtext('twintrack_tree'), hash
 # Expired idempotency keys deleted per new key: more than expire per key, so the table stays
 # about one TTL's worth of keys, and no delete ever runs long.
 _EXPIRED_KEYS_PER_RESERVATION = 100
-#: the lock wait's bound, the owner's advisory lock, then the count (migration 0012): one
-#: round trip, the count's snapshot taken once the lock is held. It counts RUNNING_STATUSES,
-#: non-shadow (tests/integration/postgres/test_owner_limits.py holds the two together).
-_OWNER_RUNNING = text("SELECT twintrack_owner_running(:owner_id, :wait_ms)")
+#: the lock wait's bound, the owner's advisory lock, the count, and the admission if under the
+#: cap (migration 0013): one round trip, the count's snapshot taken once the lock is held. It
+#: counts RUNNING_STATUSES, non-shadow, plus admitted starts not yet committed
+#: (tests/integration/postgres/test_owner_limits.py holds the two together).
+_OWNER_ADMIT = text(
+    "SELECT twintrack_owner_admit(:owner_id, :execution_id, :cap, :ttl_s, :wait_ms)"
+)
+_FORGET_ADMISSION = text("DELETE FROM owner_admissions WHERE execution_id = :execution_id")
+#: How long an admitted start may take to commit before its admission lapses (its process died
+#: in between). Far above any start's publish; a start slower than half of it counts again in
+#: its own transaction before it commits, so the limit stays exact even then.
+ADMISSION_TTL_S = 120.0
 
 
 def _record(row: ExecutionRow) -> ExecutionRecord:
@@ -216,19 +227,32 @@ class PostgresExecutionStore:
             return _record(row)
 
     @staticmethod
-    async def running_count(
-        session: AsyncSession, owner_id: str, *, wait_s: float = OWNER_LOCK_WAIT_S
+    async def admit(
+        session: AsyncSession,
+        owner_id: str,
+        execution_id: str,
+        cap: int,
+        *,
+        wait_s: float = OWNER_LOCK_WAIT_S,
     ) -> int:
-        """The owner's started, unfinished executions, counted under the owner's advisory lock.
+        """Under the owner's advisory lock, count its started, unfinished executions and the
+        admitted starts not committed yet; admit `execution_id` if that is under `cap`.
 
-        The lock is held until `session` commits, so of two concurrent starts the second counts
-        the first: `MAX_RUNNING_EXECUTIONS_PER_OWNER` is exact, whichever API process starts.
-        The wait for it is bounded (TimeoutError, a 503), so starts stuck behind one that hangs
-        on a stalled broker are refused instead of queueing up one after the other.
+        The lock lasts as long as `session`'s transaction: one statement in autocommit, to
+        commit in the start's own transaction when it must count there. The wait for it is
+        bounded (TimeoutError, a 503), so starts stuck behind one that hangs are refused
+        instead of queueing up one after the other.
         """
         try:
-            count = await session.scalar(
-                _OWNER_RUNNING, {"owner_id": owner_id, "wait_ms": int(wait_s * 1000)}
+            taken = await session.scalar(
+                _OWNER_ADMIT,
+                {
+                    "owner_id": owner_id,
+                    "execution_id": execution_id,
+                    "cap": cap,
+                    "ttl_s": ADMISSION_TTL_S,
+                    "wait_ms": int(wait_s * 1000),
+                },
             )
         except DBAPIError as exc:
             if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
@@ -236,7 +260,7 @@ class PostgresExecutionStore:
             raise TimeoutError(
                 f"another start of owner {owner_id} has held its running count for {wait_s:g}s"
             ) from exc
-        return int(count or 0)
+        return int(taken or 0)
 
     async def get(self, execution_id: str, owner_id: str | None = None) -> ExecutionRecord:
         """The execution; NotFound when missing or owned by someone else than `owner_id`."""
@@ -478,7 +502,11 @@ class PostgresExecutionStore:
             )
             if row is None:
                 raise NotFound("execution", execution_id)
-            yield LockedRow(self, session, _record(row))
+            held = LockedRow(self, session, _record(row))
+            try:
+                yield held
+            finally:
+                await held.withdraw_admission()
 
     async def advance_event_index(self, execution_id: str, next_index: int) -> int:
         """Raise `next_event_index` to at least `next_index` (never lowers it); return its value.
@@ -580,6 +608,8 @@ class LockedRow:
         self._store = store
         self.session = session
         self.record = record
+        # (cap, monotonic time) of this start's admission, until this transaction settles it
+        self._admitted: tuple[int, float] | None = None
 
     async def transition(
         self,
@@ -590,7 +620,13 @@ class LockedRow:
         error_node_id: str | None = None,
         next_event_index: int | None = None,
     ) -> ExecutionRecord:
-        """`PostgresExecutionStore.transition` in this transaction; the handle sees the new row."""
+        """`PostgresExecutionStore.transition` in this transaction; the handle sees the new row.
+
+        A start's admission is settled in the same transaction: deleted as its `queued` commits,
+        so every other count sees this execution exactly once.
+        """
+        if self._admitted is not None:
+            await self._settle_admission()
         self.record = await self._store.transition(
             self.record.id,
             target,
@@ -610,6 +646,39 @@ class LockedRow:
         )
         self.record = self.record.model_copy(update={"traceparent": traceparent})
 
-    async def owner_running_count(self, *, wait_s: float = OWNER_LOCK_WAIT_S) -> int:
-        """The owner's started, unfinished executions, exact until this transaction commits."""
-        return await self._store.running_count(self.session, self.record.owner_id, wait_s=wait_s)
+    async def admit_running(self, cap: int, *, wait_s: float = OWNER_LOCK_WAIT_S) -> int:
+        """See `core.stores.LockedExecution.admit_running`. The owner's lock is held for one
+        statement on a connection of its own, not through this transaction's publish: an
+        owner's starts no longer run one at a time."""
+        async with self._store._single() as own:
+            taken = await self._store.admit(
+                own, self.record.owner_id, self.record.id, cap, wait_s=wait_s
+            )
+        if taken < cap:
+            self._admitted = (cap, time.monotonic())
+        return taken
+
+    async def _settle_admission(self) -> None:
+        assert self._admitted is not None
+        cap, at = self._admitted
+        if time.monotonic() - at > ADMISSION_TTL_S / 2:
+            # So slow its admission may lapse before this commits: count again, holding the
+            # owner's lock until this transaction commits (the exact, serial way).
+            taken = await self._store.admit(self.session, self.record.owner_id, self.record.id, cap)
+            OwnerLimits(max_running_executions_per_owner=cap).check_running(
+                taken, self.record.owner_id
+            )
+        await self.session.execute(_FORGET_ADMISSION, {"execution_id": self.record.id})
+        self._admitted = None
+
+    async def withdraw_admission(self) -> None:
+        """A start that admitted itself and did not commit (refused, failed, rolled back) gives
+        its slot back now rather than when it lapses."""
+        if self._admitted is None:
+            return
+        self._admitted = None
+        try:
+            async with self._store._single() as own:
+                await own.execute(_FORGET_ADMISSION, {"execution_id": self.record.id})
+        except Exception as exc:  # it lapses by itself (ADMISSION_TTL_S)
+            log.warning("could not withdraw a start's admission", error=repr(exc))

@@ -342,6 +342,23 @@ class KafkaEventLogRow(Base):
     created_at: Mapped[datetime] = _now()
 
 
+class OwnerAdmissionRow(Base):
+    """A start admitted under the owner's running limit and not yet committed (migration 0013).
+
+    It counts as running for the owner's other starts until its own transaction commits
+    `queued` and deletes it, or it lapses (its start died). No foreign key: the insert would
+    wait on the row lock the same start holds on the execution.
+    """
+
+    __tablename__ = "owner_admissions"
+
+    execution_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    owner_id: Mapped[str] = mapped_column(Text, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+
+    __table_args__ = (Index(None, "owner_id"),)
+
+
 class IdempotencyKeyRow(Base):
     """`Idempotency-Key` of a create: the execution a key made, so a retried create answers
     with it instead of making another. The key is reserved (with the execution's id chosen up
