@@ -21,7 +21,6 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from twintrack.adapters.kafka.clients import (
@@ -37,7 +36,7 @@ from twintrack.adapters.kafka.event_reader import (
     EventReader,
     record_headers,
 )
-from twintrack.adapters.postgres.tables import KafkaEventLogRow
+from twintrack.adapters.postgres.db import driver
 from twintrack.domain.events import Event
 from twintrack.domain.execution import EventsBackend
 
@@ -48,6 +47,11 @@ Delivery = asyncio.Future[None]  # one batched event: done once acked, or failed
 
 log = structlog.get_logger()
 _BACKOFF_FIRST_S = 0.2
+# Where index 0 landed (KafkaEventLogRow); a retried create must not move it: first one wins.
+_RECORD_LOG_START_SQL = (
+    "INSERT INTO kafka_event_logs (execution_id, topic, partition, first_offset) "
+    "VALUES ($1, $2, $3, $4) ON CONFLICT (execution_id) DO NOTHING"
+)
 _BACKOFF_MAX_S = 5.0
 
 
@@ -345,15 +349,11 @@ class KafkaEventBus:
 
     async def _record_log_start(self, execution_id: str, metadata: Any) -> None:
         """Remember where index 0 landed; a retried create must not move it (first one wins)."""
-        statement = (
-            insert(KafkaEventLogRow)
-            .values(
-                execution_id=execution_id,
-                topic=metadata.topic,
-                partition=metadata.partition,
-                first_offset=metadata.offset,
+        async with driver(self._sessions) as connection:  # one statement, atomic by itself
+            await connection.execute(
+                _RECORD_LOG_START_SQL,
+                execution_id,
+                metadata.topic,
+                metadata.partition,
+                metadata.offset,
             )
-            .on_conflict_do_nothing(index_elements=[KafkaEventLogRow.execution_id])
-        )
-        async with self._sessions.begin() as session:
-            await session.execute(statement)

@@ -15,8 +15,8 @@ from sqlalchemy import func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from twintrack.adapters.postgres.claim_statements import NotFoundRow, claim_queued, move_held
-from twintrack.adapters.postgres.db import one_statement
+from twintrack.adapters.postgres.claim_statements import claim_queued, move_held
+from twintrack.adapters.postgres.db import driver
 from twintrack.adapters.postgres.executions import PostgresExecutionStore, transition_sources
 from twintrack.adapters.postgres.recovery import RELEASED, audit_row
 from twintrack.adapters.postgres.tables import ExecutionClaimRow, ExecutionRow
@@ -39,7 +39,6 @@ class PostgresClaimStore:
         self, sessions: async_sessionmaker[AsyncSession], executions: PostgresExecutionStore
     ):
         self._sessions = sessions
-        self._single = one_statement(sessions)  # claim_statements: one round trip each
         self._executions = executions
 
     async def claim(
@@ -62,11 +61,8 @@ class PostgresClaimStore:
         Raises NotFound for an execution that does not exist.
         """
         if not takeover:
-            try:
-                async with self._single() as session:
-                    return await claim_queued(session, execution_id, worker_id, ttl_s, track)
-            except NotFoundRow:
-                raise NotFound("execution", execution_id) from None
+            async with driver(self._sessions) as connection:
+                return await claim_queued(connection, execution_id, worker_id, ttl_s, track)
         async with self._sessions.begin() as session:
             row = (
                 await session.execute(
@@ -164,9 +160,9 @@ class PostgresClaimStore:
         by the general transaction below (IllegalTransition, UnexpectedStatus)."""
         moved: ExecutionRecord | bool = True
         if fields.keys() <= _ONE_STATEMENT_FIELDS:
-            async with self._single() as session:
+            async with driver(self._sessions) as connection:
                 moved = await move_held(
-                    session,
+                    connection,
                     claim,
                     target,
                     sources=transition_sources(target, expected),

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 import structlog
 from sqlalchemy import (
     ARRAY,
@@ -39,7 +40,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from twintrack.adapters.postgres.db import one_statement
+from twintrack.adapters.postgres import execution_statements as statements
+from twintrack.adapters.postgres.db import driver, one_statement
 from twintrack.adapters.postgres.pagination import (
     check_limit,
     decode_tree_cursor,
@@ -172,22 +174,42 @@ class PostgresExecutionStore:
         """
         execution_id = execution_id or new_execution_id()
         root_id, depth = execution_id, 0
-        # A root is one INSERT (atomic by itself); a child also reads its parent and counts.
-        opened = self._single() if parent_id is None else self._sessions.begin()
-        async with opened as session:
-            if parent_id is not None:
-                parent = (
-                    await session.execute(
-                        select(ExecutionRow.root_id, ExecutionRow.depth).where(
-                            ExecutionRow.id == parent_id, ExecutionRow.owner_id == owner_id
-                        )
+        options = options or ExecutionOptions()
+        if parent_id is None:  # one INSERT, atomic by itself, on the driver
+            try:
+                async with driver(self._sessions) as connection:
+                    return await statements.insert_root(
+                        connection,
+                        execution_id=execution_id,
+                        owner_id=owner_id,
+                        flow_id=flow_id,
+                        flow_version=flow_version,
+                        track=track,
+                        events_backend=events_backend,
+                        options=options,
+                        trigger_events=trigger_events,
+                        next_event_index=next_event_index,
+                        shadow_of=shadow_of,
+                        fallback_reason=fallback_reason,
                     )
-                ).one_or_none()
-                if parent is None:
-                    raise NotFound("execution", parent_id)
-                root_id, depth = parent.root_id, parent.depth + 1
-                if limits is not None:
-                    await session.execute(_TREE_LOCK, {"root_id": root_id})
+            except asyncpg.UniqueViolationError as exc:
+                raise AlreadyExists("execution", execution_id) from exc
+            except asyncpg.ForeignKeyViolationError as exc:
+                raise NotFound("flow version", (flow_id, flow_version)) from exc
+        # A child also reads its parent and counts its tree, in one transaction.
+        async with self._sessions.begin() as session:
+            parent = (
+                await session.execute(
+                    select(ExecutionRow.root_id, ExecutionRow.depth).where(
+                        ExecutionRow.id == parent_id, ExecutionRow.owner_id == owner_id
+                    )
+                )
+            ).one_or_none()
+            if parent is None:
+                raise NotFound("execution", parent_id)
+            root_id, depth = parent.root_id, parent.depth + 1
+            if limits is not None:
+                await session.execute(_TREE_LOCK, {"root_id": root_id})
             insert_row = (
                 insert(ExecutionRow)
                 .values(
@@ -201,7 +223,7 @@ class PostgresExecutionStore:
                     track=track,
                     events_backend=events_backend,
                     status=ExecutionStatus.CREATED,
-                    options=(options or ExecutionOptions()).model_dump(mode="json"),
+                    options=options.model_dump(mode="json"),
                     trigger_events=[e.model_dump(mode="json") for e in trigger_events],
                     next_event_index=next_event_index,
                     shadow_of=shadow_of,
@@ -264,13 +286,11 @@ class PostgresExecutionStore:
 
     async def get(self, execution_id: str, owner_id: str | None = None) -> ExecutionRecord:
         """The execution; NotFound when missing or owned by someone else than `owner_id`."""
-        async with self._single() as session:
-            row = await session.scalar(
-                select(ExecutionRow).where(*_owned(ExecutionRow.id == execution_id, owner_id))
-            )
-        if row is None:
+        async with driver(self._sessions) as connection:
+            record = await statements.get(connection, execution_id, owner_id)
+        if record is None:
             raise NotFound("execution", execution_id)
-        return _record(row)
+        return record
 
     async def fall_back(self, execution_id: str, reason: str) -> ExecutionRecord:
         async with self._sessions.begin() as session:

@@ -12,12 +12,20 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import func
 
-from twintrack.adapters.postgres.db import one_statement
+from twintrack.adapters.postgres.db import driver, one_statement
 from twintrack.adapters.postgres.pagination import newest_first, to_page
 from twintrack.adapters.postgres.tables import FlowRow, FlowVersionRow
 from twintrack.core.errors import NotFound
 from twintrack.core.records import FlowRecord, FlowRef, FlowSummary, Page
 from twintrack.domain.ids import new_flow_id
+
+# The latest version when $3 is NULL; JSON decoded by the connection's codecs.
+_GET_VERSION_SQL = """
+SELECT f.id, f.owner_id, v.name, f.latest_version, f.created_at, f.updated_at, v.version,
+       v.definition, v.created_at AS version_created_at
+FROM flows f JOIN flow_versions v ON v.flow_id = f.id
+WHERE f.id = $1 AND f.owner_id = $2 AND v.version = coalesce($3::integer, f.latest_version)
+"""
 
 
 def _summary(row: FlowRow) -> FlowSummary:
@@ -63,31 +71,15 @@ class PostgresFlowStore:
         return version
 
     async def get(self, owner_id: str, flow_id: str, version: int | None = None) -> FlowRecord:
-        """A version of the flow (the latest when `version` is None)."""
-        query = (
-            select(FlowRow, FlowVersionRow)
-            .join(FlowVersionRow, FlowVersionRow.flow_id == FlowRow.id)
-            .where(FlowRow.id == flow_id, FlowRow.owner_id == owner_id)
-            .where(
-                FlowVersionRow.version == (FlowRow.latest_version if version is None else version)
-            )
-        )
-        async with self._single() as session:
-            found = (await session.execute(query)).one_or_none()
-        if found is None:
+        """A version of the flow (the latest when `version` is None).
+
+        Every create reads one: a single statement on the driver (`db.driver`).
+        """
+        async with driver(self._sessions) as connection:
+            row = await connection.fetchrow(_GET_VERSION_SQL, flow_id, owner_id, version)
+        if row is None:
             raise NotFound("flow" if version is None else "flow version", (flow_id, version))
-        flow, ver = found
-        return FlowRecord(
-            id=flow.id,
-            owner_id=flow.owner_id,
-            name=ver.name,
-            latest_version=flow.latest_version,
-            created_at=flow.created_at,
-            updated_at=flow.updated_at,
-            version=ver.version,
-            definition=ver.definition,
-            version_created_at=ver.created_at,
-        )
+        return FlowRecord.model_validate(dict(row))
 
     async def list(
         self, owner_id: str, limit: int = 50, cursor: str | None = None
