@@ -348,6 +348,7 @@ class ServiceFactory:
     @staticmethod
     def outage_errors() -> tuple[type[BaseException], ...]:
         """Errors meaning a dependency is down: the API answers 503, not 500."""
+        import asyncpg
         from aiokafka.errors import (
             KafkaConnectionError,
             KafkaTimeoutError,
@@ -357,6 +358,8 @@ class ServiceFactory:
         from sqlalchemy import exc as sa_exc
 
         # BrokerUnavailable (a bounded broker call ran out) is a TimeoutError: 503 already.
+        # The hot statements run on asyncpg itself (adapters/postgres/db.py: driver): its own
+        # connection errors as well as SQLAlchemy's wrappers.
         return (
             KafkaConnectionError,
             KafkaTimeoutError,
@@ -364,15 +367,26 @@ class ServiceFactory:
             RequestTimedOutError,
             sa_exc.OperationalError,
             sa_exc.InterfaceError,
+            asyncpg.InterfaceError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.CannotConnectNowError,
+            asyncpg.AdminShutdownError,
         )
 
     @staticmethod
     def store_errors() -> tuple[type[BaseException], ...]:
         """The database driver's errors: 503 when the transient rule says the connection was
         lost (core/transient.py), else 500."""
+        import asyncpg
         from sqlalchemy import exc as sa_exc
 
-        return (sa_exc.DBAPIError, sa_exc.TimeoutError, sa_exc.DisconnectionError)
+        return (
+            sa_exc.DBAPIError,
+            sa_exc.TimeoutError,
+            sa_exc.DisconnectionError,
+            asyncpg.PostgresError,  # the hot statements on the driver (db.driver)
+            asyncpg.InterfaceError,
+        )
 
     def run_host(self, container: Container, worker_id: str | None = None) -> RunHost:
         """What every worker process runs claimed executions with, whatever their track.

@@ -145,3 +145,17 @@ async def driver(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[Dr
     async with engine.connect() as connection:
         raw = await connection.get_raw_connection()
         yield raw.driver_connection  # type: ignore[misc]
+
+
+async def driver_in(session: AsyncSession) -> DriverConnection:
+    """The asyncpg connection under `session`, inside the transaction the session has begun.
+
+    SQLAlchemy sends BEGIN lazily, with the first statement through it: call this only after
+    one ran (`locked` reads its row first), so what runs on the driver joins that transaction
+    and commits or rolls back with it. RuntimeError otherwise, rather than autocommit.
+    """
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    if getattr(raw.dbapi_connection, "_transaction", None) is None:
+        raise RuntimeError("the session has not begun its transaction on the database yet")
+    return raw.driver_connection  # type: ignore[return-value]

@@ -40,6 +40,27 @@ RETURNING {_COLUMNS}
 """
 
 
+#: `PostgresExecutionStore.transition`'s move when it applies; the store explains a refusal.
+MOVE_SQL = f"""
+UPDATE executions AS e SET
+    status = CAST($2 AS text),
+    updated_at = now(),
+    queued_at = CASE WHEN $2 = 'queued' THEN coalesce(e.queued_at, now()) ELSE e.queued_at END,
+    started_at = CASE WHEN $2 = 'running' THEN coalesce(e.started_at, now())
+                      ELSE e.started_at END,
+    attempt = CASE WHEN $2 = 'running' AND e.status = 'queued' THEN e.attempt + 1
+                   ELSE e.attempt END,
+    finished_at = CASE WHEN CAST($3 AS boolean) THEN now() ELSE e.finished_at END,
+    outputs = coalesce(CAST($4 AS jsonb), e.outputs),
+    error_message = coalesce(CAST($5 AS text), e.error_message),
+    error_node_id = coalesce(CAST($6 AS text), e.error_node_id),
+    next_event_index = greatest(e.next_event_index, coalesce(CAST($7 AS bigint), 0))
+WHERE e.id = $1 AND e.status = ANY(CAST($8 AS text[]))
+  AND (CAST($9 AS text) IS NULL OR (e.owner_id = $9 AND e.shadow_of IS NULL))
+RETURNING {_COLUMNS}
+"""
+
+
 def record_of(row: Any) -> ExecutionRecord:
     """The record of a row these statements returned (an `asyncpg.Record`)."""
     return ExecutionRecord.model_validate(dict(row))
@@ -89,3 +110,32 @@ async def insert_root(
         fallback_reason,
     )
     return record_of(row)
+
+
+async def move(
+    connection: DriverConnection,
+    execution_id: str,
+    target: ExecutionStatus,
+    *,
+    sources: Iterable[ExecutionStatus],
+    owner_id: str | None,
+    outputs: dict[str, Any] | None,
+    error_message: str | None,
+    error_node_id: str | None,
+    next_event_index: int | None,
+) -> ExecutionRecord | None:
+    """Move the execution to `target` if its status is one of `sources`: the new row, else
+    None (refused, or no such execution of `owner_id`: the caller tells which)."""
+    row = await connection.fetchrow(
+        MOVE_SQL,
+        execution_id,
+        target.value,
+        target.is_terminal,
+        None if outputs is None else json.dumps(outputs),
+        error_message,
+        error_node_id,
+        next_event_index,
+        [s.value for s in sources],
+        owner_id,
+    )
+    return None if row is None else record_of(row)

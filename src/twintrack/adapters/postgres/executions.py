@@ -41,7 +41,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from twintrack.adapters.postgres import execution_statements as statements
-from twintrack.adapters.postgres.db import driver, one_statement
+from twintrack.adapters.postgres.db import DriverConnection, driver, driver_in, one_statement
 from twintrack.adapters.postgres.pagination import (
     check_limit,
     decode_tree_cursor,
@@ -86,7 +86,13 @@ _EXPIRED_KEYS_PER_RESERVATION = 100
 _OWNER_ADMIT = text(
     "SELECT twintrack_owner_admit(:owner_id, :execution_id, :cap, :ttl_s, :wait_ms)"
 )
-_FORGET_ADMISSION = text("DELETE FROM owner_admissions WHERE execution_id = :execution_id")
+_LOCK_ROW = text(f"{statements.GET_SQL.replace('$1', ':id')} FOR UPDATE").columns(
+    *ExecutionRow.__table__.columns
+)
+_LOCK_OWNED_ROW = text(
+    f"{statements.GET_OWNED_SQL.replace('$1', ':id').replace('$2', ':owner')} FOR UPDATE"
+).columns(*ExecutionRow.__table__.columns)
+_FORGET_ADMISSION_SQL = "DELETE FROM owner_admissions WHERE execution_id = $1"
 #: How long an admitted start may take to commit before its admission lapses (its process died
 #: in between). Far above any start's publish; a start slower than half of it counts again in
 #: its own transaction before it commits, so the limit stays exact even then.
@@ -458,6 +464,29 @@ class PostgresExecutionStore:
         `queued` to `running` (each delivery to a worker). `next_event_index` never goes down.
         """
         sources = transition_sources(target, expected)
+
+        async def move(connection: DriverConnection) -> ExecutionRecord | None:
+            return await statements.move(
+                connection,
+                execution_id,
+                target,
+                sources=sources,
+                owner_id=owner_id,
+                outputs=outputs,
+                error_message=error_message,
+                error_node_id=error_node_id,
+                next_event_index=next_event_index,
+            )
+
+        if session is not None:
+            moved = await move(await driver_in(session))
+        else:
+            async with driver(self._sessions) as connection:
+                moved = await move(connection)
+        if moved is not None:
+            return moved
+        # Refused (or missing): the statement below applies it if the status changed in
+        # between to one it is allowed from, else reads the status that refused it.
         values: dict[str, Any] = {"status": target, "updated_at": func.now()}
         if target is _S.QUEUED:
             values["queued_at"] = func.coalesce(ExecutionRow.queued_at, func.now())
@@ -515,14 +544,17 @@ class PostgresExecutionStore:
         a worker has it, start timeout) do both under this lock, so they never interleave.
         """
         async with self._sessions.begin() as session:
-            row = await session.scalar(
-                select(ExecutionRow)
-                .where(*_owned(ExecutionRow.id == execution_id, owner_id))
-                .with_for_update()
-            )
+            # Through SQLAlchemy (it begins the transaction), prebuilt: no ORM statement.
+            if owner_id is None:
+                found = await session.execute(_LOCK_ROW, {"id": execution_id})
+            else:
+                found = await session.execute(
+                    _LOCK_OWNED_ROW, {"id": execution_id, "owner": owner_id}
+                )
+            row = found.one_or_none()
             if row is None:
                 raise NotFound("execution", execution_id)
-            held = LockedRow(self, session, _record(row))
+            held = LockedRow(self, session, ExecutionRecord.model_validate(dict(row._mapping)))
             try:
                 yield held
             finally:
@@ -688,7 +720,8 @@ class LockedRow:
             OwnerLimits(max_running_executions_per_owner=cap).check_running(
                 taken, self.record.owner_id
             )
-        await self.session.execute(_FORGET_ADMISSION, {"execution_id": self.record.id})
+        connection = await driver_in(self.session)
+        await connection.execute(_FORGET_ADMISSION_SQL, self.record.id)
         self._admitted = None
 
     async def withdraw_admission(self) -> None:
@@ -698,7 +731,7 @@ class LockedRow:
             return
         self._admitted = None
         try:
-            async with self._store._single() as own:
-                await own.execute(_FORGET_ADMISSION, {"execution_id": self.record.id})
+            async with driver(self._store._sessions) as connection:
+                await connection.execute(_FORGET_ADMISSION_SQL, self.record.id)
         except Exception as exc:  # it lapses by itself (ADMISSION_TTL_S)
             log.warning("could not withdraw a start's admission", error=repr(exc))
