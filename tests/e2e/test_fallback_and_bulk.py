@@ -65,6 +65,9 @@ async def test_executions_routed_to_a_dbos_that_cannot_admit_them_run_on_kafka(
         "ENABLE_DBOS_EXECUTION": "true",
         "DBOS_FALLBACK_TO_KAFKA": "true",
         "DBOS_ADMISSION_CACHE_S": "0",  # each create checks: the break is seen at once
+        # The cause under test is the schema, not the wait: a loaded CI machine once took the
+        # default 2 s for one check and the refusal said "timeout".
+        "DBOS_ADMISSION_TIMEOUT_S": "15",
     }
     async with open_stack(env, logs) as stack:
         await stack.add_worker()  # serves both tracks

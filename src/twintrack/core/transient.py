@@ -69,12 +69,14 @@ async def retry_transient(
     *,
     what: str,
     deadline_s: float | None = None,
+    also: tuple[type[BaseException], ...] = (),
 ) -> T:
     """`await operation()`, retried on transient errors with backoff until `deadline_s`.
 
     Only for operations that are safe to repeat (idempotent, or fenced so a repeat is refused):
     a connection lost during COMMIT leaves it unknown whether the first try took effect.
-    Anything not transient, and the last transient error after the deadline, is raised.
+    `also`: more error types to retry (a process's start also waits out a broker's outage).
+    Anything else, and the last retried error after the deadline, is raised.
     """
     ends = time.monotonic() + (_deadline_s if deadline_s is None else deadline_s)
     delay = _FIRST_DELAY_S
@@ -82,7 +84,8 @@ async def retry_transient(
         try:
             return await operation()
         except Exception as exc:
-            if not is_transient(exc) or time.monotonic() + delay > ends:
+            retried = is_transient(exc) or isinstance(exc, also)
+            if not retried or time.monotonic() + delay > ends:
                 raise
             log.warning("database unavailable; retrying", what=what, error=_short(exc))
         await asyncio.sleep(delay * random.uniform(0.8, 1.2))

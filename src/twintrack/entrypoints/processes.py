@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 from collections.abc import Awaitable, Callable, Iterator
 
 import structlog
@@ -17,7 +16,7 @@ import uvicorn
 
 from twintrack.bootstrap import Container, ServiceFactory
 from twintrack.config import Settings
-from twintrack.core.transient import is_transient, retry_transient
+from twintrack.core.transient import retry_transient
 from twintrack.domain.execution import Track
 
 log = structlog.get_logger()
@@ -147,18 +146,7 @@ async def _start_when_reachable(start: Callable[[], Awaitable[None]], deadline_s
     failover, a supervisor replacing a worker) waits it out instead of exiting: `start` is
     retried, with backoff, on an outage error until `deadline_s` (the starts are idempotent)."""
     outage = (*ServiceFactory.outage_errors(), TimeoutError, OSError)
-    deadline = time.monotonic() + deadline_s
-    delay = 0.1
-    while True:
-        try:
-            return await start()
-        except Exception as exc:
-            lost = is_transient(exc) or isinstance(exc, outage)
-            if not lost or time.monotonic() + delay > deadline:
-                raise
-            log.warning("connect at start failed; retrying", error=repr(exc)[:300])
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 2.0)
+    await retry_transient(start, what="start", deadline_s=deadline_s, also=outage)
 
 
 async def run_with(
