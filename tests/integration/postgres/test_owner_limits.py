@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from twintrack.adapters.postgres import PostgresExecutionStore, PostgresFlowStore
 from twintrack.adapters.postgres import executions as executions_module
+from twintrack.adapters.postgres.db import driver_in
 from twintrack.core.errors import InvalidCursor, NotFound
 from twintrack.core.records import ExecutionRecord
 from twintrack.domain.execution import EventsBackend, ExecutionStatus, Track, TriggerEvent
@@ -288,7 +289,8 @@ async def test_a_start_stuck_behind_a_held_owner_count_gives_up_in_bounded_time(
     root = await _root(flows, executions)
     other = await _create(executions, "alice", root.flow_id)
     async with session_factory.begin() as held:
-        await PostgresExecutionStore.admit(held, "alice", root.id, 10)
+        await held.execute(text("SELECT 1"))  # begun: the driver joins its transaction
+        await PostgresExecutionStore.admit(await driver_in(held), "alice", root.id, 10)
         began = time.monotonic()
         with pytest.raises(TimeoutError, match="owner alice"):
             async with executions.locked(other.id) as row:

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from twintrack.adapters.kafka.clients import KafkaConfig, make_consumer
-from twintrack.adapters.postgres.tables import KafkaEventLogRow
+from twintrack.adapters.postgres.db import driver
 from twintrack.core.in_order import InOrderReader
 from twintrack.core.ports import EventsExpired
 from twintrack.domain.events import TERMINAL_EVENT_TYPES, Event
@@ -45,6 +45,9 @@ _TERMINAL_TYPES = frozenset(t.value.encode() for t in TERMINAL_EVENT_TYPES)
 # this bounds the idle loop, not the latency (that is the consumer's fetch_max_wait_ms).
 POLL_TIMEOUT_MS = 100
 LOG_POLL_S = 0.02
+_FIND_START_SQL = (
+    "SELECT topic, partition, first_offset FROM kafka_event_logs WHERE execution_id = $1"
+)
 SCAN_TIMEOUT_S = 60.0
 #: last_event reads the partition's tail first, this many offsets, then 4x further back each time
 TAIL_WINDOW = 512
@@ -139,9 +142,13 @@ class EventReader:
         self._closed = False
 
     async def find_start(self, execution_id: str) -> LogStart | None:
-        async with self._sessions() as session:
-            row = await session.get(KafkaEventLogRow, execution_id)
-        return None if row is None else LogStart(row.topic, row.partition, row.first_offset)
+        """Where the execution's events start (KafkaEventLogRow); None before its create wrote
+        it. Every subscribe and re-run reads it: one statement on the driver."""
+        async with driver(self._sessions) as connection:
+            row = await connection.fetchrow(_FIND_START_SQL, execution_id)
+        return (
+            None if row is None else LogStart(row["topic"], row["partition"], row["first_offset"])
+        )
 
     async def wait_for_start(self, execution_id: str) -> LogStart:
         """The log start, waiting briefly: a subscriber may race the create that records it."""

@@ -37,7 +37,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from twintrack.adapters.postgres import execution_statements as statements
@@ -70,7 +70,6 @@ log = structlog.get_logger(__name__)
 _S = ExecutionStatus
 _UNIQUE_VIOLATION = "23505"
 _FOREIGN_KEY_VIOLATION = "23503"
-_LOCK_NOT_AVAILABLE = "55P03"
 OWNER_LOCK_WAIT_S = 5.0
 # A lost race re-reads the status and retries; more rounds than this means a livelock bug.
 _MAX_TRANSITION_ROUNDS = 8
@@ -83,9 +82,7 @@ _EXPIRED_KEYS_PER_RESERVATION = 100
 #: cap (migration 0013): one round trip, the count's snapshot taken once the lock is held. It
 #: counts RUNNING_STATUSES, non-shadow, plus admitted starts not yet committed
 #: (tests/integration/postgres/test_owner_limits.py holds the two together).
-_OWNER_ADMIT = text(
-    "SELECT twintrack_owner_admit(:owner_id, :execution_id, :cap, :ttl_s, :wait_ms)"
-)
+_OWNER_ADMIT_SQL = "SELECT twintrack_owner_admit($1, $2, $3, $4, $5)"
 _LOCK_ROW = text(f"{statements.GET_SQL.replace('$1', ':id')} FOR UPDATE").columns(
     *ExecutionRow.__table__.columns
 )
@@ -256,7 +253,7 @@ class PostgresExecutionStore:
 
     @staticmethod
     async def admit(
-        session: AsyncSession,
+        connection: DriverConnection,
         owner_id: str,
         execution_id: str,
         cap: int,
@@ -266,25 +263,16 @@ class PostgresExecutionStore:
         """Under the owner's advisory lock, count its started, unfinished executions and the
         admitted starts not committed yet; admit `execution_id` if that is under `cap`.
 
-        The lock lasts as long as `session`'s transaction: one statement in autocommit, to
-        commit in the start's own transaction when it must count there. The wait for it is
-        bounded (TimeoutError, a 503), so starts stuck behind one that hangs are refused
-        instead of queueing up one after the other.
+        The lock lasts as long as the transaction `connection` is in: one statement outside
+        any (`db.driver`), or the start's own when it must count there (`db.driver_in`). The
+        wait for it is bounded (TimeoutError, a 503), so starts stuck behind one that hangs are
+        refused instead of queueing up one after the other.
         """
         try:
-            taken = await session.scalar(
-                _OWNER_ADMIT,
-                {
-                    "owner_id": owner_id,
-                    "execution_id": execution_id,
-                    "cap": cap,
-                    "ttl_s": ADMISSION_TTL_S,
-                    "wait_ms": int(wait_s * 1000),
-                },
+            taken = await connection.fetchval(
+                _OWNER_ADMIT_SQL, owner_id, execution_id, cap, ADMISSION_TTL_S, int(wait_s * 1000)
             )
-        except DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
-                raise
+        except asyncpg.LockNotAvailableError as exc:
             raise TimeoutError(
                 f"another start of owner {owner_id} has held its running count for {wait_s:g}s"
             ) from exc
@@ -702,9 +690,9 @@ class LockedRow:
         """See `core.stores.LockedExecution.admit_running`. The owner's lock is held for one
         statement on a connection of its own, not through this transaction's publish: an
         owner's starts no longer run one at a time."""
-        async with self._store._single() as own:
+        async with driver(self._store._sessions) as connection:
             taken = await self._store.admit(
-                own, self.record.owner_id, self.record.id, cap, wait_s=wait_s
+                connection, self.record.owner_id, self.record.id, cap, wait_s=wait_s
             )
         if taken < cap:
             self._admitted = (cap, time.monotonic())
@@ -716,7 +704,8 @@ class LockedRow:
         if time.monotonic() - at > ADMISSION_TTL_S / 2:
             # So slow its admission may lapse before this commits: count again, holding the
             # owner's lock until this transaction commits (the exact, serial way).
-            taken = await self._store.admit(self.session, self.record.owner_id, self.record.id, cap)
+            connection = await driver_in(self.session)
+            taken = await self._store.admit(connection, self.record.owner_id, self.record.id, cap)
             OwnerLimits(max_running_executions_per_owner=cap).check_running(
                 taken, self.record.owner_id
             )
