@@ -50,7 +50,8 @@ async def _restart_while_a_worker_starts(server: EmbeddedPostgres, stack: Stack)
     try:
         late = stack.spawn_worker_process("late")
         log = stack.log_dir / "late.log"
-        await eventually(lambda: _true(b"connect at start" in log.read_bytes()), timeout=40)
+        waiting = b"database unavailable; retrying"  # core/transient.py, what=start
+        await eventually(lambda: _true(waiting in log.read_bytes()), timeout=40)
         assert late.poll() is None, log.read_text(errors="replace")[-2000:]
     finally:
         server.start_again()

@@ -11,12 +11,11 @@ whole. Only the common case is handled here; the caller falls back to the genera
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from typing import Any
 
 from twintrack.adapters.postgres.db import DriverConnection
-from twintrack.adapters.postgres.execution_statements import record_of
+from twintrack.adapters.postgres.execution_statements import move_set, move_values, record_of
 from twintrack.adapters.postgres.recovery import RELEASED
 from twintrack.adapters.postgres.tables import ExecutionRow
 from twintrack.core.errors import NotFound
@@ -61,20 +60,7 @@ WITH held AS (
     WHERE execution_id = $1 AND worker_id = $2 AND generation = $3
     FOR UPDATE
 ), moved AS (
-    UPDATE executions AS e SET
-        status = CAST($4 AS text),
-        updated_at = now(),
-        queued_at = CASE WHEN $4 = 'queued' THEN coalesce(e.queued_at, now())
-                         ELSE e.queued_at END,
-        started_at = CASE WHEN $4 = 'running' THEN coalesce(e.started_at, now())
-                          ELSE e.started_at END,
-        attempt = CASE WHEN $4 = 'running' AND e.status = 'queued' THEN e.attempt + 1
-                       ELSE e.attempt END,
-        finished_at = CASE WHEN CAST($5 AS boolean) THEN now() ELSE e.finished_at END,
-        outputs = coalesce(CAST($6 AS jsonb), e.outputs),
-        error_message = coalesce(CAST($7 AS text), e.error_message),
-        error_node_id = coalesce(CAST($8 AS text), e.error_node_id),
-        next_event_index = greatest(e.next_event_index, coalesce(CAST($9 AS bigint), 0))
+    UPDATE executions AS e SET {move_set(4)}
     WHERE e.id = $1 AND e.status = ANY(CAST($10 AS text[])) AND EXISTS (SELECT 1 FROM held)
     RETURNING e.*
 ), released AS (
@@ -124,12 +110,7 @@ async def move_held(
         claim.execution_id,
         claim.worker_id,
         claim.generation,
-        target.value,
-        target.is_terminal,
-        None if outputs is None else json.dumps(outputs),
-        error_message,
-        error_node_id,
-        next_event_index,
+        *move_values(target, outputs, error_message, error_node_id, next_event_index),
         [s.value for s in sources],
         release,
         RELEASED,

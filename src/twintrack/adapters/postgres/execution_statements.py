@@ -40,24 +40,60 @@ RETURNING {_COLUMNS}
 """
 
 
-#: `PostgresExecutionStore.transition`'s move when it applies; the store explains a refusal.
-MOVE_SQL = f"""
-UPDATE executions AS e SET
-    status = CAST($2 AS text),
+def move_set(first: int) -> str:
+    """The SET clause of every status move, its parameters numbered from `first`: target,
+    whether it is terminal, outputs (JSON text), error message, error node, next event index
+    (each but the first two NULL to keep the current value).
+
+    The one place the move's bookkeeping is written: `queued_at` and `started_at` keep the
+    first time, `attempt` counts the moves from `queued` to `running`, `finished_at` is set by
+    a terminal move, `next_event_index` never goes down.
+    """
+    target, terminal, outputs, message, node, index = (f"${first + i}" for i in range(6))
+    return f"""
+    status = CAST({target} AS text),
     updated_at = now(),
-    queued_at = CASE WHEN $2 = 'queued' THEN coalesce(e.queued_at, now()) ELSE e.queued_at END,
-    started_at = CASE WHEN $2 = 'running' THEN coalesce(e.started_at, now())
+    queued_at = CASE WHEN {target} = 'queued' THEN coalesce(e.queued_at, now())
+                     ELSE e.queued_at END,
+    started_at = CASE WHEN {target} = 'running' THEN coalesce(e.started_at, now())
                       ELSE e.started_at END,
-    attempt = CASE WHEN $2 = 'running' AND e.status = 'queued' THEN e.attempt + 1
+    attempt = CASE WHEN {target} = 'running' AND e.status = 'queued' THEN e.attempt + 1
                    ELSE e.attempt END,
-    finished_at = CASE WHEN CAST($3 AS boolean) THEN now() ELSE e.finished_at END,
-    outputs = coalesce(CAST($4 AS jsonb), e.outputs),
-    error_message = coalesce(CAST($5 AS text), e.error_message),
-    error_node_id = coalesce(CAST($6 AS text), e.error_node_id),
-    next_event_index = greatest(e.next_event_index, coalesce(CAST($7 AS bigint), 0))
+    finished_at = CASE WHEN CAST({terminal} AS boolean) THEN now() ELSE e.finished_at END,
+    outputs = coalesce(CAST({outputs} AS jsonb), e.outputs),
+    error_message = coalesce(CAST({message} AS text), e.error_message),
+    error_node_id = coalesce(CAST({node} AS text), e.error_node_id),
+    next_event_index = greatest(e.next_event_index, coalesce(CAST({index} AS bigint), 0))"""
+
+
+def move_values(
+    target: ExecutionStatus,
+    outputs: dict[str, Any] | None,
+    error_message: str | None,
+    error_node_id: str | None,
+    next_event_index: int | None,
+) -> tuple[Any, ...]:
+    """The parameters of `move_set`, in its order."""
+    return (
+        target.value,
+        target.is_terminal,
+        None if outputs is None else json.dumps(outputs),
+        error_message,
+        error_node_id,
+        next_event_index,
+    )
+
+
+#: `PostgresExecutionStore.transition`'s move; None when refused (the store tells why).
+MOVE_SQL = f"""
+UPDATE executions AS e SET {move_set(2)}
 WHERE e.id = $1 AND e.status = ANY(CAST($8 AS text[]))
   AND (CAST($9 AS text) IS NULL OR (e.owner_id = $9 AND e.shadow_of IS NULL))
 RETURNING {_COLUMNS}
+"""
+STATUS_SQL = """
+SELECT status FROM executions
+WHERE id = $1 AND (CAST($2 AS text) IS NULL OR (owner_id = $2 AND shadow_of IS NULL))
 """
 
 
@@ -129,13 +165,16 @@ async def move(
     row = await connection.fetchrow(
         MOVE_SQL,
         execution_id,
-        target.value,
-        target.is_terminal,
-        None if outputs is None else json.dumps(outputs),
-        error_message,
-        error_node_id,
-        next_event_index,
+        *move_values(target, outputs, error_message, error_node_id, next_event_index),
         [s.value for s in sources],
         owner_id,
     )
     return None if row is None else record_of(row)
+
+
+async def status(
+    connection: DriverConnection, execution_id: str, owner_id: str | None
+) -> ExecutionStatus | None:
+    """The execution's status now (None: no such execution of `owner_id`)."""
+    value = await connection.fetchval(STATUS_SQL, execution_id, owner_id)
+    return None if value is None else ExecutionStatus(value)

@@ -22,11 +22,9 @@ from sqlalchemy import (
     ColumnElement,
     Executable,
     Interval,
-    Select,
     Text,
     any_,
     bindparam,
-    case,
     delete,
     exists,
     func,
@@ -113,28 +111,6 @@ def _owned(query_filter: ColumnElement[bool], owner_id: str | None) -> list[Colu
     if owner_id is None:
         return [query_filter]
     return [query_filter, ExecutionRow.owner_id == owner_id, ExecutionRow.shadow_of.is_(None)]
-
-
-async def _apply_or_refuse(
-    session: AsyncSession,
-    apply: Executable,
-    read_status: Select[ExecutionStatus],
-    sources: Collection[ExecutionStatus],
-) -> ExecutionRow | ExecutionStatus | None:
-    """Run the conditional UPDATE: the updated row, else the status that refused it (None: no row).
-
-    If the status changed between the UPDATE and the read to one the move is allowed from, the
-    UPDATE is simply tried again.
-    """
-    current: ExecutionStatus | None = None
-    for _ in range(_MAX_TRANSITION_ROUNDS):
-        row: ExecutionRow | None = await session.scalar(apply)
-        if row is not None:
-            return row
-        current = await session.scalar(read_status)
-        if current is None or current not in sources:
-            return current
-    return current
 
 
 class PostgresExecutionStore:
@@ -453,69 +429,39 @@ class PostgresExecutionStore:
         """
         sources = transition_sources(target, expected)
 
-        async def move(connection: DriverConnection) -> ExecutionRecord | None:
-            return await statements.move(
-                connection,
-                execution_id,
-                target,
-                sources=sources,
-                owner_id=owner_id,
-                outputs=outputs,
-                error_message=error_message,
-                error_node_id=error_node_id,
-                next_event_index=next_event_index,
-            )
+        async def apply_or_refuse(
+            connection: DriverConnection,
+        ) -> ExecutionRecord | ExecutionStatus | None:
+            # The new row, else the status that refused it (None: no row). If the status
+            # changed between the UPDATE and the read to one the move is allowed from (each
+            # takes its own snapshot under READ COMMITTED), the UPDATE is simply tried again.
+            current: ExecutionStatus | None = None
+            for _ in range(_MAX_TRANSITION_ROUNDS):
+                moved = await statements.move(
+                    connection,
+                    execution_id,
+                    target,
+                    sources=sources,
+                    owner_id=owner_id,
+                    outputs=outputs,
+                    error_message=error_message,
+                    error_node_id=error_node_id,
+                    next_event_index=next_event_index,
+                )
+                if moved is not None:
+                    return moved
+                current = await statements.status(connection, execution_id, owner_id)
+                if current is None or current not in sources:
+                    return current
+            return current
 
         if session is not None:
-            moved = await move(await driver_in(session))
+            outcome = await apply_or_refuse(await driver_in(session))
         else:
             async with driver(self._sessions) as connection:
-                moved = await move(connection)
-        if moved is not None:
-            return moved
-        # Refused (or missing): the statement below applies it if the status changed in
-        # between to one it is allowed from, else reads the status that refused it.
-        values: dict[str, Any] = {"status": target, "updated_at": func.now()}
-        if target is _S.QUEUED:
-            values["queued_at"] = func.coalesce(ExecutionRow.queued_at, func.now())
-        if target is _S.RUNNING:
-            values["started_at"] = func.coalesce(ExecutionRow.started_at, func.now())
-            values["attempt"] = case(
-                (ExecutionRow.status == _S.QUEUED, ExecutionRow.attempt + 1),
-                else_=ExecutionRow.attempt,
-            )
-        if target.is_terminal:
-            values["finished_at"] = func.now()
-        if outputs is not None:
-            values["outputs"] = outputs
-        if error_message is not None:
-            values["error_message"] = error_message
-        if error_node_id is not None:
-            values["error_node_id"] = error_node_id
-        if next_event_index is not None:
-            values["next_event_index"] = func.greatest(
-                ExecutionRow.next_event_index, next_event_index
-            )
-        apply = (
-            update(ExecutionRow)
-            .where(*_owned(ExecutionRow.id == execution_id, owner_id))
-            .where(ExecutionRow.status.in_(sources))
-            .values(values)
-            .returning(ExecutionRow)
-            .execution_options(synchronize_session=False, populate_existing=True)
-        )
-        read_status = select(ExecutionRow.status).where(
-            *_owned(ExecutionRow.id == execution_id, owner_id)
-        )
-        if session is not None:
-            outcome = await _apply_or_refuse(session, apply, read_status, sources)
-        else:
-            # Autocommit: the UPDATE is atomic by itself, and the status read after a refusal
-            # would take a snapshot of its own under READ COMMITTED inside a transaction too.
-            async with self._single() as own:
-                outcome = await _apply_or_refuse(own, apply, read_status, sources)
-        if isinstance(outcome, ExecutionRow):
-            return _record(outcome)
+                outcome = await apply_or_refuse(connection)
+        if isinstance(outcome, ExecutionRecord):
+            return outcome
         if outcome is None:
             raise NotFound("execution", execution_id)
         if expected is not None and outcome not in expected:
