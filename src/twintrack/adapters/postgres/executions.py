@@ -647,15 +647,14 @@ class LockedRow:
     async def _settle_admission(self) -> None:
         assert self._admitted is not None
         cap, at = self._admitted
+        connection = await driver_in(self.session)
         if time.monotonic() - at > ADMISSION_TTL_S / 2:
             # So slow its admission may lapse before this commits: count again, holding the
             # owner's lock until this transaction commits (the exact, serial way).
-            connection = await driver_in(self.session)
             taken = await self._store.admit(connection, self.record.owner_id, self.record.id, cap)
             OwnerLimits(max_running_executions_per_owner=cap).check_running(
                 taken, self.record.owner_id
             )
-        connection = await driver_in(self.session)
         await connection.execute(_FORGET_ADMISSION_SQL, self.record.id)
         self._admitted = None
 
