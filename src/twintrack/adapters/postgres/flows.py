@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.sql import func
 
-from twintrack.adapters.postgres.db import driver, one_statement
+from twintrack.adapters.postgres.db import driver
 from twintrack.adapters.postgres.pagination import newest_first, to_page
 from twintrack.adapters.postgres.tables import FlowRow, FlowVersionRow
 from twintrack.core.errors import NotFound
@@ -35,7 +35,6 @@ def _summary(row: FlowRow) -> FlowSummary:
 class PostgresFlowStore:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._sessions = sessions
-        self._single = one_statement(sessions)  # work of one statement: one round trip
 
     async def create(self, owner_id: str, name: str, definition: dict[str, Any]) -> FlowRef:
         """Create a flow at version 1."""
