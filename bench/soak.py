@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from sqlalchemy import select
@@ -156,6 +156,37 @@ def choose_victim(
         if claims and all(killed.get(e, 0) < budget for e in claims)
     }
     return max(eligible, key=lambda p: eligible[p], default=None)
+
+
+ChaosStep = Literal["postgres", "broker", "kill", "done", "wait"]
+
+
+def chaos_step(
+    now: float,
+    window: float,
+    *,
+    postgres_done: bool,
+    stall_done: bool,
+    may_kill: bool,
+    killed_yet: bool,
+    next_kill: float,
+) -> ChaosStep:
+    """What the chaos task does next, `now` seconds into a load planned to last `window`.
+
+    The PostgreSQL restart waits for the first kill while one can still happen: a run whose
+    first claim came late (a cold worker) otherwise spent its whole load inside the two outages
+    and ended it before any worker held a claim to kill (a tiny soak on DBOS streams, where the
+    stalled broker holds nothing back, did: 0 kills)."""
+    first_kill_pending = may_kill and not killed_yet
+    if not postgres_done and now >= window / 3 and not first_kill_pending:
+        return "postgres"
+    if postgres_done and not stall_done and now >= 2 * window / 3:
+        return "broker"
+    if may_kill and now >= next_kill:
+        return "kill"
+    if postgres_done and stall_done and not may_kill:
+        return "done"
+    return "wait"
 
 
 class Soak:
@@ -346,25 +377,34 @@ class Soak:
 
     async def chaos(self, began: float) -> None:
         """Kills every `kill_every_s` while clients run; PostgreSQL at 1/3, broker at 2/3 of the
-        planned load window (each once, whatever the load's progress)."""
+        planned load window (each once, whatever the load's progress); see `chaos_step`."""
         window = self.sizes.executions / self.sizes.rate
         next_kill = self.sizes.kill_every_s
         postgres_done = stall_done = False
         while True:
             now = time.monotonic() - began
             await self._respawn_exited()
-            if not postgres_done and now >= window / 3:
+            step = chaos_step(
+                now,
+                window,
+                postgres_done=postgres_done,
+                stall_done=stall_done,
+                may_kill=self._may_kill(),
+                killed_yet=bool(self.timeline.kills),
+                next_kill=next_kill,
+            )
+            if step == "postgres":
                 await self._postgres_fault()
                 postgres_done = True
-            elif postgres_done and not stall_done and now >= 2 * window / 3:
+            elif step == "broker":
                 await self._broker_fault()
                 stall_done = True
-            elif self._may_kill() and now >= next_kill:
+            elif step == "kill":
                 if await self._kill():
                     next_kill = time.monotonic() - began + self.sizes.kill_every_s
                 else:
                     await asyncio.sleep(CHAOS_TICK_S)  # nobody holds a claim yet: look again
-            elif postgres_done and stall_done and not self._may_kill():
+            elif step == "done":
                 return
             else:
                 await asyncio.sleep(CHAOS_TICK_S)
