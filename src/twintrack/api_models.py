@@ -156,6 +156,16 @@ class CreateExecution(BaseModel):
             "rollout settings decide."
         ),
     )
+    start: bool = Field(
+        default=False,
+        description=(
+            "Start it at once, as `POST /{id}/start` would, in the same request: the answer's "
+            "`status` is then `queued` (or later). When the start is refused (429 "
+            "`limit_exceeded`, 503), the execution exists all the same, `created`: the error "
+            "answer's `Location` names it, and a retry under the same `Idempotency-Key` "
+            "starts that one. Not part of what the key compares."
+        ),
+    )
 
 
 class ExecutionCreated(BaseModel):

@@ -144,8 +144,10 @@ class AsyncClient:
         events: Sequence[EventLike] = (),
         track: Track | str | None = None,
         idempotency_key: str | None = None,
+        start: bool = False,
     ) -> ExecutionCreated:
-        """Create an execution (status `created`: `start` runs it).
+        """Create an execution (status `created`: `start` runs it; or `start=True`, which
+        starts it in the same request and answers `queued`).
 
         Always sent with an `Idempotency-Key` (a fresh one unless given), so the retries after a
         lost answer return the execution the first try made. Pass your own key, stored with the
@@ -158,6 +160,7 @@ class AsyncClient:
             events=events,
             track=track,
             idempotency_key=idempotency_key or _core.new_idempotency_key(),
+            start=start,
         )
         return _core.parse(ExecutionCreated, await self._send(call))
 
@@ -292,8 +295,8 @@ class AsyncClient:
             options=options,
             events=events,
             idempotency_key=idempotency_key,
+            start=True,
         )
-        await self.start(created.id)
         return await self.wait(created.id, timeout=timeout)
 
     async def events(

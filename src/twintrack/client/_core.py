@@ -236,8 +236,11 @@ def create_execution(
     events: Sequence[EventLike],
     track: Track | str | None,
     idempotency_key: str,
+    start: bool = False,
 ) -> Call:
     body: dict[str, Any] = {"flow_id": flow_id}
+    if start:
+        body["start"] = True
     if version is not None:
         body["version"] = version
     if options is not None:

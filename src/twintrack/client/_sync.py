@@ -146,8 +146,10 @@ class Client:
         events: Sequence[EventLike] = (),
         track: Track | str | None = None,
         idempotency_key: str | None = None,
+        start: bool = False,
     ) -> ExecutionCreated:
-        """Create an execution (status `created`: `start` runs it).
+        """Create an execution (status `created`: `start` runs it; or `start=True`, which
+        starts it in the same request and answers `queued`).
 
         Always sent with an `Idempotency-Key` (a fresh one unless given), so the retries after a
         lost answer return the execution the first try made. Pass your own key, stored with the
@@ -160,6 +162,7 @@ class Client:
             events=events,
             track=track,
             idempotency_key=idempotency_key or _core.new_idempotency_key(),
+            start=start,
         )
         return _core.parse(ExecutionCreated, self._send(call))
 
@@ -291,8 +294,8 @@ class Client:
             options=options,
             events=events,
             idempotency_key=idempotency_key,
+            start=True,
         )
-        self.start(created.id)
         return self.wait(created.id, timeout=timeout)
 
     def events(self, execution_id: str, *, from_index: int = 0) -> Generator[Event, None, None]:

@@ -496,6 +496,18 @@ class ExecutionService:
             ) from exc
         return record
 
+    async def start_new(self, owner_id: str, record: ExecutionRecord) -> ExecutionRecord:
+        """`start` for a create that asked to run at once (`start: true`): one request instead
+        of two, the same rules as `start` (its limit, its errors). A create replayed under its
+        idempotency key starts the execution only if it is still `created` (the first try's
+        start may have failed); one that has moved on is answered as it is, even ended."""
+        if record.status is not _S.CREATED:
+            return record
+        try:
+            return await self.start(owner_id, record.id)
+        except Conflict:  # stopped between the create and the start: answer what it is
+            return await self.executions.get(record.id, owner_id)
+
     async def write_locked(
         self,
         row: LockedExecution,

@@ -79,6 +79,7 @@ def build_container(
     enable_dbos: bool = False,
     events_backend: EventsBackend = EventsBackend.KAFKA,
     ports: MemoryPorts | None = None,
+    **more: Any,
 ) -> Container:
     ports = ports or MemoryPorts()
     settings = Settings(
@@ -87,6 +88,7 @@ def build_container(
         enable_dbos_execution=enable_dbos,
         execution_events_backend=events_backend,
         execution_max_depth=100,
+        **more,
     )
     built = ServiceFactory(settings).build(
         db_engine=db_engine,
@@ -728,6 +730,69 @@ async def test_commands_are_accepted_and_recorded(
         EventType.EXECUTION_QUEUED,
         EventType.EXECUTION_STOPPED,
     ]
+
+
+async def test_create_with_start_runs_it_in_one_request(
+    client: httpx.AsyncClient, container: Container, alice: Headers
+) -> None:
+    flow_id = await new_flow(client, alice)
+    before = metric("twintrack_commands_total", track="kafka", command="start")
+    created = await new_execution(client, alice, flow_id, start=True)
+
+    assert created["status"] == "queued"
+    assert container.ports.queues[Track.KAFKA].enqueued == [(created["id"], 1)]
+    types = [e.type for e in container.ports.buses[EventsBackend.KAFKA].of(created["id"])]
+    assert types == [EventType.EXECUTION_CREATED, EventType.EXECUTION_QUEUED]
+    assert metric("twintrack_commands_total", track="kafka", command="start") == before + 1
+
+
+async def test_create_with_a_refused_start_names_the_execution_it_made(
+    db_engine: AsyncEngine,
+) -> None:
+    """A start refused by the owner's limit is a 429, yet the execution exists (`created`) and
+    `Location` names it; a retry under the same key starts that one once there is room."""
+    limited = build_container(db_engine, max_running_executions_per_owner=1)
+    headers = await _headers(limited.keys, "carol")
+    async with client_for(limited) as http:
+        flow_id = await new_flow(http, headers)
+        first = await new_execution(http, headers, flow_id, start=True)
+        keyed = {**headers, "Idempotency-Key": "carol-2"}
+        body = {"flow_id": flow_id, "start": True}
+
+        refused = await http.post("/v1/executions", json=body, headers=keyed)
+        error = assert_error(refused, 429, "limit_exceeded")
+        assert "1" in error["message"]
+        second_id = refused.headers["location"].rsplit("/", 1)[1]
+        row = (await http.get(f"/v1/executions/{second_id}", headers=headers)).json()
+        assert row["status"] == "created"
+
+        await finish(limited.executions, first["id"])
+        retried = await http.post("/v1/executions", json=body, headers=keyed)
+        assert retried.status_code == 201, retried.text
+        assert retried.headers["idempotent-replayed"] == "true"
+        assert retried.json()["id"] == second_id
+        assert retried.json()["status"] == "queued"
+
+        await finish(limited.executions, second_id)
+        again = await http.post("/v1/executions", json=body, headers=keyed)
+        assert again.status_code == 201, again.text  # ended: answered as it is, never a 409
+        assert again.json()["status"] == "completed"
+    assert limited.ports.queues[Track.KAFKA].ids() == [first["id"], second_id]
+
+
+async def test_create_with_a_start_that_cannot_be_delivered_is_503_with_its_location(
+    client: httpx.AsyncClient, container: Container, alice: Headers
+) -> None:
+    flow_id = await new_flow(client, alice)
+    container.ports.queues[Track.KAFKA].refuse_enqueue = ConnectionError("broker gone")
+    response = await client.post(
+        "/v1/executions", json={"flow_id": flow_id, "start": True}, headers=alice
+    )
+    error = assert_error(response, 503, "unavailable")
+    execution_id = response.headers["location"].rsplit("/", 1)[1]
+    assert execution_id in error["message"]
+    row = (await client.get(f"/v1/executions/{execution_id}", headers=alice)).json()
+    assert row["status"] == "queued"  # the recovery service delivers it
 
 
 async def test_commands_on_a_finished_execution_are_409(

@@ -40,6 +40,8 @@ class MemoryTaskQueue:
         self.started = False
         #: raised by `prepare` while set (a test: the track refuses what a create needs)
         self.refuse_prepare: Exception | None = None
+        #: raised by `enqueue` while set (a test: the task does not reach the track)
+        self.refuse_enqueue: Exception | None = None
 
     async def start(self) -> None:
         self.started = True
@@ -58,6 +60,8 @@ class MemoryTaskQueue:
         attempt: int,
         events_backend: EventsBackend = EventsBackend.KAFKA,
     ) -> None:
+        if self.refuse_enqueue is not None:
+            raise self.refuse_enqueue
         self.enqueued.append((execution_id, attempt))
 
     async def cancel(self, execution_id: str) -> None:

@@ -77,6 +77,17 @@ class ApiError(Exception):
         self.headers = headers
 
 
+class CreatedNotStarted(Exception):
+    """A create asked to start (`start: true`) whose start failed: answered as `cause` would
+    be, with `Location` naming the execution that exists all the same, so a client that
+    sent no idempotency key need not create another."""
+
+    def __init__(self, location: str, cause: Exception) -> None:
+        super().__init__(f"created {location}, not started: {cause}")
+        self.location = location
+        self.cause = cause
+
+
 def error_response(
     status_code: int,
     code: str,
@@ -128,6 +139,10 @@ def _is_outage(exc: BaseException, extra: tuple[type[BaseException], ...]) -> bo
 
 def to_response(exc: BaseException, outage: tuple[type[BaseException], ...] = ()) -> JSONResponse:
     """The answer for an exception; a 500 (logged by the caller) for anything not foreseen."""
+    if isinstance(exc, CreatedNotStarted):
+        response = to_response(exc.cause, outage)
+        response.headers["Location"] = exc.location
+        return response
     if isinstance(exc, ApiError):
         return error_response(exc.status_code, exc.code, exc.message, exc.details, exc.headers)
     if isinstance(exc, NotFound):
@@ -233,6 +248,7 @@ def install_error_handlers(
     app.add_exception_handler(StarletteHTTPException, on_http)
     for exc_type in (
         ApiError,
+        CreatedNotStarted,
         NotFound,
         InvalidCursor,
         FlowValidationError,

@@ -27,7 +27,7 @@ from twintrack.domain.commands import Command
 from twintrack.domain.execution import ExecutionStatus, Track
 from twintrack.entrypoints.api.auth import Caller, Owner, forbidden, require_owner
 from twintrack.entrypoints.api.deps import Service
-from twintrack.entrypoints.api.errors import COMMON_RESPONSES, ErrorResponse
+from twintrack.entrypoints.api.errors import COMMON_RESPONSES, CreatedNotStarted, ErrorResponse
 from twintrack.entrypoints.api.ids import checked_cursor, checked_id, checked_tree_cursor
 from twintrack.entrypoints.api.metrics import (
     COMMANDS,
@@ -77,7 +77,16 @@ _CREATE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Invalid body or options that do not fit the flow, `details` naming "
         "each; or `idempotency_key_reused`: the key came first with another body",
     },
-    503: {"model": ErrorResponse, "description": "The chosen track is unavailable; retry"},
+    429: {
+        "model": ErrorResponse,
+        "description": "`start: true` only: the start was refused by the owner's running "
+        "limit; the execution exists, `created` (`Location` names it)",
+    },
+    503: {
+        "model": ErrorResponse,
+        "description": "The chosen track is unavailable; retry. With `start: true` and a "
+        "`Location` header: created, its start did not go through",
+    },
 }
 _COMMAND_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorResponse, "description": "The execution has already finished"},
@@ -102,7 +111,7 @@ _COMMAND_SUMMARIES = {
     status_code=status.HTTP_201_CREATED,
     response_model=ExecutionCreated,
     responses=_CREATE_RESPONSES,
-    summary="Create an execution of a flow (status `created`; `start` runs it)",
+    summary="Create an execution of a flow (status `created`; `start` runs it, or `start: true`)",
 )
 async def create_execution(
     body: CreateExecution,
@@ -154,7 +163,15 @@ async def create_execution(
     else:
         response.headers[REPLAYED_HEADER] = "true"
     tag_track(request, record.track)
-    response.headers["Location"] = f"{request.url.path.rstrip('/')}/{record.id}"
+    location = f"{request.url.path.rstrip('/')}/{record.id}"
+    if body.start:
+        with use_case("execution.start", **{"execution.id": record.id}):
+            try:
+                record = await service.start_new(caller.owner_id, record)
+            except Exception as exc:
+                raise CreatedNotStarted(location, exc) from exc
+        COMMANDS.labels(record.track, Command.START.value).inc()
+    response.headers["Location"] = location
     return ExecutionCreated(
         id=record.id,
         status=record.status,
